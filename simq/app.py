@@ -1,0 +1,523 @@
+"""``simq.App`` (also ``simq.Celery``): the application, its task registry and routing.
+
+The app turns calls into messages and hands them to its active simulation; it never
+imports the simulated world itself.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fnmatch
+import random
+import re
+import sys
+import uuid
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from simq import states
+from simq.canvas import Signature, signature
+from simq.config import Settings
+from simq.exceptions import NoActiveSimulation, NotRegistered, QueueNotFound
+from simq.message import Message
+from simq.rates import parse_rate
+from simq.result import AsyncResult
+from simq.runtime import Context, current_task, current_worker_task, encoded
+from simq.serialization import dumps
+from simq.task import Task, make_autoretry
+
+__all__ = ["App", "Celery", "TaskRegistry"]
+
+_OMITTED: Any = object()
+
+# Keywords the decorator consumes itself; every other keyword becomes a class attribute.
+_DECORATOR_KEYWORDS = frozenset({"name", "base", "bind", "shared", "filter", "lazy"})
+
+
+class TaskRegistry(dict[str, Task]):
+    """Registered tasks by name; a miss raises NotRegistered (a KeyError)."""
+
+    def __missing__(self, key: str) -> Task:
+        raise NotRegistered(key)
+
+    def register(self, task: Task | type[Task]) -> None:
+        if isinstance(task, type):
+            task = task()
+        if not task.name:
+            from simq.exceptions import SimqError
+
+            raise SimqError(f"task class {type(task).__name__} must define a name to register")
+        self[task.name] = task
+
+    def unregister(self, name: str | Task) -> None:
+        key = name if isinstance(name, str) else name.name or ""
+        try:
+            del self[key]
+        except KeyError:
+            raise NotRegistered(key) from None
+
+
+class Control:
+    """``app.control``: remote control commands, sent to the active simulation."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    def revoke(self, task_id: str | list[str], destination: Any = None, terminate: bool = False,
+               signal: Any = None, **kwargs: Any) -> None:
+        """Tell every worker to discard ``task_id`` (and, with terminate, kill its child)."""
+        self.app.require_world("app.control.revoke()").revoke(task_id, terminate=terminate,
+                                                              signal=signal)
+
+
+class EagerStore:
+    """Where ``apply()`` stores results (``task_store_eager_result``) outside a simulation."""
+
+    eager = True
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.hostname = app.hostname
+        self._metas: dict[str, dict[str, Any]] = {}
+
+    def store(self, task_id: str, state: str, result: Any, request: Context | None,
+              traceback: str | None) -> None:
+        world = self.app._world
+        if world is not None:
+            world.store(task_id, state, result, request, traceback)
+            return
+        old = self._metas.get(task_id)
+        if old is not None and old["status"] == states.SUCCESS:
+            return
+        self._metas[task_id] = {"status": state, "result": encoded(result),
+                                "traceback": traceback, "date_done": None}
+
+    def get(self, task_id: str) -> dict[str, Any] | None:
+        world = self.app._world
+        return world.get_meta(task_id) if world is not None else self._metas.get(task_id)
+
+    def get_state(self, task_id: str) -> str:
+        meta = self.get(task_id)
+        return meta["status"] if meta else states.PENDING
+
+    def forget(self, task_id: str) -> None:
+        self._metas.pop(task_id, None)
+
+
+class App:
+    """A task application with Celery's API.
+
+    Args:
+        main: Name of the main module; names tasks defined in ``__main__``.
+        **settings: Settings by Celery's names (``task_acks_late=True``, ...);
+            ``broker=`` and ``backend=`` set ``broker_url`` and ``result_backend``.
+
+    Example:
+        >>> app = App("shop", task_acks_late=True)
+        >>> @app.task(bind=True, max_retries=5)
+        ... def pay(self, order_id):
+        ...     return order_id
+    """
+
+    def __init__(self, main: str | None = None, *, strict_typing: bool = True,
+                 broker: str | None = None, backend: str | None = None,
+                 **settings: Any) -> None:
+        self.main = main
+        self.strict_typing = strict_typing
+        if broker is not None:
+            settings.setdefault("broker_url", broker)
+        if backend is not None:
+            settings.setdefault("result_backend", backend)
+        self.conf = Settings(settings)
+        self.tasks = TaskRegistry()
+        self.control = Control(self)
+        self.hostname = "localhost"
+        self._world: Any = None
+        self._eager = EagerStore(self)
+        self._random = random.Random(0)
+        self._task_base: type[Task] | None = None
+
+    # -- tasks -------------------------------------------------------------------------
+
+    @property
+    def Task(self) -> type[Task]:  # noqa: N802 - Celery's name
+        """The base task class bound to this app (``base`` default of ``@app.task``)."""
+        if self._task_base is None:
+            self._task_base = type("Task", (Task,), {"app": self, "__module__": __name__,
+                                                     "abstract": True})
+        return self._task_base
+
+    def task(self, *args: Any, **opts: Any) -> Any:
+        """Decorator that makes a function a task: ``@app.task`` or ``@app.task(**opts)``."""
+        if len(args) == 1 and not opts and callable(args[0]):
+            return self._task_from_fun(args[0])
+        if args:
+            if len(args) == 1 and not callable(args[0]):
+                raise TypeError("argument 1 to @task() must be a callable")
+            raise TypeError(f"@task() takes exactly 1 argument ({len(args)} given)")
+
+        def decorate(fun: Callable[..., Any]) -> Task:
+            return self._task_from_fun(fun, **opts)
+
+        return decorate
+
+    shared_task = task
+
+    def _task_from_fun(self, fun: Callable[..., Any], name: str | None = None,
+                       base: type[Task] | None = None, bind: bool = False,
+                       **options: Any) -> Task:
+        for key in ("shared", "filter", "lazy"):
+            options.pop(key, None)
+        name = name or self.gen_task_name(fun.__name__, fun.__module__)
+        base = base or self.Task
+        if name in self.tasks:
+            existing = self.tasks[name]
+            if getattr(existing, "__wrapped__", None) is not fun:
+                warnings.warn(f"task name {name!r} is already registered; keeping the first",
+                              stacklevel=3)
+            return existing
+        if "rate_limit" in options:
+            parse_rate(options["rate_limit"], owner=f"task {name!r}: rate_limit")
+        run = fun if bind else staticmethod(fun)
+        attrs: dict[str, Any] = {
+            "app": self,
+            "name": name,
+            "run": run,
+            "_decorated": True,
+            "_bind_flag": bind,
+            "__doc__": fun.__doc__,
+            "__module__": fun.__module__,
+            "__qualname__": fun.__qualname__,
+            "__wrapped__": run,
+            **options,
+        }
+        task_cls = type(fun.__name__, (base,), attrs)
+        task = task_cls()
+        self.register_task(task)
+        return task
+
+    def register_task(self, task: Task | type[Task], **options: Any) -> Task:
+        """Register a task instance or class (named by ``name`` or generated)."""
+        if isinstance(task, type):
+            task = task()
+        cls = type(task)
+        if not task.name:
+            cls.name = self.gen_task_name(cls.__name__, cls.__module__)
+        if cls.app is not self:
+            cls.app = self  # type: ignore[misc]
+        if cls.rate_limit is not None:
+            parse_rate(cls.rate_limit, owner=f"task {task.name!r}: rate_limit")
+        cls.bind(self)
+        self._annotate(task)
+        self.tasks[task.name or ""] = task
+        make_autoretry(task)
+        return task
+
+    def _annotate(self, task: Task) -> None:
+        annotations = self.conf.task_annotations
+        if not annotations:
+            return
+        for annotation in annotations if isinstance(annotations, list | tuple) else [annotations]:
+            if callable(annotation):
+                found = annotation(task)
+            else:
+                found = annotation.get(task.name) or annotation.get("*")
+            for key, value in (found or {}).items():
+                setattr(type(task), key, value)
+
+    def gen_task_name(self, name: str, module: str) -> str:
+        """Celery's naming: ``module.name``; ``main.name`` for tasks in ``__main__``."""
+        if module == "__main__" and self.main:
+            return f"{self.main}.{name}"
+        if module not in sys.modules:
+            return f"{module}.{name}"
+        return f"{module}.{name}"
+
+    # -- results and signatures --------------------------------------------------------
+
+    def AsyncResult(self, task_id: str, **kwargs: Any) -> AsyncResult:  # noqa: N802
+        """The result handle of ``task_id``."""
+        return AsyncResult(task_id, app=self, **kwargs)
+
+    def signature(self, *args: Any, **kwargs: Any) -> Signature:
+        kwargs["app"] = self
+        return signature(*args, **kwargs)
+
+    @property
+    def current_task(self) -> Any:
+        return current_task()
+
+    @property
+    def current_worker_task(self) -> Any:
+        return current_worker_task()
+
+    # -- the active world --------------------------------------------------------------
+
+    def require_world(self, what: str) -> Any:
+        world = self._world
+        if world is None:
+            raise NoActiveSimulation(
+                f"{what} publishes a message, but app {self.main!r} has no active simulation; "
+                "start one with `with simq.Simulation(app) as sim:` (or the `simulation` "
+                "pytest fixture), or run the task in process with task.apply()"
+            )
+        return world
+
+    def new_task_id(self) -> str:
+        world = self._world
+        return world.new_task_id() if world is not None else str(uuid.uuid4())
+
+    def random(self, name: str) -> random.Random:
+        world = self._world
+        return world.random(name) if world is not None else self._random
+
+    def eager_env(self) -> EagerStore:
+        return self._eager
+
+    def backend_get(self, task_id: str) -> dict[str, Any] | None:
+        return self._eager.get(task_id)
+
+    def backend_store(self, task_id: str, state: str, meta: Any, request: Any) -> None:
+        self._eager.store(task_id, state, meta, request, None)
+
+    def now(self) -> dt.datetime:
+        world = self._world
+        if world is not None:
+            return world.now  # type: ignore[no-any-return]
+        return dt.datetime.now(dt.timezone.utc)
+
+    # -- sending -----------------------------------------------------------------------
+
+    def send_task(
+        self,
+        name: str,
+        args: Any = None,
+        kwargs: Any = None,
+        countdown: float | None = None,
+        eta: dt.datetime | str | None = None,
+        task_id: str | None = None,
+        producer: Any = None,
+        connection: Any = None,
+        router: Any = None,
+        result_cls: Any = None,
+        expires: Any = _OMITTED,
+        publisher: Any = None,
+        link: Any = None,
+        link_error: Any = None,
+        add_to_parent: bool = True,
+        group_id: str | None = None,
+        group_index: int | None = None,
+        retries: int = 0,
+        chord: Any = None,
+        reply_to: str | None = None,
+        time_limit: Any = _OMITTED,
+        soft_time_limit: Any = _OMITTED,
+        root_id: str | None = None,
+        parent_id: str | None = None,
+        route_name: str | None = None,
+        shadow: str | None = None,
+        chain: Any = None,
+        task_type: Any = None,
+        replaced_task_nesting: int = 0,
+        **options: Any,
+    ) -> AsyncResult:
+        """Send a task by name to the active simulation (same options as apply_async)."""
+        world = self.require_world(f"task {name!r}: sending")
+        if self.conf.task_always_eager:
+            warnings.warn("task_always_eager has no effect on send_task", stacklevel=2)
+        if task_type is None:
+            task_type = self.tasks.get(name)
+            if task_type is not None:
+                exec_opts = {k: v for k, v in task_type._get_exec_options().items()
+                             if v is not None}
+                options = dict(exec_opts, **options)
+                options.setdefault("ignore_result", task_type.ignore_result)
+        time_limit = options.pop("time_limit", None) if time_limit is _OMITTED else time_limit
+        options.pop("time_limit", None)
+        soft_time_limit = (options.pop("soft_time_limit", None)
+                           if soft_time_limit is _OMITTED else soft_time_limit)
+        options.pop("soft_time_limit", None)
+        expires = options.pop("expires", None) if expires is _OMITTED else expires
+        options.pop("expires", None)
+        ignore_result = bool(options.pop("ignore_result", None))
+        task_id = task_id or world.new_task_id()
+
+        args = () if args is None else args
+        kwargs = {} if kwargs is None else kwargs
+        if not isinstance(args, list | tuple):
+            raise TypeError("task args must be a list or tuple")
+        if not isinstance(kwargs, Mapping):
+            raise TypeError("task keyword arguments must be a mapping")
+
+        queue, exchange, routing_key = self._route(name, args, kwargs, options, task_type,
+                                                   route_name)
+        now = world.time()
+        eta_ts = _eta(now, countdown, eta)
+        expires_ts = _absolute(now, expires, "expires")
+
+        if not root_id or not parent_id:
+            parent = current_worker_task()
+            if parent is not None:
+                preq = parent.request
+                if not root_id:
+                    root_id = preq.root_id or preq.id
+                if not parent_id:
+                    parent_id = preq.id
+                if self.conf.task_inherit_parent_priority:
+                    options.setdefault("priority", (preq.delivery_info or {}).get("priority"))
+        root_id = root_id or task_id
+        priority = options.get("priority")
+        serializer = (options.get("serializer")
+                      or (task_type.serializer if task_type is not None else None)
+                      or self.conf.task_serializer)
+        headers: dict[str, Any] = {
+            "lang": "py",
+            "task": name,
+            "id": task_id,
+            "shadow": shadow,
+            "eta": _iso(eta_ts),
+            "expires": _iso(expires_ts),
+            "group": group_id,
+            "group_index": group_index,
+            "retries": retries or 0,
+            "timelimit": [time_limit, soft_time_limit],
+            "root_id": root_id,
+            "parent_id": parent_id,
+            "origin": options.get("origin") or "gen0@simq",
+            "ignore_result": ignore_result,
+            "replaced_task_nesting": replaced_task_nesting,
+        }
+        custom = options.get("headers")
+        if custom:
+            headers.update(custom)
+        embed = {
+            "callbacks": _sig_list(link),
+            "errbacks": _sig_list(link_error),
+            "chain": chain,
+            "chord": chord,
+        }
+        body = dumps([list(args), dict(kwargs), embed], serializer)
+        message = Message(
+            message_id=world.new_message_id(), task_id=task_id, task=name, headers=headers,
+            body=body, serializer=serializer, queue=queue, exchange=exchange,
+            routing_key=routing_key, priority=priority, eta=eta_ts, expires=expires_ts,
+        )
+        world.publish(message)
+        result = (result_cls or self.AsyncResult)(task_id)
+        result.ignored = ignore_result
+        if add_to_parent:
+            parent = current_worker_task()
+            if parent is not None and parent.trail:
+                parent.request.children.append(result)
+        return result  # type: ignore[no-any-return]
+
+    def _route(self, name: str, args: Any, kwargs: Any, options: dict[str, Any],
+               task: Any, route_name: str | None) -> tuple[str, str, str]:
+        """Queue, exchange and routing key (options > task_routes > task_default_queue)."""
+        route: dict[str, Any] = {}
+        for router in _routers(self.conf.task_routes):
+            found = router(route_name or name, args, kwargs, options, task)
+            if found:
+                route = {"queue": found} if isinstance(found, str) else dict(found)
+                break
+        merged = dict(route)
+        merged.update({k: v for k, v in options.items() if v is not None})
+        queue = merged.get("queue") or self.conf.task_default_queue
+        queue = queue if isinstance(queue, str) else getattr(queue, "name", str(queue))
+        declared = [self.conf.task_default_queue] + [
+            q if isinstance(q, str) else getattr(q, "name", "")
+            for q in self.conf.task_queues or ()
+        ]
+        if queue not in declared and not self.conf.task_create_missing_queues:
+            raise QueueNotFound(f"Queue {queue!r} missing from task_queues")
+        exchange = merged.get("exchange")
+        exchange = exchange if isinstance(exchange, str) else getattr(exchange, "name", None)
+        routing_key = merged.get("routing_key")
+        if not exchange and not routing_key:
+            return queue, "", queue
+        return queue, exchange or "", routing_key or queue
+
+    def __repr__(self) -> str:
+        return f"<App {self.main or '__main__'}>"
+
+
+Celery = App
+
+
+def _routers(routes: Any) -> list[Callable[..., Any]]:
+    if not routes:
+        return []
+    items = routes if isinstance(routes, list | tuple) else [routes]
+    out: list[Callable[..., Any]] = []
+    for item in items:
+        if callable(item):
+            out.append(_call_router(item))
+        elif isinstance(item, Mapping):
+            out.append(_map_router(item))
+        else:
+            raise TypeError(f"task_routes entries must be dicts or callables, got {item!r}")
+    return out
+
+
+def _call_router(fun: Callable[..., Any]) -> Callable[..., Any]:
+    def route(name: str, args: Any, kwargs: Any, options: Any, task: Any) -> Any:
+        return fun(name, args, kwargs, options, task=task)
+
+    return route
+
+
+def _map_router(table: Mapping[Any, Any]) -> Callable[..., Any]:
+    exact = {k: v for k, v in table.items() if isinstance(k, str) and "*" not in k}
+    patterns = [
+        (k if isinstance(k, re.Pattern) else re.compile(fnmatch.translate(k)), v)
+        for k, v in table.items()
+        if not (isinstance(k, str) and "*" not in k)
+    ]
+
+    def route(name: str, args: Any, kwargs: Any, options: Any, task: Any) -> Any:
+        if name in exact:
+            return exact[name]
+        for pattern, value in patterns:
+            if pattern.match(name):
+                return value
+        return None
+
+    return route
+
+
+def _sig_list(value: Any) -> list[Any] | None:
+    if value is None:
+        return None
+    items = value if isinstance(value, list | tuple) else [value]
+    return [dict(item) for item in items]
+
+
+def _to_epoch(value: dt.datetime | str, what: str) -> float:
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    if not isinstance(value, dt.datetime):
+        raise TypeError(f"{what} must be a datetime or an ISO string, got {value!r}")
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.timezone.utc)  # naive means UTC (enable_utc)
+    return value.timestamp()
+
+
+def _eta(now: float, countdown: float | None, eta: dt.datetime | str | None) -> float | None:
+    if countdown:  # countdown wins over eta, as in amqp.py
+        return now + float(countdown)
+    if eta:
+        return _to_epoch(eta, "eta")
+    return None
+
+
+def _absolute(now: float, value: Any, what: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, int | float):
+        return now + float(value)
+    return _to_epoch(value, what)
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat()

@@ -1,0 +1,1 @@
+"""Deterministic discrete-event core of simq. Internal: not a public API."""

@@ -1,0 +1,34 @@
+"""Named, seeded random streams.
+
+Internal. Each stream is a ``random.Random`` seeded from ``sha256(seed, name)``, so
+adding a new stream (a new fault kind, say) never reshuffles an existing one, and the
+global ``random`` module is never touched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import uuid
+
+__all__ = ["Streams"]
+
+
+class Streams:
+    """The random streams of one simulation run, derived from its seed."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self._streams: dict[str, random.Random] = {}
+
+    def stream(self, name: str) -> random.Random:
+        """The stream called ``name``, created on first use."""
+        rng = self._streams.get(name)
+        if rng is None:
+            digest = hashlib.sha256(f"{self.seed}:{name}".encode()).digest()
+            rng = self._streams[name] = random.Random(int.from_bytes(digest[:16], "big"))
+        return rng
+
+    def uuid(self, name: str = "task_ids") -> str:
+        """A version-4 UUID string drawn from stream ``name``."""
+        return str(uuid.UUID(int=self.stream(name).getrandbits(128), version=4))

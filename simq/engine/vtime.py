@@ -1,0 +1,299 @@
+"""The virtual clock as user code sees it: ``time``, ``datetime`` and ``time.sleep``.
+
+Internal: not a public API. The engine owns one :class:`VirtualTime` per simulation
+(ARCHITECTURE.md, decision 2). Between ``start()`` and ``stop()``:
+
+- ``time.time()``, ``time.time_ns()``, ``datetime.datetime.now()``/``now(tz)``/``utcnow()``,
+  ``datetime.date.today()`` and the argument-less ``time.gmtime()``, ``time.localtime()``
+  and ``time.strftime(fmt)`` give the virtual instant (as of the last ``sync()``).
+  time-machine patches these inside the C functions themselves, so references taken
+  with ``from time import time`` or ``from datetime import datetime`` before the start
+  see it too, and ``datetime.now()`` still returns a real ``datetime``.
+- ``time.monotonic()`` is ``now() - monotonic_origin``; ``time.monotonic_ns()`` is the
+  same in whole nanoseconds.
+- ``time.sleep(d)`` calls the engine's virtual sleep with ``d`` when called from the
+  thread that started the simulation; any other thread really sleeps.
+
+time-machine leaves ``sleep`` and ``monotonic`` alone, so this module rebinds them on
+the ``time`` module and in every loaded module that bound the original at import
+(``from time import sleep``), except the packages in ``SKIPPED_ROOTS``, whose clocks
+must stay real: the test runner, thread, queue and event-loop machinery. Defaults,
+closures and instance attributes that captured an original are not reached. Once
+installed, a replacement outside the simulation just calls the original, so a
+reference that escapes restoration stays harmless.
+
+The measurements behind choosing time-machine over freezegun are in ``bench/timepatch.py``
+and docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import sys
+import time
+from _thread import get_ident
+from collections.abc import Callable, Container
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+from simq.exceptions import SimqError
+
+if TYPE_CHECKING:
+    import time_machine
+
+__all__ = ["SKIPPED_ROOTS", "VirtualTime"]
+
+SKIPPED_ROOTS: frozenset[str] = frozenset(
+    {
+        # simq itself, the test runner and the time patchers: their clocks stay real.
+        "simq", "_pytest", "pytest", "pluggy", "xdist", "execnet",
+        "hypothesis", "_hypothesis_ftz_detector", "_hypothesis_globals",
+        "_hypothesis_pytestplugin", "time_machine", "_time_machine", "freezegun",
+        # Real waits on locks, selectors and processes need real time.
+        "greenlet", "threading", "queue", "asyncio", "concurrent", "selectors",
+        "subprocess", "multiprocessing",
+        # Patched directly, not through the walk.
+        "time",
+    }
+)  # fmt: skip
+
+_real_sleep = time.sleep
+_real_monotonic = time.monotonic
+_real_monotonic_ns = time.monotonic_ns
+# Anything else in these places at start would hide the virtual clock from user code.
+_MUST_BE_ORIGINAL = (
+    (time, "time", time.time),
+    (time, "time_ns", time.time_ns),
+    (time, "sleep", time.sleep),
+    (time, "monotonic", time.monotonic),
+    (time, "monotonic_ns", time.monotonic_ns),
+    (datetime, "datetime", datetime.datetime),
+    (datetime, "date", datetime.date),
+)
+_NS = 1_000_000_000
+
+_active: VirtualTime | None = None
+# Module name -> ((id, len) of its namespace when scanned, names bound to an original).
+# Scanning every module costs milliseconds; a namespace that kept its size is reused.
+_scan_cache: dict[str, tuple[tuple[int, int], tuple[str, ...]]] = {}
+
+
+def _to_ns(seconds: float) -> int:
+    # Split off the whole seconds first: `round(seconds * 1e9)` loses up to 128 ns at
+    # today's timestamps, which makes `time.time()` differ from the engine's clock.
+    whole = math.floor(seconds)
+    return whole * _NS + round((seconds - whole) * 1e9)
+
+
+def virtual_sleep(secs: float, /) -> None:
+    """``time.sleep`` during a simulation: waits ``secs`` on the virtual clock."""
+    vt = _active
+    if vt is None or get_ident() != vt._thread:
+        _real_sleep(secs)
+        return
+    if math.isnan(secs):
+        raise ValueError("Invalid value NaN (not a number)")
+    if secs < 0:
+        raise ValueError("sleep length must be non-negative")
+    vt._sleep(secs)
+
+
+def virtual_monotonic() -> float:
+    """``time.monotonic`` during a simulation: virtual seconds since the monotonic origin."""
+    vt = _active
+    if vt is None:
+        return _real_monotonic()
+    return vt._now() - vt._origin
+
+
+def virtual_monotonic_ns() -> int:
+    """``time.monotonic_ns`` during a simulation: ``virtual_monotonic()`` in nanoseconds."""
+    vt = _active
+    if vt is None:
+        return _real_monotonic_ns()
+    return _to_ns(vt._now()) - vt._origin_ns
+
+
+_REPLACED = (
+    ("sleep", _real_sleep, virtual_sleep),
+    ("monotonic", _real_monotonic, virtual_monotonic),
+    ("monotonic_ns", _real_monotonic_ns, virtual_monotonic_ns),
+)
+_FAKE_FOR = {id(real): fake for _, real, fake in _REPLACED}
+_REAL_FOR = {id(fake): real for _, real, fake in _REPLACED}
+
+
+def _namespaces(known: Container[str] = ()) -> list[tuple[str, dict[str, object]]]:
+    """Loaded modules outside ``SKIPPED_ROOTS`` and ``known``, with their namespaces."""
+    found = []
+    for name, module in list(sys.modules.items()):
+        if name in known or name.partition(".")[0] in SKIPPED_ROOTS:
+            continue
+        if not isinstance(module, ModuleType):
+            continue
+        try:
+            namespace = module.__dict__
+        except Exception:  # An exotic module object; it cannot hold a plain binding.
+            continue
+        found.append((name, namespace))
+    return found
+
+
+def _caller() -> str:
+    """File and line of the first caller outside simq, to name who started a clock."""
+    frame = sys._getframe(1)
+    while (
+        frame.f_back is not None and frame.f_globals.get("__name__", "").partition(".")[0] == "simq"
+    ):
+        frame = frame.f_back
+    return f"{frame.f_code.co_filename}:{frame.f_lineno}"
+
+
+class VirtualTime:
+    """Shows user code the engine's virtual clock through ``time`` and ``datetime``.
+
+    Args:
+        now: The virtual time, float seconds since the Unix epoch (UTC).
+        sleep: The engine's virtual sleep; suspends the calling task fiber.
+        monotonic_origin: The virtual time at which ``time.monotonic()`` reads zero.
+    """
+
+    __slots__ = (
+        "_modules_at_start", "_now", "_origin", "_origin_ns", "_sleep", "_started_at",
+        "_thread", "_travel", "_traveller", "_undo",
+    )  # fmt: skip
+
+    def __init__(
+        self, now: Callable[[], float], sleep: Callable[[float], None], *, monotonic_origin: float
+    ) -> None:
+        self._now = now
+        self._sleep = sleep
+        self._origin = monotonic_origin
+        self._origin_ns = _to_ns(monotonic_origin)
+        self._thread = 0
+        self._started_at = ""
+        self._travel: time_machine.travel | None = None
+        self._traveller: time_machine.Traveller | None = None
+        # (namespace, name, original, replacement) for every binding changed.
+        self._undo: list[tuple[dict[str, object], str, object, object]] = []
+        self._modules_at_start: set[str] = set()
+
+    def __repr__(self) -> str:
+        state = f"active, started at {self._started_at}" if self.active else "inactive"
+        return f"<VirtualTime {state}>"
+
+    @property
+    def active(self) -> bool:
+        """Whether this clock is the one user code sees now."""
+        return _active is self
+
+    def start(self) -> None:
+        """Patches ``time`` and ``datetime`` so user code sees the virtual clock."""
+        global _active
+        if _active is not None:
+            who = "this simulation" if _active is self else "another simulation"
+            raise SimqError(
+                f"cannot start virtual time: {who}'s virtual time is already active"
+                f" (started at {_active._started_at}); one process runs one simulation at a"
+                " time, so stop the other simulation first"
+            )
+        for module, name, original in _MUST_BE_ORIGINAL:
+            current = getattr(module, name)
+            if current is not original:
+                raise SimqError(
+                    f"cannot start virtual time: {module.__name__}.{name} is already patched"
+                    f" (it is {current!r}); stop that patch (freezegun, mock.patch, ...)"
+                    " before starting the simulation, or use it inside the simulation's tasks"
+                )
+        import time_machine  # Deferred: it imports pytest, and this module must stay cheap.
+
+        if not hasattr(time_machine, "traveller_stack"):
+            raise SimqError(
+                "cannot start virtual time: simq needs time-machine 3.0 or later;"
+                " upgrade it with `pip install 'time-machine>=3'`"
+            )
+        _active = self
+        self._thread = get_ident()
+        self._started_at = _caller()
+        try:
+            self._travel = time_machine.travel(0.0, tick=False)
+            self._traveller = self._travel.start()
+            self.sync()
+            self._modules_at_start = set(sys.modules)
+            self._install(time.__dict__)
+            for name, namespace in _namespaces():
+                self._install(namespace, name)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _install(self, namespace: dict[str, object], cache_key: str = "") -> None:
+        """Replaces the originals bound in ``namespace``, recording how to undo it."""
+        key = (id(namespace), len(namespace))
+        cached = _scan_cache.get(cache_key)
+        if cached is not None and cached[0] == key:
+            names = cached[1]
+        else:
+            names = tuple(name for name, value in namespace.items() if id(value) in _FAKE_FOR)
+            if cache_key:
+                _scan_cache[cache_key] = (key, names)
+        for name in names:
+            original = namespace.get(name)
+            fake = _FAKE_FOR.get(id(original))
+            if fake is not None:
+                namespace[name] = fake
+                self._undo.append((namespace, name, original, fake))
+
+    def stop(self) -> None:
+        """Restores everything ``start()`` patched; safe to call twice or after a failure."""
+        global _active
+        try:
+            while self._undo:
+                namespace, name, original, fake = self._undo.pop()
+                # Leave a binding alone if something else replaced ours since.
+                if namespace.get(name) is fake:
+                    namespace[name] = original
+            if self._modules_at_start:
+                # Modules imported during the simulation may have bound a replacement.
+                for _, namespace in _namespaces(self._modules_at_start):
+                    for attr, value in list(namespace.items()):
+                        if id(value) in _REAL_FOR:
+                            namespace[attr] = _REAL_FOR[id(value)]
+                self._modules_at_start = set()
+        finally:
+            travel, traveller = self._travel, self._traveller
+            self._travel = self._traveller = None
+            if _active is self:
+                _active = None
+            if travel is not None and traveller is not None:
+                self._stop_travel(travel, traveller)
+
+    @staticmethod
+    def _stop_travel(travel: time_machine.travel, traveller: time_machine.Traveller) -> None:
+        import time_machine
+
+        stack = time_machine.traveller_stack
+        if stack and stack[-1] is traveller:
+            travel.stop()
+        elif traveller in stack:
+            # A user's travel started inside the simulation is still running on top of
+            # ours: take only ours out and leave theirs in charge.
+            stack.remove(traveller)
+
+    def sync(self) -> None:
+        """Shows user code the engine's current virtual time; call after the clock moved."""
+        traveller = self._traveller
+        if traveller is not None:
+            traveller._destination_timestamp_ns = _to_ns(self._now())
+
+    def ensure(self) -> None:
+        """Re-installs the replacements a user's patcher put back; cheap when none did."""
+        # freezegun's stop() restores the originals it saw at import time, ours included.
+        module = time.__dict__
+        if (
+            module["sleep"] is _real_sleep
+            or module["monotonic"] is _real_monotonic
+            or module["monotonic_ns"] is _real_monotonic_ns
+        ) and _active is self:
+            self._install(module)

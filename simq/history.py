@@ -1,0 +1,174 @@
+"""The history of a run: every observable step as a frozen event.
+
+A history is the contract between the simulator, real-broker adapters and checkers:
+each records the same vocabulary, and checkers read nothing else. Histories serialize
+to JSON Lines and back without loss::
+
+    text = sim.history.to_jsonl()
+    assert History.from_jsonl(text).to_jsonl() == text
+
+Event kinds (``details`` keys in brackets):
+
+* ``published`` [task, queue, retries, eta, expires, priority, parent_id, root_id]
+* ``delivered`` [queue, redelivered]: the broker handed the message to a worker
+* ``started`` [task, retries]: the pool accepted the job; the task body starts
+* ``succeeded`` [result] / ``failed`` [exception] / ``retried`` [exception, countdown]
+* ``rejected`` [requeue] / ``acked``: the broker-level disposition of a delivery
+* ``state`` [state, result]: a result-backend write
+* ``revoked`` [reason]: the worker discarded the task (revoked, expired, terminated)
+* ``ignored``: the task raised ``Ignore``; ``unregistered``: unknown task name
+* ``lost`` [reason]: a message the simulation can no longer deliver
+* ``worker-online`` / ``worker-offline``: worker lifecycle
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Collection, Iterable, Iterator
+from typing import Any, overload
+
+import attrs
+
+__all__ = ["Event", "History"]
+
+
+@attrs.frozen(slots=True)
+class Event:
+    """One step of a run.
+
+    Attributes:
+        kind: What happened (see the module docs for the vocabulary).
+        time: Virtual time, seconds since the Unix epoch (UTC).
+        task_id: The task concerned, if any.
+        message_id: The message concerned, if any.
+        worker: The worker concerned, if any.
+        details: Kind-specific, JSON-compatible details.
+    """
+
+    kind: str
+    time: float
+    task_id: str | None = None
+    message_id: str | None = None
+    worker: str | None = None
+    details: dict[str, Any] = attrs.field(factory=dict, hash=False)
+
+    @property
+    def at(self) -> dt.datetime:
+        """``time`` as a timezone-aware UTC datetime."""
+        return dt.datetime.fromtimestamp(self.time, dt.timezone.utc)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.details[key]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "time": self.time,
+            "task_id": self.task_id,
+            "message_id": self.message_id,
+            "worker": self.worker,
+            "details": self.details,
+        }
+
+
+_FIELDS = ("kind", "task_id", "message_id", "worker")
+
+
+class History:
+    """An ordered, append-only list of events with filtering and JSONL round trips."""
+
+    __slots__ = ("_events",)
+
+    def __init__(self, events: Iterable[Event] = ()) -> None:
+        self._events: list[Event] = list(events)
+
+    def append(self, event: Event) -> None:
+        self._events.append(event)
+
+    def where(self, **criteria: Any) -> History:
+        """Events matching every criterion.
+
+        ``kind``, ``task_id``, ``message_id`` and ``worker`` match the event's field (a
+        list, tuple or set matches any of its members); other keywords match ``details``.
+
+        Example:
+            ``sim.history.where(kind="started", task_id=r.id)``
+        """
+        tests: list[tuple[str, bool, Any]] = []
+        for key, want in criteria.items():
+            many = isinstance(want, Collection) and not isinstance(want, str)
+            tests.append((key, many, set(want) if many else want))
+        out = []
+        for event in self._events:
+            for key, many, want in tests:
+                if key in _FIELDS:
+                    value = getattr(event, key)
+                else:
+                    value = event.details.get(key, _MISSING)
+                if (value not in want) if many else (value != want):
+                    break
+            else:
+                out.append(event)
+        return History(out)
+
+    def kinds(self) -> list[str]:
+        """The kinds of the events, in order."""
+        return [e.kind for e in self._events]
+
+    def first(self) -> Event:
+        if not self._events:
+            raise IndexError("the history is empty")
+        return self._events[0]
+
+    def last(self) -> Event:
+        if not self._events:
+            raise IndexError("the history is empty")
+        return self._events[-1]
+
+    def to_jsonl(self) -> str:
+        """The history as JSON Lines, one event per line."""
+        dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+        return "".join(dumps(e.to_dict()) + "\n" for e in self._events)
+
+    @classmethod
+    def from_jsonl(cls, text: str) -> History:
+        """Parse what :meth:`to_jsonl` wrote."""
+        events = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                data = json.loads(line)
+                events.append(Event(**data))
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"line {number} is not a history event: {exc}") from exc
+        return cls(events)
+
+    def __iter__(self) -> Iterator[Event]:
+        return iter(self._events)
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+    @overload
+    def __getitem__(self, index: int) -> Event: ...
+    @overload
+    def __getitem__(self, index: slice) -> History: ...
+    def __getitem__(self, index: int | slice) -> Event | History:
+        if isinstance(index, slice):
+            return History(self._events[index])
+        return self._events[index]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, History) and self._events == other._events
+
+    def __repr__(self) -> str:
+        return f"<History {len(self._events)} events>"
+
+
+class _Missing:
+    pass
+
+
+_MISSING = _Missing()

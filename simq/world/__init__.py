@@ -1,0 +1,1 @@
+"""The simulated system: broker, workers, result backend. Internal: not a public API."""

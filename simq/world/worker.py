@@ -1,0 +1,507 @@
+"""A simulated worker node: consumer, prefetch window, ETA timer, rate limits, pool.
+
+Internal. The worker follows Celery's ``strategy.py`` / ``request.py`` / ``consumer.py``:
+
+* receipt: unknown task -> FAILURE(NotRegistered) and reject; revoked or expired ->
+  REVOKED and ack; ETA in the future -> held on a timer (still unacked, outside the
+  prefetch window); rate limited -> token bucket; else reserved for the pool;
+* start (a child slot is free): revoked/expired re-check, early ack unless ``acks_late``,
+  then the task body runs in the slot's fiber;
+* end: the ack decision table of CELERY_SEMANTICS.md §3.1 (:func:`ack_decision`).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from simq import states
+from simq.engine.fibers import SUSPENDED, Fiber
+from simq.exceptions import NotRegistered, Reject, SimqError, TaskRevokedError
+from simq.message import Message
+from simq.rates import parse_rate
+from simq.runtime import LOST, Context, Outcome, lost_error, mark_as_failure, trace
+from simq.serialization import encode_exception, loads
+from simq.world.broker import Envelope, MessageState
+
+if TYPE_CHECKING:
+    from simq.engine.loop import Loop, Timer
+    from simq.world.backend import Backend
+    from simq.world.broker import Broker
+
+__all__ = ["Request", "RequestState", "Worker", "ack_decision"]
+
+
+class RequestState(enum.Enum):
+    RECEIVED = "received"
+    ETA_HELD = "eta-held"
+    RATE_WAIT = "rate-wait"
+    RESERVED = "reserved"
+    ACTIVE = "active"
+    DONE = "done"
+
+
+_NEXT: dict[RequestState, frozenset[RequestState]] = {
+    RequestState.RECEIVED: frozenset(
+        {RequestState.ETA_HELD, RequestState.RATE_WAIT, RequestState.RESERVED, RequestState.DONE}
+    ),
+    RequestState.ETA_HELD: frozenset(
+        {RequestState.RATE_WAIT, RequestState.RESERVED, RequestState.DONE}
+    ),
+    RequestState.RATE_WAIT: frozenset({RequestState.RESERVED, RequestState.DONE}),
+    RequestState.RESERVED: frozenset({RequestState.ACTIVE, RequestState.DONE}),
+    RequestState.ACTIVE: frozenset({RequestState.DONE}),
+    RequestState.DONE: frozenset(),
+}
+
+# Protocol-2 header names; any other header is a custom one (``request.headers``).
+_PROTOCOL_HEADERS = frozenset({
+    "lang", "task", "id", "shadow", "eta", "expires", "group", "group_index", "retries",
+    "timelimit", "root_id", "parent_id", "argsrepr", "kwargsrepr", "origin",
+    "ignore_result", "replaced_task_nesting", "stamped_headers", "stamps",
+})
+
+
+@attrs.define(eq=False, slots=True)
+class Request:
+    """The worker's live record of one delivered message."""
+
+    envelope: Envelope
+    task: Any
+    context: Context
+    state: RequestState = RequestState.RECEIVED
+    acked: bool = False
+    timer: Timer | None = None
+
+    @property
+    def message(self) -> Message:
+        return self.envelope.message
+
+    @property
+    def id(self) -> str:
+        return self.envelope.message.task_id
+
+    @property
+    def acks_late(self) -> bool:
+        return bool(self.task.acks_late)
+
+    def move(self, new: RequestState) -> None:
+        if new not in _NEXT[self.state]:
+            raise SimqError(f"illegal request transition {self.state.value} -> {new.value} "
+                            f"for task {self.context.task}[{self.id}]")
+        self.state = new
+
+
+@attrs.frozen(slots=True)
+class Decision:
+    """What the parent does with the message after an attempt."""
+
+    action: str  # "ack" | "reject" | "none" (already acked at start)
+    requeue: bool = False
+
+
+_NONE = Decision("none")
+_ACK = Decision("ack")
+
+
+def ack_decision(task: Any, outcome: Outcome, acked: bool) -> Decision:
+    """The disposition of the message for ``outcome`` (CELERY_SEMANTICS.md §3.1)."""
+    if acked:
+        return _NONE
+    if not task.acks_late:
+        return _NONE
+    state = outcome.state
+    if state in (states.SUCCESS, states.RETRY, states.IGNORED):
+        return _ACK
+    if state == states.REJECTED:
+        return Decision("reject", outcome.requeue)
+    if state == states.FAILURE:
+        return _ACK if task.acks_on_failure else Decision("reject", False)
+    if state == LOST:
+        if task.reject_on_worker_lost:
+            return Decision("reject", True)
+        return _ACK if task.acks_on_failure else Decision("reject", False)
+    raise SimqError(f"no ack decision for outcome {outcome.state!r}")
+
+
+class TokenBucket:
+    """kombu's TokenBucket with capacity 1: starts full, refills at ``rate`` per second."""
+
+    __slots__ = ("rate", "stamp", "tokens", "waiting")
+
+    def __init__(self, rate: float, now: float) -> None:
+        self.rate = rate
+        self.tokens = 1.0
+        self.stamp = now
+        self.waiting: deque[Request] = deque()
+
+    def can_consume(self, now: float) -> bool:
+        self.tokens = min(1.0, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0 - 1e-9:
+            self.tokens = max(0.0, self.tokens - 1.0)
+            return True
+        return False
+
+    def expected_time(self) -> float:
+        return max(0.0, (1.0 - self.tokens) / self.rate)
+
+
+class Slot:
+    """A child process slot: a fiber and the request it runs."""
+
+    __slots__ = ("fiber", "index", "request", "worker")
+
+    def __init__(self, worker: Worker, index: int) -> None:
+        self.worker = worker
+        self.index = index
+        self.fiber = Fiber(f"{worker.name}/child-{index + 1}", owner=self)
+        self.request: Request | None = None
+
+    def wake(self) -> None:
+        """Resume the task suspended in this slot (end of a virtual sleep)."""
+        self.worker.switched(self, self.fiber.resume())
+
+
+class Worker:
+    """One simulated worker node (``celery worker -c N -Q ...``)."""
+
+    def __init__(
+        self,
+        sim: Any,
+        name: str,
+        *,
+        concurrency: int,
+        queues: list[str],
+        prefetch_multiplier: int,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"worker {name!r}: concurrency must be >= 1, got {concurrency}")
+        if prefetch_multiplier < 0:
+            raise ValueError(
+                f"worker {name!r}: prefetch_multiplier must be >= 0, got {prefetch_multiplier}"
+            )
+        self.sim = sim
+        self.name = name
+        self.hostname = name
+        self.eager = False
+        self.concurrency = concurrency
+        self.queues = list(queues)
+        self.prefetch_multiplier = prefetch_multiplier
+        self.app = sim.app
+        self.loop: Loop = sim.loop
+        self.broker: Broker = sim.broker
+        self.backend: Backend = sim.backend
+        self._record: Callable[..., None] = sim.record
+        self.slots = [Slot(self, i) for i in range(concurrency)]
+        self.reserved: deque[Request] = deque()
+        self.requests: dict[str, Request] = {}  # message_id -> live request
+        self.revoked: set[str] = set()
+        self.buckets: dict[str, TokenBucket] = {}
+        self._held = 0  # ETA-held messages (outside the prefetch window)
+        self._live_unacked = 0  # every message delivered here and not yet acked/rejected
+        self._pump_scheduled = False
+        self.online = False
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.online = True
+        self._record("worker-online", worker=self.name, concurrency=self.concurrency,
+                     queues=self.queues, prefetch_multiplier=self.prefetch_multiplier)
+        for queue in self.queues:
+            self.broker.consume(queue, self)
+
+    # -- consumer side -----------------------------------------------------------------
+
+    @property
+    def window(self) -> int:
+        """Prefetch count: concurrency x multiplier; 0 means unlimited."""
+        return self.concurrency * self.prefetch_multiplier
+
+    def unacked(self) -> int:
+        """Unacked messages held, not counting ETA-held ones: what prefetch bounds (G5)."""
+        return self._live_unacked - self._held
+
+    def capacity(self) -> int:
+        if not self.online:
+            return 0
+        window = self.window
+        if window == 0:
+            return 1 << 30
+        return window - (self._live_unacked - self._held)
+
+    def on_delivery(self, envelope: Envelope) -> None:
+        message = envelope.message
+        self._live_unacked += 1
+        task = self.app.tasks.get(message.task)
+        if task is None:
+            self._unknown_task(envelope)
+            return
+        args, kwargs, embed = loads(message.body, message.serializer)
+        request = Request(envelope, task, self._context(message, args, kwargs, embed, envelope))
+        self.requests[message.message_id] = request
+        if self._revoked_or_expired(request):
+            return
+        eta = message.eta
+        if eta is not None and eta > self.loop.now:
+            request.move(RequestState.ETA_HELD)
+            self._held += 1
+            request.timer = self.loop.call_at(eta, self._eta_fired, request)
+            return
+        self._ready(request)
+
+    def _context(self, message: Message, args: Any, kwargs: Any, embed: dict[str, Any],
+                 envelope: Envelope) -> Context:
+        headers = message.headers
+        custom = {k: v for k, v in headers.items() if k not in _PROTOCOL_HEADERS}
+        return Context(
+            headers,
+            id=message.task_id,
+            task=message.task,
+            args=args,
+            kwargs=kwargs,
+            retries=headers.get("retries") or 0,
+            is_eager=False,
+            called_directly=False,
+            delivery_info={
+                "exchange": message.exchange,
+                "routing_key": message.routing_key,
+                "priority": message.priority,
+                "redelivered": envelope.redelivered,
+            },
+            hostname=self.hostname,
+            callbacks=embed.get("callbacks"),
+            errbacks=embed.get("errbacks"),
+            chain=embed.get("chain"),
+            chord=embed.get("chord"),
+            correlation_id=message.task_id,
+            reply_to=headers.get("reply_to"),
+            headers=custom or None,
+            properties={"correlation_id": message.task_id, "priority": message.priority},
+        )
+
+    def _unknown_task(self, envelope: Envelope) -> None:
+        # consumer.py on_unknown_task: store FAILURE(NotRegistered), reject without requeue.
+        message = envelope.message
+        exc = NotRegistered(message.task)
+        self._record("unregistered", task_id=message.task_id, message_id=message.message_id,
+                     worker=self.name, task=message.task)
+        self.backend.store(message.task_id, states.FAILURE, exc, None, None, worker=self.name)
+        self._live_unacked -= 1
+        self.broker.reject(envelope, requeue=False)
+        self.broker.dispatch(*self.queues)
+
+    def _revoked_or_expired(self, request: Request) -> bool:
+        message = request.message
+        expired = message.expires is not None and self.loop.now > message.expires
+        if expired:
+            self.revoked.add(request.id)
+        if not expired and request.id not in self.revoked:
+            return False
+        reason = "expired" if expired else "revoked"
+        self._announce_revoked(request, reason)
+        return True
+
+    def _announce_revoked(self, request: Request, reason: str, terminated: bool = False) -> None:
+        self._record("revoked", task_id=request.id, message_id=request.message.message_id,
+                     worker=self.name, reason=reason, expired=reason == "expired",
+                     terminated=terminated)
+        ctx = request.context
+        if not ctx.ignore_result or request.task.store_errors_even_if_ignored:
+            self.backend.store(request.id, states.REVOKED, TaskRevokedError(reason), ctx, None,
+                               worker=self.name)
+        if not request.acked:
+            self._ack(request)
+        self._done(request)
+
+    def _eta_fired(self, request: Request) -> None:
+        request.timer = None
+        self._held -= 1
+        if self._revoked_or_expired(request):
+            return
+        self._ready(request)
+
+    def _ready(self, request: Request) -> None:
+        task = request.task
+        rate = task.rate_limit
+        if rate and not self.app.conf.worker_disable_rate_limits:
+            bucket = self.buckets.get(task.name)
+            if bucket is None:
+                bucket = self.buckets[task.name] = TokenBucket(parse_rate(rate), self.loop.now)
+            if bucket.waiting or not bucket.can_consume(self.loop.now):
+                request.move(RequestState.RATE_WAIT)
+                bucket.waiting.append(request)
+                if len(bucket.waiting) == 1:
+                    self.loop.call_later(bucket.expected_time(), self._drain_bucket, bucket)
+                return
+        request.move(RequestState.RESERVED)
+        self.reserved.append(request)
+        self._schedule_pump()
+
+    def _drain_bucket(self, bucket: TokenBucket) -> None:
+        now = self.loop.now
+        while bucket.waiting:
+            head = bucket.waiting[0]
+            if head.state is not RequestState.RATE_WAIT:
+                bucket.waiting.popleft()
+                continue
+            if not bucket.can_consume(now):
+                self.loop.call_later(bucket.expected_time(), self._drain_bucket, bucket)
+                return
+            bucket.waiting.popleft()
+            head.move(RequestState.RESERVED)
+            self.reserved.append(head)
+            self._schedule_pump()
+
+    # -- pool side ---------------------------------------------------------------------
+
+    def _schedule_pump(self) -> None:
+        if not self._pump_scheduled:
+            self._pump_scheduled = True
+            self.loop.call_soon(self._pump)
+
+    def _pump(self) -> None:
+        self._pump_scheduled = False
+        reserved = self.reserved
+        for slot in self.slots:
+            while slot.request is None and reserved and self.online:
+                request = reserved.popleft()
+                if request.state is RequestState.RESERVED:
+                    self._start(slot, request)
+
+    def _start(self, slot: Slot, request: Request) -> None:
+        # execute_using_pool re-checks revoked() (which includes expiry) before starting.
+        if self._revoked_or_expired(request):
+            return
+        request.move(RequestState.ACTIVE)
+        slot.request = request
+        ctx = request.context
+        self._record("started", task_id=request.id, message_id=request.message.message_id,
+                     worker=self.name, task=ctx.task, retries=ctx.retries)
+        if not request.acks_late:
+            self._ack(request)
+        task = request.task
+        self.switched(slot, slot.fiber.run(lambda: trace(task, ctx, self)))
+
+    def switched(self, slot: Slot, result: Any) -> None:
+        """The engine regained control from ``slot``'s fiber; finish the job if it ended."""
+        self.sim.vtime.ensure()
+        if result is SUSPENDED:
+            return
+        request = slot.request
+        slot.request = None
+        if request is not None:
+            self._finish(request, result)
+        if self.reserved:
+            self._pump()
+
+    def _finish(self, request: Request, outcome: Outcome) -> None:
+        task, ctx = request.task, request.context
+        message_id = request.message.message_id
+        state = outcome.state
+        if state == states.REJECTED:
+            self._record("declined", task_id=request.id, message_id=message_id,
+                         worker=self.name, requeue=outcome.requeue)
+            if not outcome.requeue:
+                # 5.7: Reject(requeue=False) stores FAILURE, errbacks included (#4222).
+                mark_as_failure(task, ctx, outcome.exc or Reject(), outcome.traceback, self)
+        elif state == LOST:
+            self._child_lost(request, outcome)
+            return
+        else:
+            self._record(_OUTCOME_KINDS[state], task_id=request.id, message_id=message_id,
+                         worker=self.name, **_outcome_details(outcome))
+        self._dispose(request, ack_decision(task, outcome, request.acked))
+
+    def _child_lost(self, request: Request, outcome: Outcome) -> None:
+        task, ctx = request.task, request.context
+        exc = lost_error(outcome.exitcode, outcome.exc)
+        self._record("child-lost", task_id=request.id, message_id=request.message.message_id,
+                     worker=self.name, exitcode=outcome.exitcode)
+        if self.backend.state(request.id) == states.SUCCESS:
+            self._dispose(request, _NONE if request.acked else _ACK)
+            return
+        if task.retry_on_worker_lost and (
+            task.max_retries is None or ctx.retries < task.max_retries
+        ):
+            task.retry_on_lost(ctx, exc, self)
+            self._dispose(request, _NONE if request.acked else _ACK)
+            return
+        if not (task.acks_late and task.reject_on_worker_lost) or request.acked:
+            mark_as_failure(task, ctx, exc, None, self)
+        decision = ack_decision(task, Outcome(LOST, exc=exc), request.acked)
+        self._dispose(request, decision)
+
+    def _dispose(self, request: Request, decision: Decision) -> None:
+        if decision.action == "ack":
+            self._ack(request)
+        elif decision.action == "reject":
+            self._reject(request, decision.requeue)
+        self._done(request)
+
+    def _ack(self, request: Request) -> None:
+        request.acked = True
+        self._live_unacked -= 1
+        self.broker.ack(request.envelope)
+        self.broker.dispatch(*self.queues)
+
+    def _reject(self, request: Request, requeue: bool) -> None:
+        request.acked = True
+        self._live_unacked -= 1
+        self.broker.reject(request.envelope, requeue)
+        self.broker.dispatch(*self.queues)
+
+    def _done(self, request: Request) -> None:
+        if request.state is not RequestState.DONE:
+            request.move(RequestState.DONE)
+        self.requests.pop(request.message.message_id, None)
+
+    # -- Env for the tracer ------------------------------------------------------------
+
+    def store(self, task_id: str, state: str, result: Any, request: Context,
+              traceback: str | None) -> None:
+        self.backend.store(task_id, state, result, request, traceback, worker=self.name)
+
+    def get_state(self, task_id: str) -> str:
+        return self.backend.state(task_id)
+
+    # -- control -----------------------------------------------------------------------
+
+    def revoke(self, task_id: str) -> None:
+        self.revoked.add(task_id)
+
+    def active(self) -> list[Request]:
+        return [s.request for s in self.slots if s.request is not None]
+
+    def held(self) -> list[Request]:
+        return [r for r in self.requests.values() if r.envelope.state is MessageState.UNACKED]
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.name} c={self.concurrency} queues={self.queues}>"
+
+
+_OUTCOME_KINDS = {
+    states.SUCCESS: "succeeded",
+    states.FAILURE: "failed",
+    states.RETRY: "retried",
+    states.IGNORED: "ignored",
+}
+
+
+def _outcome_details(outcome: Outcome) -> dict[str, Any]:
+    if outcome.state == states.SUCCESS:
+        return {}
+    exc = outcome.exc
+    if outcome.state == states.RETRY:
+        inner = getattr(exc, "exc", None)
+        when = getattr(exc, "when", None)
+        return {
+            "exception": encode_exception(inner) if inner is not None else None,
+            "when": when if isinstance(when, int | float) or when is None else str(when),
+        }
+    return {"exception": encode_exception(exc) if exc is not None else None}
