@@ -415,8 +415,15 @@ class App:
     def _route(self, name: str, args: Any, kwargs: Any, options: dict[str, Any],
                task: Any, route_name: str | None) -> tuple[str, str, str]:
         """Queue, exchange and routing key (options > task_routes > task_default_queue)."""
+        conf = self.conf
+        if (not conf.task_routes and conf.task_create_missing_queues
+                and not options.get("exchange") and not options.get("routing_key")):
+            queue = options.get("queue") or conf.task_default_queue
+            if not isinstance(queue, str):
+                queue = getattr(queue, "name", str(queue))
+            return queue, "", queue
         route: dict[str, Any] = {}
-        for router in _routers(self.conf.task_routes):
+        for router in _routers(conf.task_routes):
             found = router(route_name or name, args, kwargs, options, task)
             if found:
                 route = {"queue": found} if isinstance(found, str) else dict(found)

@@ -81,33 +81,39 @@ class Settings(MutableMapping[str, Any]):
     """
 
     def __init__(self, changes: Mapping[str, Any] | None = None) -> None:
-        object.__setattr__(self, "_changes", dict(changes or {}))
+        # Every value also lives in the instance __dict__, so ``conf.name`` is a plain
+        # attribute read on the hot path; __getattr__ only runs for unknown names.
+        object.__setattr__(self, "_changes", {})
+        self.__dict__.update(DEFAULTS)
+        for key, value in (changes or {}).items():
+            self[key] = value
 
     def __getitem__(self, key: str) -> Any:
-        changes: dict[str, Any] = self._changes
-        if key in changes:
-            return changes[key]
-        return DEFAULTS[key]
+        if key.startswith("_") or key not in self.__dict__:
+            raise KeyError(key)
+        return self.__dict__[key]
 
     def __setitem__(self, key: str, value: Any) -> None:
+        if not isinstance(key, str) or key.startswith("_") or key == "changes":
+            raise KeyError(f"{key!r} is not a valid setting name")
         self._changes[key] = value
+        self.__dict__[key] = value
 
     def __delitem__(self, key: str) -> None:
         del self._changes[key]
+        if key in DEFAULTS:
+            self.__dict__[key] = DEFAULTS[key]
+        else:
+            del self.__dict__[key]
 
     def __iter__(self) -> Iterator[str]:
-        return iter({**DEFAULTS, **self._changes})
+        return iter([k for k in self.__dict__ if not k.startswith("_")])
 
     def __len__(self) -> int:
-        return len({**DEFAULTS, **self._changes})
+        return sum(1 for k in self.__dict__ if not k.startswith("_"))
 
     def __getattr__(self, key: str) -> Any:
-        if key.startswith("__"):
-            raise AttributeError(key)
-        try:
-            return self[key]
-        except KeyError:
-            raise AttributeError(f"app.conf has no setting {key!r}") from None
+        raise AttributeError(f"app.conf has no setting {key!r}")
 
     def __setattr__(self, key: str, value: Any) -> None:
         self[key] = value

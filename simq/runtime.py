@@ -400,6 +400,11 @@ def _hook(env: Env, fn: Callable[..., Any], *args: Any) -> None:
 
 def encoded(value: Any, serializer: str = "json") -> Any:
     """A result as a JSON-compatible value, the way a backend stores it."""
+    if value is None or type(value) in _SCALARS:
+        return value
     if isinstance(value, BaseException):
         return encode_exception(value)
     return roundtrip(value, serializer)
+
+
+_SCALARS = frozenset({int, str, bool})

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import inspect
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from simq import states
@@ -203,11 +203,13 @@ class Task:
         return {key: getattr(self, key, None) for key in _EXEC_OPTIONS}
 
     def _check_arguments(self, args: Any, kwargs: Any) -> None:
-        sig = inspect.signature(self.run)
-        try:
-            sig.bind(*(args or ()), **(kwargs or {}))
-        except TypeError as exc:
-            raise TypeError(f"{self.name}() {exc}") from None
+        cls = type(self)
+        header = cls.__dict__.get("_simq_header")
+        if header is None:
+            header = _header_from(self.run)
+            cls._simq_header = header  # type: ignore[attr-defined]
+        if header is not _NO_HEADER:
+            header(*(args or ()), **(kwargs or {}))
 
     def apply(
         self,
@@ -325,10 +327,10 @@ class Task:
         if max_retries is not None and retries > max_retries:
             if exc:
                 _raise_with_context(exc)
+            # Celery formats the retry signature's arguments: a tuple and a dict.
             raise self.MaxRetriesExceededError(
-                f"Can't retry {self.name}[{request.id}] args:{request.args} "
-                f"kwargs:{request.kwargs}",
-                task_args=request.args, task_kwargs=request.kwargs,
+                f"Can't retry {self.name}[{request.id}] args:{sig.args} kwargs:{sig.kwargs}",
+                task_args=sig.args, task_kwargs=sig.kwargs,
             )
         ret = Retry(exc=exc, when=eta or countdown, is_eager=request.is_eager, sig=sig)
         if request.is_eager:
@@ -452,6 +454,47 @@ class Task:
         return f"<@task: {self.name} of {self.app.main if self.app else None}>"
 
 
+_NO_HEADER: Any = object()
+
+
+def _header_from(fun: Callable[..., Any]) -> Any:
+    """A no-op function with ``fun``'s signature: calling it checks arguments cheaply.
+
+    Python itself then raises the TypeError, with the message a user would see calling
+    the function (``add() missing 1 required positional argument: 'y'``), as Celery does.
+    """
+    try:
+        sig = inspect.signature(fun)
+    except (TypeError, ValueError):
+        return _NO_HEADER
+    namespace: dict[str, Any] = {}
+    parts: list[str] = []
+    star = False
+    params = list(sig.parameters.values())
+    for index, param in enumerate(params):
+        text = param.name
+        if param.kind is param.VAR_POSITIONAL:
+            text, star = f"*{param.name}", True
+        elif param.kind is param.VAR_KEYWORD:
+            text = f"**{param.name}"
+        elif param.kind is param.KEYWORD_ONLY and not star:
+            parts.append("*")
+            star = True
+        if param.default is not param.empty:
+            namespace[f"__simq_default_{index}"] = param.default
+            text += f"=__simq_default_{index}"
+        parts.append(text)
+        nxt = params[index + 1] if index + 1 < len(params) else None
+        if param.kind is param.POSITIONAL_ONLY and (nxt is None or nxt.kind is not
+                                                    param.POSITIONAL_ONLY):
+            parts.append("/")
+    name = getattr(fun, "__name__", "task")
+    if not name.isidentifier():
+        name = "task"
+    exec(f"def {name}({', '.join(parts)}):\n    return None\n", namespace)  # noqa: S102
+    return namespace[name]
+
+
 def _listify(value: Any) -> list[Any] | None:
     if value is None:
         return None
@@ -488,19 +531,22 @@ def _merge_retry_arguments(task: Task, request: Context, args: Any, kwargs: Any
         covered = set(names[: len(args)])
         kept = {k: v for k, v in orig_kwargs.items() if k not in covered}
         return list(args), kept
-    # Only kwargs given: bind the original positionals by name, explicit kwargs win.
+    # Only kwargs given: they replace the original kwargs, and one naming an original
+    # positional replaces it in place, so positionals stay positional (Celery 5.7).
     assert kwargs is not None
+    kwargs = dict(kwargs)
+    if not orig_args:
+        return orig_args, kwargs
     try:
-        params = [p for p in inspect.signature(task.run).parameters.values()
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        signature = inspect.signature(task.run)
+        bound = signature.bind_partial(*orig_args)
     except (TypeError, ValueError):
-        params = []
-    if len(params) >= len(orig_args):
-        merged = {p.name: v for p, v in zip(params, orig_args, strict=False)}
-        merged.update(orig_kwargs)
-        merged.update(kwargs)
-        return [], merged
-    return orig_args, {**orig_kwargs, **kwargs}
+        return orig_args, kwargs
+    for name in list(kwargs):
+        if (name in bound.arguments
+                and signature.parameters[name].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD):
+            bound.arguments[name] = kwargs.pop(name)
+    return list(bound.args), {**bound.kwargs, **kwargs}
 
 
 def make_autoretry(task: Task) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-import uuid
 
 __all__ = ["Streams"]
 
@@ -30,5 +29,16 @@ class Streams:
         return rng
 
     def uuid(self, name: str = "task_ids") -> str:
-        """A version-4 UUID string drawn from stream ``name``."""
-        return str(uuid.UUID(int=self.stream(name).getrandbits(128), version=4))
+        """A version-4 UUID string drawn from stream ``name`` (what uuid4() looks like)."""
+        n = self.stream(name).getrandbits(128)
+        # Set the variant (RFC 4122) and version (4) bits, as uuid.UUID(version=4) does.
+        n = (n & _VARIANT_MASK) | _VARIANT_BITS
+        n = (n & _VERSION_MASK) | _VERSION_BITS
+        h = f"{n:032x}"
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_VARIANT_MASK = ~(0xC000 << 48)
+_VARIANT_BITS = 0x8000 << 48
+_VERSION_MASK = ~(0xF000 << 64)
+_VERSION_BITS = 4 << 76

@@ -13,6 +13,8 @@ Internal: not a public API. The engine owns one :class:`VirtualTime` per simulat
   same in whole nanoseconds.
 - ``time.sleep(d)`` calls the engine's virtual sleep with ``d`` when called from the
   thread that started the simulation; any other thread really sleeps.
+- ``time.perf_counter()`` and ``time.process_time()`` stay real: they measure the
+  simulator, not the simulated system.
 
 time-machine leaves ``sleep`` and ``monotonic`` alone, so this module rebinds them on
 the ``time`` module and in every loaded module that bound the original at import
@@ -33,7 +35,7 @@ import math
 import sys
 import time
 from _thread import get_ident
-from collections.abc import Callable, Container
+from collections.abc import Callable
 from types import ModuleType
 from typing import TYPE_CHECKING
 
@@ -124,20 +126,44 @@ _FAKE_FOR = {id(real): fake for _, real, fake in _REPLACED}
 _REAL_FOR = {id(fake): real for _, real, fake in _REPLACED}
 
 
-def _namespaces(known: Container[str] = ()) -> list[tuple[str, dict[str, object]]]:
-    """Loaded modules outside ``SKIPPED_ROOTS`` and ``known``, with their namespaces."""
+def _originals_in(namespace: dict[str, object]) -> tuple[str, ...]:
+    s, m, n = _real_sleep, _real_monotonic, _real_monotonic_ns  # Locals: this loop is hot.
+    return tuple(k for k, v in namespace.items() if v is s or v is m or v is n)
+
+
+def _bound_originals() -> list[tuple[dict[str, object], tuple[str, ...]]]:
+    """Namespaces of the modules to patch that bound an original, with the names bound."""
     found = []
     for name, module in list(sys.modules.items()):
-        if name in known or name.partition(".")[0] in SKIPPED_ROOTS:
-            continue
         if not isinstance(module, ModuleType):
             continue
         try:
             namespace = module.__dict__
         except Exception:  # An exotic module object; it cannot hold a plain binding.
             continue
-        found.append((name, namespace))
+        key = (id(namespace), len(namespace))
+        cached = _scan_cache.get(name)
+        if cached is None or cached[0] != key:
+            skip = name.partition(".")[0] in SKIPPED_ROOTS
+            cached = _scan_cache[name] = (key, () if skip else _originals_in(namespace))
+        if cached[1]:
+            found.append((namespace, cached[1]))
     return found
+
+
+def _restore_new_modules(known: set[str]) -> None:
+    """Puts the originals back in modules imported during the simulation."""
+    for name in sys.modules.keys() - known:
+        module = sys.modules.get(name)
+        if not isinstance(module, ModuleType) or name.partition(".")[0] in SKIPPED_ROOTS:
+            continue
+        try:
+            namespace = module.__dict__
+        except Exception:  # An exotic module object; it cannot hold a plain binding.
+            continue
+        for attr, value in list(namespace.items()):
+            if id(value) in _REAL_FOR:
+                namespace[attr] = _REAL_FOR[id(value)]
 
 
 def _caller() -> str:
@@ -191,10 +217,14 @@ class VirtualTime:
     def start(self) -> None:
         """Patches ``time`` and ``datetime`` so user code sees the virtual clock."""
         global _active
-        if _active is not None:
-            who = "this simulation" if _active is self else "another simulation"
+        if _active is self:
             raise SimqError(
-                f"cannot start virtual time: {who}'s virtual time is already active"
+                f"cannot start virtual time: it is already active (started at"
+                f" {self._started_at}); stop() it before starting it again"
+            )
+        if _active is not None:
+            raise SimqError(
+                "cannot start virtual time: another simulation's virtual time is active"
                 f" (started at {_active._started_at}); one process runs one simulation at a"
                 " time, so stop the other simulation first"
             )
@@ -221,23 +251,15 @@ class VirtualTime:
             self._traveller = self._travel.start()
             self.sync()
             self._modules_at_start = set(sys.modules)
-            self._install(time.__dict__)
-            for name, namespace in _namespaces():
-                self._install(namespace, name)
+            self._replace(time.__dict__, _originals_in(time.__dict__))
+            for namespace, names in _bound_originals():
+                self._replace(namespace, names)
         except BaseException:
             self.stop()
             raise
 
-    def _install(self, namespace: dict[str, object], cache_key: str = "") -> None:
-        """Replaces the originals bound in ``namespace``, recording how to undo it."""
-        key = (id(namespace), len(namespace))
-        cached = _scan_cache.get(cache_key)
-        if cached is not None and cached[0] == key:
-            names = cached[1]
-        else:
-            names = tuple(name for name, value in namespace.items() if id(value) in _FAKE_FOR)
-            if cache_key:
-                _scan_cache[cache_key] = (key, names)
+    def _replace(self, namespace: dict[str, object], names: tuple[str, ...]) -> None:
+        """Replaces the originals bound to ``names``, recording how to undo it."""
         for name in names:
             original = namespace.get(name)
             fake = _FAKE_FOR.get(id(original))
@@ -255,11 +277,7 @@ class VirtualTime:
                 if namespace.get(name) is fake:
                     namespace[name] = original
             if self._modules_at_start:
-                # Modules imported during the simulation may have bound a replacement.
-                for _, namespace in _namespaces(self._modules_at_start):
-                    for attr, value in list(namespace.items()):
-                        if id(value) in _REAL_FOR:
-                            namespace[attr] = _REAL_FOR[id(value)]
+                _restore_new_modules(self._modules_at_start)
                 self._modules_at_start = set()
         finally:
             travel, traveller = self._travel, self._traveller
@@ -290,10 +308,9 @@ class VirtualTime:
     def ensure(self) -> None:
         """Re-installs the replacements a user's patcher put back; cheap when none did."""
         # freezegun's stop() restores the originals it saw at import time, ours included.
-        module = time.__dict__
         if (
-            module["sleep"] is _real_sleep
-            or module["monotonic"] is _real_monotonic
-            or module["monotonic_ns"] is _real_monotonic_ns
+            time.monotonic is _real_monotonic
+            or time.monotonic_ns is _real_monotonic_ns
+            or time.sleep is _real_sleep
         ) and _active is self:
-            self._install(module)
+            self._replace(time.__dict__, ("sleep", "monotonic", "monotonic_ns"))

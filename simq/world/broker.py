@@ -40,6 +40,10 @@ _TRANSITIONS: dict[MessageState, frozenset[MessageState]] = {
 }
 
 
+# The same table by value: string hashes are cached, enum hashes are not (hot path).
+_ALLOWED = {old.value: frozenset(n.value for n in new) for old, new in _TRANSITIONS.items()}
+
+
 @attrs.define(eq=False, slots=True)
 class Envelope:
     """The broker's live record of one message: where it is and who holds it."""
@@ -51,7 +55,7 @@ class Envelope:
     deliveries: int = 0
 
     def move(self, new: MessageState) -> None:
-        if new not in _TRANSITIONS[self.state]:
+        if new._value_ not in _ALLOWED[self.state._value_]:
             raise SimqError(
                 f"illegal message transition {self.state.value} -> {new.value} for {self!r}"
             )
@@ -77,7 +81,7 @@ class Consumer(Protocol):
 class Queue:
     """A named queue. ``max_priority`` None: FIFO; else higher priority first (AMQP)."""
 
-    __slots__ = ("_levels", "consumers", "max_priority", "name", "rr")
+    __slots__ = ("_levels", "consumers", "count", "max_priority", "name", "rr")
 
     def __init__(self, name: str, max_priority: int | None = None) -> None:
         self.name = name
@@ -85,6 +89,7 @@ class Queue:
         self._levels: dict[int, deque[Envelope]] = {}
         self.consumers: list[Consumer] = []
         self.rr = 0
+        self.count = 0
 
     def _level(self, envelope: Envelope) -> int:
         if self.max_priority is None:
@@ -102,20 +107,21 @@ class Queue:
             dq.appendleft(envelope)
         else:
             dq.append(envelope)
+        self.count += 1
 
     def pop(self) -> Envelope | None:
+        if not self.count:
+            return None
         levels = self._levels
-        if len(levels) == 1:
-            dq = next(iter(levels.values()))
-            return dq.popleft() if dq else None
-        for level in sorted(levels):
+        for level in sorted(levels) if len(levels) > 1 else levels:
             dq = levels[level]
             if dq:
+                self.count -= 1
                 return dq.popleft()
         return None
 
     def __len__(self) -> int:
-        return sum(len(dq) for dq in self._levels.values())
+        return self.count
 
     def envelopes(self) -> list[Envelope]:
         return [e for level in sorted(self._levels) for e in self._levels[level]]
@@ -195,7 +201,7 @@ class Broker:
         if q is None or not q.consumers:
             return
         consumers = q.consumers
-        while len(q):
+        while q.count:
             n = len(consumers)
             for i in range(n):
                 consumer = consumers[(q.rr + i) % n]

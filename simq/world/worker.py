@@ -58,6 +58,9 @@ _NEXT: dict[RequestState, frozenset[RequestState]] = {
     RequestState.DONE: frozenset(),
 }
 
+# The same table by value: string hashes are cached, enum hashes are not (hot path).
+_ALLOWED = {old.value: frozenset(n.value for n in new) for old, new in _NEXT.items()}
+
 # Protocol-2 header names; any other header is a custom one (``request.headers``).
 _PROTOCOL_HEADERS = frozenset({
     "lang", "task", "id", "shadow", "eta", "expires", "group", "group_index", "retries",
@@ -90,7 +93,7 @@ class Request:
         return bool(self.task.acks_late)
 
     def move(self, new: RequestState) -> None:
-        if new not in _NEXT[self.state]:
+        if new._value_ not in _ALLOWED[self.state._value_]:
             raise SimqError(f"illegal request transition {self.state.value} -> {new.value} "
                             f"for task {self.context.task}[{self.id}]")
         self.state = new
@@ -205,6 +208,7 @@ class Worker:
         self._held = 0  # ETA-held messages (outside the prefetch window)
         self._live_unacked = 0  # every message delivered here and not yet acked/rejected
         self._pump_scheduled = False
+        self._pumping = False
         self.online = False
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -258,7 +262,8 @@ class Worker:
     def _context(self, message: Message, args: Any, kwargs: Any, embed: dict[str, Any],
                  envelope: Envelope) -> Context:
         headers = message.headers
-        custom = {k: v for k, v in headers.items() if k not in _PROTOCOL_HEADERS}
+        extra = headers.keys() - _PROTOCOL_HEADERS
+        custom = {k: headers[k] for k in headers if k in extra} if extra else None
         return Context(
             headers,
             id=message.task_id,
@@ -281,7 +286,7 @@ class Worker:
             chord=embed.get("chord"),
             correlation_id=message.task_id,
             reply_to=headers.get("reply_to"),
-            headers=custom or None,
+            headers=custom,
             properties={"correlation_id": message.task_id, "priority": message.priority},
         )
 
@@ -367,12 +372,16 @@ class Worker:
 
     def _pump(self) -> None:
         self._pump_scheduled = False
-        reserved = self.reserved
-        for slot in self.slots:
-            while slot.request is None and reserved and self.online:
-                request = reserved.popleft()
-                if request.state is RequestState.RESERVED:
-                    self._start(slot, request)
+        self._pumping = True
+        try:
+            reserved = self.reserved
+            for slot in self.slots:
+                while slot.request is None and reserved and self.online:
+                    request = reserved.popleft()
+                    if request.state is RequestState.RESERVED:
+                        self._start(slot, request)
+        finally:
+            self._pumping = False
 
     def _start(self, slot: Slot, request: Request) -> None:
         # execute_using_pool re-checks revoked() (which includes expiry) before starting.
@@ -397,7 +406,7 @@ class Worker:
         slot.request = None
         if request is not None:
             self._finish(request, result)
-        if self.reserved:
+        if self.reserved and not self._pumping:
             self._pump()
 
     def _finish(self, request: Request, outcome: Outcome) -> None:

@@ -1,0 +1,1 @@
+"""Benchmarks for simq, run with ``nox -s bench`` (``python -m bench``)."""

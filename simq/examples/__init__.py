@@ -1,0 +1,1 @@
+"""Example apps bundled with simq (used by ``simq demo`` and the docs)."""
