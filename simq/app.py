@@ -7,6 +7,7 @@ imports the simulated world itself.
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import fnmatch
 import random
 import re
@@ -39,7 +40,13 @@ class TaskRegistry(dict[str, Task]):
     """Registered tasks by name; a miss raises NotRegistered (a KeyError)."""
 
     def __missing__(self, key: str) -> Task:
-        raise NotRegistered(key)
+        exc = NotRegistered(key)
+        if hasattr(exc, "add_note"):  # Python 3.11+; a note keeps Celery's str() and repr()
+            close = difflib.get_close_matches(str(key), [str(name) for name in self], n=1)
+            hint = (f"did you mean {close[0]!r}?" if close
+                    else "import the module that defines it before calling it")
+            exc.add_note(f"no task named {key!r} is registered with this app; {hint}")
+        raise exc
 
     def register(self, task: Task | type[Task]) -> None:
         if isinstance(task, type):
@@ -92,6 +99,9 @@ class EagerStore:
             return
         self._metas[task_id] = {"status": state, "result": encoded(result),
                                 "traceback": traceback, "date_done": None}
+
+    def work(self, task: Any) -> None:
+        """Eager runs take no simulated time."""
 
     def get(self, task_id: str) -> dict[str, Any] | None:
         world = self.app._world

@@ -100,8 +100,10 @@ class Signature(dict):  # type: ignore[type-arg]
         kwargs = dict(kwargs or {})
         options = dict(options or {})
         new_options = dict(self.options)
+        # Stamp keys the signature already carries are kept too, as group_id is.
+        frozen = _IMMUTABLE_OPTIONS.union(self.options.get("stamped_headers") or ())
         for key, value in options.items():
-            if key in _IMMUTABLE_OPTIONS and key in self.options:
+            if key in frozen and key in self.options:
                 continue
             new_options[key] = value
         if self.immutable and not force:

@@ -108,7 +108,7 @@ class AsyncResult:
             raise RuntimeError(
                 "Never call result.get() within a task!\n"
                 "See https://docs.celeryq.dev/en/latest/userguide/tasks.html"
-                "#avoid-launching-synchronous-subtasks"
+                "#avoid-launching-synchronous-subtasks\n"
             )
         if not self.ready():
             world = self.app._world
@@ -210,7 +210,8 @@ class EagerResult(AsyncResult):
                 raise (self._result if isinstance(self._result, BaseException)
                        else Exception(self._result))
             return self._result
-        return self._result
+        # Celery's EagerResult.get() falls through: REJECTED, IGNORED and RETRY give None.
+        return None
 
     wait = get
 

@@ -216,6 +216,9 @@ class Env(Protocol):
     def get_state(self, task_id: str) -> str:
         """The stored state of ``task_id`` (PENDING when unknown)."""
 
+    def work(self, task: Any) -> None:
+        """Called just before the body runs: a simulated worker spends the task's duration."""
+
 
 @attrs.frozen(slots=True)
 class Outcome:
@@ -312,6 +315,7 @@ def trace(task: Any, request: Context, env: Env, propagate: bool = False) -> Out
                       None)
         try:
             task.before_start(task_id, args, kwargs)
+            env.work(task)
             retval = task.run(*args, **kwargs)
         except Reject as exc:
             return Outcome(states.REJECTED, exc, exc, requeue=exc.requeue)
@@ -343,10 +347,38 @@ def _exitcode(exc: BaseException) -> int:
 
 
 def lost_error(exitcode: int | None, exc: BaseException | None = None) -> WorkerLostError:
-    """The WorkerLostError Celery reports for a child that exited with ``exitcode``."""
+    """The WorkerLostError Celery reports for a child that exited with ``exitcode``.
+
+    A negative exit code is a signal, as billiard reports it (``-9``: SIGKILL).
+    """
     if isinstance(exc, KeyboardInterrupt):
         return WorkerLostError("Worker exited prematurely: KeyboardInterrupt.")
+    if exitcode is not None and exitcode < 0:
+        import signal
+
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = "UNKNOWN"
+        return WorkerLostError(f"Worker exited prematurely: signal {-exitcode} ({name}).")
     return WorkerLostError(f"Worker exited prematurely: exitcode {exitcode}.")
+
+
+def run_parent_hooks(task: Any, request: Context, exc: BaseException) -> None:
+    """``on_failure`` and ``after_return`` run by the parent (hard time limit, 5.7)."""
+    args, kwargs = request.args or (), request.kwargs or {}
+    push_request(task, request)
+    try:
+        for hook, hook_args in (
+            (task.on_failure, (exc, request.id, args, kwargs, None)),
+            (task.after_return, (states.FAILURE, exc, request.id, args, kwargs, None)),
+        ):
+            try:
+                hook(*hook_args)
+            except Exception:  # noqa: S110 - logged by Celery, swallowed
+                pass
+    finally:
+        pop_request(task)
 
 
 def _on_success(task: Any, request: Context, retval: Any, env: Env, publish_result: bool,

@@ -15,8 +15,9 @@ Example:
 from __future__ import annotations
 
 import datetime as dt
+import os
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from simq import states
@@ -24,11 +25,18 @@ from simq.engine.fibers import current_fiber
 from simq.engine.loop import Loop
 from simq.engine.rng import Streams
 from simq.engine.vtime import VirtualTime
-from simq.exceptions import SimqError, SimulationIdle, TimeoutError, UnknownTarget
+from simq.exceptions import (
+    SimqError,
+    SimulationIdle,
+    TaskRevokedError,
+    TimeoutError,
+    UnknownTarget,
+)
 from simq.history import Event, History
 from simq.message import Message
 from simq.world.backend import Backend
 from simq.world.broker import Broker
+from simq.world.faults import Faults
 from simq.world.worker import Worker
 
 __all__ = ["DEFAULT_START", "Simulation"]
@@ -59,6 +67,12 @@ class Simulation:
         concurrency: Child slots per default worker.
         prefetch_multiplier: Defaults to ``app.conf.worker_prefetch_multiplier`` (4).
         start: Timezone-aware datetime where virtual time starts.
+        transport: ``"amqp"`` (RabbitMQ, default), ``"redis"`` or ``"sqs"``: how unacked
+            messages come back (channel close, or visibility timeout) and how priorities
+            order a queue. ``app.conf.broker_transport_options["visibility_timeout"]``
+            overrides kombu's defaults (3600 s redis, 1800 s sqs).
+        durations: Per task name, how long its body takes in virtual seconds: a number,
+            or a callable drawing from a seeded ``random.Random``.
     """
 
     def __init__(
@@ -70,6 +84,8 @@ class Simulation:
         concurrency: int = 1,
         prefetch_multiplier: int | None = None,
         start: dt.datetime | None = None,
+        transport: str = "amqp",
+        durations: Mapping[str, float | Callable[[random.Random], float]] | None = None,
     ) -> None:
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise TypeError(f"seed must be an int, got {seed!r}")
@@ -81,7 +97,20 @@ class Simulation:
         self.loop = Loop(self.started_at)
         self.streams = Streams(seed)
         self.history = History()
-        self.broker = Broker(self.record, app.conf.task_queue_max_priority)
+        options = app.conf.broker_transport_options or {}
+        self.transport = transport
+        self.broker = Broker(self.record, self.loop, transport=transport,
+                             visibility_timeout=options.get("visibility_timeout"),
+                             max_priority=app.conf.task_queue_max_priority)
+        self.durations = dict(durations or {})
+        for name, value in self.durations.items():
+            if not (callable(value) or isinstance(value, int | float)) or (
+                    isinstance(value, int | float) and value < 0):
+                raise ValueError(
+                    f"durations[{name!r}] must be seconds >= 0 or a callable taking a "
+                    f"random.Random, got {value!r}"
+                )
+        self.faults = Faults(self)
         self.backend = Backend(self.record, self.time)
         self.workers: dict[str, Worker] = {}
         self.vtime = VirtualTime(self.time, self._sleep, monotonic_origin=self.started_at - 1e5)
@@ -108,6 +137,8 @@ class Simulation:
                 "close it before starting another"
             )
         self.vtime.start()
+        self._real_exit = os._exit
+        os._exit = self._os_exit
         self.app._world = self
         self.loop.on_advance = self.vtime.sync
         self._active = True
@@ -120,6 +151,7 @@ class Simulation:
             self.loop.on_advance = None
             if getattr(self.app, "_world", None) is self:
                 self.app._world = None
+            os._exit = self._real_exit
             self.vtime.stop()
         self._closed = True
 
@@ -231,8 +263,27 @@ class Simulation:
             # time.sleep() in test code moves the whole simulation forward.
             self.advance(seconds)
             return
-        self.loop.call_later(seconds, fiber.owner.wake)
-        fiber.suspend()
+        fiber.owner.sleep(seconds)
+
+    def _os_exit(self, code: int) -> None:
+        fiber = current_fiber()
+        if fiber is None:
+            self._real_exit(code)
+        else:
+            # Inside a task, os._exit ends the simulated child, never the test process.
+            fiber.exit(code)
+
+    def duration_for(self, name: str) -> float:
+        """How long the body of task ``name`` takes (``durations=``), 0 by default."""
+        value = self.durations.get(name)
+        if value is None:
+            return 0.0
+        if callable(value):
+            drawn = float(value(self.streams.stream(f"duration:{name}")))
+            if drawn < 0:
+                raise ValueError(f"durations[{name!r}] drew {drawn}; durations must be >= 0")
+            return drawn
+        return float(value)
 
     # -- recording ---------------------------------------------------------------------
 
@@ -268,21 +319,57 @@ class Simulation:
         self.backend.store(task_id, state, result, request, traceback)
 
     def revoke(self, task_id: str | Iterable[str], terminate: bool = False,
-               signal: str | None = None) -> None:
-        """Broadcast a revoke to every online worker (lost if none is up, as in Celery)."""
+               signal: str | None = None, at: float | dt.datetime | None = None) -> None:
+        """Broadcast a revoke to every online worker (lost if none is up, as in Celery).
+
+        A worker skips a revoked task when it receives or is about to start it; with
+        ``terminate=True`` a running one is killed and stored REVOKED('terminated') (G10).
+        """
         ids = [task_id] if isinstance(task_id, str) else list(task_id)
-        online = [w for w in self.workers.values() if w.online]
+        self.faults._when(at, self._revoke, ids, terminate, signal)
+
+    def _revoke(self, ids: list[str], terminate: bool, signal: str | None) -> None:
+        online = [w for w in self.workers.values() if w.alive and w.online]
         for tid in ids:
             self.record("revoke", task_id=tid, terminate=terminate, signal=signal,
                         workers=[w.name for w in online])
             active = any(r.id == tid for w in online for r in w.active())
             for w in online:
                 w.revoke(tid)
+                if terminate:
+                    self.faults.terminate(w, tid)
             # 5.6+: mark REVOKED at once if not started anywhere (control.py).
             if online and not active and self.backend.state(tid) in _REVOCABLE:
-                from simq.exceptions import TaskRevokedError
-
                 self.backend.store(tid, states.REVOKED, TaskRevokedError("revoked"))
+
+    # -- faults (CELERY_SEMANTICS.md §3) -----------------------------------------------
+
+    def crash_worker(self, name: str, at: float | dt.datetime | None = None,
+                     restart_after: float | None = None) -> None:
+        """Power failure of worker ``name`` (G4): unacked messages go back to the broker,
+        early-acked running tasks are lost where they stand; ``restart_after`` seconds
+        later an empty worker of the same name comes back."""
+        self.faults.crash_worker(name, at, restart_after)
+
+    def kill_child(self, task_id: str, at: float | dt.datetime | None = None,
+                   exitcode: int = -9) -> None:
+        """The child running ``task_id`` dies (G3): WorkerLostError and §3.1's decision."""
+        self.faults.kill_child(task_id, at, exitcode)
+
+    def lose_connection(self, worker: str, at: float | dt.datetime | None = None,
+                        reconnect_after: float = 5.0) -> None:
+        """Worker ``worker`` loses its broker connection (G7) and reconnects later."""
+        self.faults.lose_connection(worker, at, reconnect_after)
+
+    def restart_broker(self, at: float | dt.datetime | None = None,
+                       down_for: float = 1.0) -> None:
+        """Restart the broker: connections drop; what the transport keeps survives."""
+        self.faults.restart_broker(at, down_for)
+
+    def shutdown_worker(self, name: str, at: float | dt.datetime | None = None,
+                        warm: bool = True) -> None:
+        """Shut worker ``name`` down (G17): warm finishes running tasks, cold cancels them."""
+        self.faults.shutdown_worker(name, at, warm)
 
     def wait(self, ready: Callable[[], bool], timeout: float | None, task_id: str) -> None:
         """Run until ``ready()``; TimeoutError after ``timeout`` virtual seconds."""

@@ -179,6 +179,12 @@ class Task:
         app = self._get_app()
         if self.soft_time_limit and self.time_limit and self.soft_time_limit > self.time_limit:
             raise ValueError("soft_time_limit must be less than or equal to time_limit")
+        # Celery checks only the task's attributes; a per-call pair is checked too, since
+        # the worker would otherwise kill the task before its soft limit could fire.
+        soft = options.get("soft_time_limit", self.soft_time_limit)
+        hard = options.get("time_limit", self.time_limit)
+        if soft and hard and soft > hard:
+            raise ValueError("soft_time_limit must be less than or equal to time_limit")
         if self.typing:
             self._check_arguments(args, kwargs)
         shadow = shadow or self.shadow_name(args, kwargs, options)

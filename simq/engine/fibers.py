@@ -13,7 +13,7 @@ from typing import Any
 
 import greenlet
 
-__all__ = ["SUSPENDED", "Fiber", "current_fiber"]
+__all__ = ["SUSPENDED", "Exited", "Fiber", "current_fiber"]
 
 
 class _Suspended:
@@ -66,6 +66,10 @@ class Fiber:
         if isinstance(value, _Done):
             self.busy = False
             return value.result
+        if isinstance(value, Exited):
+            # The job ended its own child (os._exit): drop it where it stands.
+            self.abandon()
+            return value
         if self._glet.dead:
             # The job let an exception escape the fiber's main loop: a bug in simq's
             # runtime, which catches everything a task can raise.
@@ -75,6 +79,14 @@ class Fiber:
     def suspend(self) -> Any:
         """Called from inside the fiber: give control back to the engine."""
         return self._hub.switch(SUSPENDED)
+
+    def exit(self, code: int) -> None:
+        """Called from inside the fiber: the child process ends now (``os._exit``).
+
+        Control never comes back: the job's remaining code, ``finally`` blocks included,
+        never runs, as in a process that exited.
+        """
+        self._hub.switch(Exited(code))
 
     @property
     def suspended(self) -> bool:
@@ -90,6 +102,18 @@ class Fiber:
 
     def __repr__(self) -> str:
         return f"<Fiber {self.name} {'busy' if self.busy else 'idle'}>"
+
+
+class Exited:
+    """What running a fiber returns when its job ended the child with ``os._exit``."""
+
+    __slots__ = ("code",)
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+    def __repr__(self) -> str:
+        return f"Exited({self.code})"
 
 
 class _Done:

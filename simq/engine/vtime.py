@@ -17,15 +17,12 @@ Internal: not a public API. The engine owns one :class:`VirtualTime` per simulat
   simulator, not the simulated system.
 
 time-machine leaves ``sleep`` and ``monotonic`` alone, so this module rebinds them on
-the ``time`` module and in every loaded module that bound the original at import
-(``from time import sleep``), except the packages in ``SKIPPED_ROOTS``, whose clocks
-must stay real: the test runner, thread, queue and event-loop machinery. Defaults,
-closures and instance attributes that captured an original are not reached. Once
-installed, a replacement outside the simulation just calls the original, so a
-reference that escapes restoration stays harmless.
-
-The measurements behind choosing time-machine over freezegun are in ``bench/timepatch.py``
-and docs/benchmarks.md.
+``time`` and in every loaded module that bound the original (``from time import sleep``),
+except the packages in ``SKIPPED_ROOTS``, whose clocks must stay real (their calls through
+``time.sleep``/``time.monotonic`` get the real functions too). Defaults, closures
+and instance attributes that captured an original are not reached. Outside a simulation
+a replacement calls the original, so a reference that escapes restoration is harmless.
+Why time-machine and not freezegun: ``bench/timepatch.py``, docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -64,15 +61,12 @@ _real_sleep = time.sleep
 _real_monotonic = time.monotonic
 _real_monotonic_ns = time.monotonic_ns
 # Anything else in these places at start would hide the virtual clock from user code.
-_MUST_BE_ORIGINAL = (
-    (time, "time", time.time),
-    (time, "time_ns", time.time_ns),
-    (time, "sleep", time.sleep),
-    (time, "monotonic", time.monotonic),
-    (time, "monotonic_ns", time.monotonic_ns),
-    (datetime, "datetime", datetime.datetime),
-    (datetime, "date", datetime.date),
-)
+_MUST_BE_ORIGINAL = tuple(
+    (module, name, getattr(module, name))
+    for module, names in ((time, ("time", "time_ns", "sleep", "monotonic", "monotonic_ns")),
+                          (datetime, ("datetime", "date")))
+    for name in names
+)  # fmt: skip
 _NS = 1_000_000_000
 
 _active: VirtualTime | None = None
@@ -88,10 +82,19 @@ def _to_ns(seconds: float) -> int:
     return whole * _NS + round((seconds - whole) * 1e9)
 
 
+def _caller_root() -> str:
+    """Top-level package of the code that called a replacement."""
+    try:
+        name: str = sys._getframe(2).f_globals.get("__name__") or ""
+    except ValueError:  # Called straight from C with no Python frame above.
+        return ""
+    return name.partition(".")[0]
+
+
 def virtual_sleep(secs: float, /) -> None:
     """``time.sleep`` during a simulation: waits ``secs`` on the virtual clock."""
     vt = _active
-    if vt is None or get_ident() != vt._thread:
+    if vt is None or get_ident() != vt._thread or _caller_root() in SKIPPED_ROOTS:
         _real_sleep(secs)
         return
     if math.isnan(secs):
@@ -104,7 +107,9 @@ def virtual_sleep(secs: float, /) -> None:
 def virtual_monotonic() -> float:
     """``time.monotonic`` during a simulation: virtual seconds since the monotonic origin."""
     vt = _active
-    if vt is None:
+    # asyncio's event loop reads `time.monotonic()` at call time, and with a frozen
+    # clock its timers would never fire: skipped packages get the real clock here too.
+    if vt is None or _caller_root() in SKIPPED_ROOTS:
         return _real_monotonic()
     return vt._now() - vt._origin
 
@@ -112,7 +117,7 @@ def virtual_monotonic() -> float:
 def virtual_monotonic_ns() -> int:
     """``time.monotonic_ns`` during a simulation: ``virtual_monotonic()`` in nanoseconds."""
     vt = _active
-    if vt is None:
+    if vt is None or _caller_root() in SKIPPED_ROOTS:
         return _real_monotonic_ns()
     return _to_ns(vt._now()) - vt._origin_ns
 

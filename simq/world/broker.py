@@ -18,7 +18,12 @@ import attrs
 from simq.exceptions import SimqError
 from simq.message import Message
 
-__all__ = ["Broker", "Consumer", "Envelope", "MessageState", "Queue"]
+__all__ = ["DEFAULT_VISIBILITY_TIMEOUT", "TRANSPORTS", "Broker", "Consumer", "Envelope",
+           "MessageState", "Queue"]
+
+TRANSPORTS = ("amqp", "redis", "sqs")
+#: kombu's defaults: redis.py (3600 s) and SQS (1800 s); amqp has no visibility timeout.
+DEFAULT_VISIBILITY_TIMEOUT: dict[str, float] = {"redis": 3600.0, "sqs": 1800.0}
 
 
 class MessageState(enum.Enum):
@@ -53,6 +58,8 @@ class Envelope:
     holder: str | None = None
     redelivered: bool = False
     deliveries: int = 0
+    copy: bool = False
+    delivered_at: float | None = None
 
     def move(self, new: MessageState) -> None:
         if new._value_ not in _ALLOWED[self.state._value_]:
@@ -79,24 +86,34 @@ class Consumer(Protocol):
 
 
 class Queue:
-    """A named queue. ``max_priority`` None: FIFO; else higher priority first (AMQP)."""
+    """A named queue with the transport's priority semantics.
 
-    __slots__ = ("_levels", "consumers", "count", "max_priority", "name", "rr")
+    ``mode`` "fifo": priorities ignored (RabbitMQ without ``x-max-priority``, SQS);
+    "amqp": higher priority first, capped at ``max_priority``; "redis": kombu's priority
+    steps 0/3/6/9, lower number first, no priority counting as 0.
+    """
 
-    def __init__(self, name: str, max_priority: int | None = None) -> None:
+    __slots__ = ("_levels", "consumers", "count", "max_priority", "mode", "name", "rr")
+
+    def __init__(self, name: str, max_priority: int | None = None, mode: str = "fifo") -> None:
         self.name = name
         self.max_priority = max_priority
+        self.mode = mode
         self._levels: dict[int, deque[Envelope]] = {}
         self.consumers: list[Consumer] = []
         self.rr = 0
         self.count = 0
 
     def _level(self, envelope: Envelope) -> int:
-        if self.max_priority is None:
+        mode = self.mode
+        if mode == "fifo":
             return 0
         priority = envelope.message.priority or 0
+        if mode == "redis":
+            # kombu's redis transport: buckets [0, 3, 6, 9], each priority to the next step.
+            return min(step for step in (0, 3, 6, 9) if step >= min(max(priority, 0), 9))
         # RabbitMQ: higher is more urgent, capped at the queue's x-max-priority.
-        return -min(max(priority, 0), self.max_priority)
+        return -min(max(priority, 0), self.max_priority or 0)
 
     def push(self, envelope: Envelope, front: bool = False) -> None:
         level = self._level(envelope)
@@ -120,6 +137,12 @@ class Queue:
                 return dq.popleft()
         return None
 
+    def clear(self) -> list[Envelope]:
+        out = self.envelopes()
+        self._levels.clear()
+        self.count = 0
+        return out
+
     def __len__(self) -> int:
         return self.count
 
@@ -128,20 +151,52 @@ class Queue:
 
 
 class Broker:
-    """Queues and deliveries for one simulation."""
+    """Queues and deliveries for one simulation, with a transport's semantics.
 
-    def __init__(self, record: Callable[..., None], max_priority: int | None = None) -> None:
+    ``transport`` "amqp": an unacked message returns to its queue as soon as its
+    channel closes (consumer crash, connection loss). "redis" and "sqs": it returns only
+    when its visibility timeout (counted from delivery) runs out, and then even if its
+    first holder still has it (kombu #337): the documented duplicate execution.
+    """
+
+    def __init__(self, record: Callable[..., None], loop: Any, *, transport: str = "amqp",
+                 visibility_timeout: float | None = None,
+                 max_priority: int | None = None) -> None:
+        if transport not in TRANSPORTS:
+            raise SimqError(
+                f"unknown transport {transport!r}; use one of {', '.join(TRANSPORTS)}"
+            )
         self._record = record
+        self.loop = loop
+        self.transport = transport
+        # Only redis and sqs emulate acks with a visibility timeout (G6); kombu's amqp
+        # transport ignores a visibility_timeout in broker_transport_options.
+        default_timeout = DEFAULT_VISIBILITY_TIMEOUT.get(transport)
+        self.visibility_timeout = (
+            None if default_timeout is None
+            else visibility_timeout if visibility_timeout is not None else default_timeout
+        )
+        if transport == "redis":
+            self._mode = "redis"
+        elif transport == "amqp" and max_priority is not None:
+            self._mode = "amqp"
+        else:
+            self._mode = "fifo"
         self._max_priority = max_priority
         self.queues: dict[str, Queue] = {}
         self.envelopes: dict[str, Envelope] = {}
         self._dispatching = False
         self._pending: dict[str, None] = {}
 
+    @property
+    def acks_emulated(self) -> bool:
+        """Whether unacked messages return by visibility timeout (redis, sqs)."""
+        return self.visibility_timeout is not None
+
     def queue(self, name: str) -> Queue:
         q = self.queues.get(name)
         if q is None:
-            q = self.queues[name] = Queue(name, self._max_priority)
+            q = self.queues[name] = Queue(name, self._max_priority, self._mode)
         return q
 
     # -- producing ---------------------------------------------------------------------
@@ -216,15 +271,19 @@ class Broker:
             envelope.move(MessageState.UNACKED)
             envelope.holder = consumer.name
             envelope.deliveries += 1
+            envelope.delivered_at = self.loop.now
             message = envelope.message
-            self._record(
-                "delivered",
-                task_id=message.task_id,
-                message_id=message.message_id,
-                worker=consumer.name,
-                queue=name,
-                redelivered=envelope.redelivered,
-            )
+            if envelope.copy:
+                self._record("delivered", task_id=message.task_id,
+                             message_id=message.message_id, worker=consumer.name, queue=name,
+                             redelivered=envelope.redelivered, copy=True)
+            else:
+                self._record("delivered", task_id=message.task_id,
+                             message_id=message.message_id, worker=consumer.name, queue=name,
+                             redelivered=envelope.redelivered)
+            if self.visibility_timeout is not None:
+                self.loop.call_later(self.visibility_timeout, self._visibility_expired,
+                                     envelope, envelope.deliveries)
             consumer.on_delivery(envelope)
             consumers = q.consumers
 
@@ -259,6 +318,47 @@ class Broker:
         envelope.redelivered = True
         self.queue(message.queue).push(envelope, front=front)
         self.dispatch(message.queue)
+
+    def channel_closed(self, envelope: Envelope, reason: str) -> None:
+        """The holder's channel closed with ``envelope`` unacked.
+
+        amqp returns it now; redis and sqs leave it to the visibility timeout.
+        """
+        if envelope.state is not MessageState.UNACKED:
+            return
+        if self.visibility_timeout is None:
+            self.restore(envelope, front=True, reason=reason)
+        else:
+            envelope.holder = None
+
+    def _visibility_expired(self, envelope: Envelope, delivery: int) -> None:
+        if envelope.state is not MessageState.UNACKED or envelope.deliveries != delivery:
+            return
+        message = envelope.message
+        if envelope.holder is None:
+            self.restore(envelope, front=True, reason="visibility-timeout")
+            return
+        # restore_visible re-queues a copy while the first holder still has the message.
+        copy = Envelope(message, redelivered=True, copy=True)
+        self._record("requeued", task_id=message.task_id, message_id=message.message_id,
+                     worker=envelope.holder, reason="visibility-timeout", copy=True)
+        self.queue(message.queue).push(copy, front=True)
+        self.dispatch(message.queue)
+
+    def restart(self) -> int:
+        """The broker restarts: what the transport keeps survives; return the count lost."""
+        lost = 0
+        if self.transport == "redis":
+            # This Redis keeps nothing on disk: queued and unacked messages are gone.
+            for name in sorted(self.queues):
+                for envelope in self.queues[name].clear():
+                    self.lose(envelope, "broker-restart")
+                    lost += 1
+            for envelope in list(self.envelopes.values()):
+                if envelope.state is MessageState.UNACKED:
+                    self.lose(envelope, "broker-restart")
+                    lost += 1
+        return lost
 
     def lose(self, envelope: Envelope, reason: str) -> None:
         envelope.move(MessageState.LOST)

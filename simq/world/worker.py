@@ -13,6 +13,7 @@ Internal. The worker follows Celery's ``strategy.py`` / ``request.py`` / ``consu
 from __future__ import annotations
 
 import enum
+import math
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -20,11 +21,26 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from simq import states
-from simq.engine.fibers import SUSPENDED, Fiber
-from simq.exceptions import NotRegistered, Reject, SimqError, TaskRevokedError
+from simq.engine.fibers import SUSPENDED, Exited, Fiber
+from simq.exceptions import (
+    NotRegistered,
+    Reject,
+    SimqError,
+    SoftTimeLimitExceeded,
+    TaskRevokedError,
+    TimeLimitExceeded,
+)
 from simq.message import Message
 from simq.rates import parse_rate
-from simq.runtime import LOST, Context, Outcome, lost_error, mark_as_failure, trace
+from simq.runtime import (
+    LOST,
+    Context,
+    Outcome,
+    lost_error,
+    mark_as_failure,
+    run_parent_hooks,
+    trace,
+)
 from simq.serialization import encode_exception, loads
 from simq.world.broker import Envelope, MessageState
 
@@ -79,6 +95,8 @@ class Request:
     state: RequestState = RequestState.RECEIVED
     acked: bool = False
     timer: Timer | None = None
+    orphaned: bool = False  # its channel closed: an ack or reject can no longer land
+    cancelled: bool = False
 
     @property
     def message(self) -> Message:
@@ -145,7 +163,10 @@ class TokenBucket:
     def can_consume(self, now: float) -> bool:
         self.tokens = min(1.0, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
-        if self.tokens >= 1.0 - 1e-9:
+        # Epoch seconds near 2030 carry ~2.4e-7 s of float resolution, so a refill of
+        # exactly 1/rate can read slightly short. Tolerate a few ulps of the clock;
+        # otherwise the retry delay rounds to zero and the bucket never refills.
+        if self.tokens >= 1.0 - 1e-9 - 4 * math.ulp(now) * self.rate:
             self.tokens = max(0.0, self.tokens - 1.0)
             return True
         return False
@@ -155,19 +176,48 @@ class TokenBucket:
 
 
 class Slot:
-    """A child process slot: a fiber and the request it runs."""
+    """A child process slot: a fiber, the request it runs and that run's timers."""
 
-    __slots__ = ("fiber", "index", "request", "worker")
+    __slots__ = ("fiber", "index", "request", "timers", "token", "worker")
 
     def __init__(self, worker: Worker, index: int) -> None:
         self.worker = worker
         self.index = index
         self.fiber = Fiber(f"{worker.name}/child-{index + 1}", owner=self)
         self.request: Request | None = None
+        self.timers: list[Timer] = []
+        self.token = 0  # bumped when the child is replaced: stale timers do nothing
 
-    def wake(self) -> None:
+    def sleep(self, seconds: float) -> None:
+        """Called inside the fiber: suspend the task for ``seconds`` of virtual time."""
+        timer = self.worker.loop.call_later(seconds, self.wake, self.token)
+        self.timers.append(timer)
+        try:
+            self.fiber.suspend()
+        finally:
+            # An interrupted sleep (soft time limit) must not wake the task's next one.
+            timer.cancel()
+            if timer in self.timers:
+                self.timers.remove(timer)
+
+    def wake(self, token: int) -> None:
         """Resume the task suspended in this slot (end of a virtual sleep)."""
-        self.worker.switched(self, self.fiber.resume())
+        if token == self.token and self.request is not None:
+            self.worker.switched(self, self.fiber.resume())
+
+    def throw(self, exc: BaseException) -> None:
+        """Raise ``exc`` in the task at its suspension point (a soft time limit)."""
+        self.worker.switched(self, self.fiber.throw(exc))
+
+    def replace_child(self) -> None:
+        """The child died: its code stops where it is; a fresh child takes the slot."""
+        self.token += 1
+        for timer in self.timers:
+            timer.cancel()
+        self.timers.clear()
+        if self.fiber.busy:
+            self.fiber.abandon()
+        self.request = None
 
 
 class Worker:
@@ -202,14 +252,16 @@ class Worker:
         self._record: Callable[..., None] = sim.record
         self.slots = [Slot(self, i) for i in range(concurrency)]
         self.reserved: deque[Request] = deque()
-        self.requests: dict[str, Request] = {}  # message_id -> live request
+        self.requests: dict[Envelope, Request] = {}  # live requests by delivery
         self.revoked: set[str] = set()
         self.buckets: dict[str, TokenBucket] = {}
         self._held = 0  # ETA-held messages (outside the prefetch window)
         self._live_unacked = 0  # every message delivered here and not yet acked/rejected
         self._pump_scheduled = False
         self._pumping = False
-        self.online = False
+        self.online = False  # consuming: up and connected
+        self.alive = True  # the process exists (False after a crash)
+        self.stopping = False  # warm shutdown in progress
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -248,7 +300,7 @@ class Worker:
             return
         args, kwargs, embed = loads(message.body, message.serializer)
         request = Request(envelope, task, self._context(message, args, kwargs, embed, envelope))
-        self.requests[message.message_id] = request
+        self.requests[envelope] = request
         if self._revoked_or_expired(request):
             return
         eta = message.eta
@@ -326,6 +378,8 @@ class Worker:
 
     def _eta_fired(self, request: Request) -> None:
         request.timer = None
+        if request.state is not RequestState.ETA_HELD:
+            return
         self._held -= 1
         if self._revoked_or_expired(request):
             return
@@ -349,6 +403,8 @@ class Worker:
         self._schedule_pump()
 
     def _drain_bucket(self, bucket: TokenBucket) -> None:
+        if not self.alive:
+            return
         now = self.loop.now
         while bucket.waiting:
             head = bucket.waiting[0]
@@ -372,11 +428,13 @@ class Worker:
 
     def _pump(self) -> None:
         self._pump_scheduled = False
+        if not self.alive:
+            return
         self._pumping = True
         try:
             reserved = self.reserved
             for slot in self.slots:
-                while slot.request is None and reserved and self.online:
+                while slot.request is None and reserved:
                     request = reserved.popleft()
                     if request.state is RequestState.RESERVED:
                         self._start(slot, request)
@@ -395,7 +453,19 @@ class Worker:
         if not request.acks_late:
             self._ack(request)
         task = request.task
+        hard, soft = self.time_limits(request)
+        if soft:
+            slot.timers.append(self.loop.call_later(soft, self._soft_limit, slot, request, soft))
+        if hard:
+            slot.timers.append(self.loop.call_later(hard, self._hard_limit, slot, request, hard))
         self.switched(slot, slot.fiber.run(lambda: trace(task, ctx, self)))
+
+    def time_limits(self, request: Request) -> tuple[float | None, float | None]:
+        """(hard, soft) in seconds: the message's ``timelimit``, else the task's."""
+        hard, soft = request.context.timelimit or (None, None)
+        task = request.task
+        return (hard if hard is not None else task.time_limit,
+                soft if soft is not None else task.soft_time_limit)
 
     def switched(self, slot: Slot, result: Any) -> None:
         """The engine regained control from ``slot``'s fiber; finish the job if it ended."""
@@ -403,11 +473,74 @@ class Worker:
         if result is SUSPENDED:
             return
         request = slot.request
-        slot.request = None
-        if request is not None:
-            self._finish(request, result)
+        if isinstance(result, Exited):
+            slot.replace_child()
+            if request is not None:
+                self._child_lost(request, Outcome(LOST, exitcode=result.code))
+        else:
+            for timer in slot.timers:
+                timer.cancel()
+            slot.timers.clear()
+            slot.request = None
+            if request is not None:
+                self._finish(request, result)
         if self.reserved and not self._pumping:
             self._pump()
+
+    # -- time limits (G11, G12) --------------------------------------------------------
+
+    def _soft_limit(self, slot: Slot, request: Request, limit: float) -> None:
+        if slot.request is not request:
+            return
+        self._record("time-limit", task_id=request.id, message_id=request.message.message_id,
+                     worker=self.name, which="soft", limit=limit)
+        slot.throw(SoftTimeLimitExceeded())
+
+    def _hard_limit(self, slot: Slot, request: Request, limit: float) -> None:
+        if slot.request is not request:
+            return
+        self._record("time-limit", task_id=request.id, message_id=request.message.message_id,
+                     worker=self.name, which="hard", limit=limit)
+        slot.replace_child()
+        self._timed_out(request, TimeLimitExceeded(limit))
+        if self.reserved:
+            self._schedule_pump()
+
+    def _timed_out(self, request: Request, exc: TimeLimitExceeded) -> None:
+        """Celery 5.7's hard-timeout path, run in the parent (§1.11, G12)."""
+        task, ctx = request.task, request.context
+        self._record("failed", task_id=request.id, message_id=request.message.message_id,
+                     worker=self.name, exception=encode_exception(exc))
+        requeue = task.acks_late and not request.acked and not task.acks_on_timeout
+        # on_failure(return_ok=False) stores FAILURE and calls errbacks unless requeued;
+        # on_timeout then does it again: errbacks fire twice in 5.7.0 (exp15).
+        if not requeue:
+            mark_as_failure(task, ctx, exc, None, self)
+        mark_as_failure(task, ctx, exc, None, self)
+        run_parent_hooks(task, ctx, exc)
+        if request.acked:
+            self._done(request)
+        elif task.acks_on_timeout or not task.acks_late:
+            self._dispose(request, _ACK)
+        else:
+            self._dispose(request, Decision("reject", True))
+
+    # -- Env for the tracer: how long the body takes -----------------------------------
+
+    def work(self, task: Any) -> None:
+        """Called in the fiber before the body: take the task's configured duration."""
+        duration = self.sim.duration_for(task.name)
+        if duration:
+            current = self.slot_running()
+            if current is not None:
+                current.sleep(duration)
+
+    def slot_running(self) -> Slot | None:
+        from simq.engine.fibers import current_fiber
+
+        fiber = current_fiber()
+        owner = fiber.owner if fiber is not None else None
+        return owner if isinstance(owner, Slot) else None
 
     def _finish(self, request: Request, outcome: Outcome) -> None:
         task, ctx = request.task, request.context
@@ -455,12 +588,22 @@ class Worker:
 
     def _ack(self, request: Request) -> None:
         request.acked = True
+        if request.orphaned:
+            # The delivery tag belonged to a closed channel (G7): the ack cannot land.
+            self._record("ack-failed", task_id=request.id,
+                         message_id=request.message.message_id, worker=self.name)
+            return
         self._live_unacked -= 1
         self.broker.ack(request.envelope)
         self.broker.dispatch(*self.queues)
 
     def _reject(self, request: Request, requeue: bool) -> None:
         request.acked = True
+        if request.orphaned:
+            self._record("ack-failed", task_id=request.id,
+                         message_id=request.message.message_id, worker=self.name,
+                         requeue=requeue)
+            return
         self._live_unacked -= 1
         self.broker.reject(request.envelope, requeue)
         self.broker.dispatch(*self.queues)
@@ -468,7 +611,7 @@ class Worker:
     def _done(self, request: Request) -> None:
         if request.state is not RequestState.DONE:
             request.move(RequestState.DONE)
-        self.requests.pop(request.message.message_id, None)
+        self.requests.pop(request.envelope, None)
 
     # -- Env for the tracer ------------------------------------------------------------
 

@@ -133,12 +133,18 @@ def run(shape: Shape, workload: list[Call]) -> History:
     app = make_app(shape.max_priority)
     with simq.Simulation(app, seed=shape.seed, workers=0) as sim:
         for queues in shape.worker_queues:
-            sim.add_worker(concurrency=shape.concurrency, queues=list(queues),
-                           prefetch_multiplier=shape.multiplier)
+            sim.add_worker(
+                concurrency=shape.concurrency,
+                queues=list(queues),
+                prefetch_multiplier=shape.multiplier,
+            )
         for call in workload:
             app.tasks[task_name(call.kind, call.late)].apply_async(
-                (call.arg,), countdown=call.countdown, expires=call.expires,
-                priority=call.priority, queue=call.queue,
+                (call.arg,),
+                countdown=call.countdown,
+                expires=call.expires,
+                priority=call.priority,
+                queue=call.queue,
             )
             sim.advance(0.5)
         sim.run()

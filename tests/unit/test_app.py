@@ -327,8 +327,7 @@ def test_callable_router_receives_the_call() -> None:
     """A router function gets name, args, kwargs and options and its answer routes."""
     seen: list[tuple[Any, ...]] = []
 
-    def router(name: str, args: Any, kwargs: Any, options: Any, task: Any = None,
-               **kw: Any) -> Any:
+    def router(name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **kw: Any) -> Any:
         seen.append((name, tuple(args), dict(kwargs), task.name if task else None))
         return {"queue": f"q-{kwargs['region']}"} if name == "proj.ship" else None
 
@@ -367,8 +366,12 @@ def test_missing_queue_raises_queue_not_found_when_creation_is_off() -> None:
             a.delay()
         assert not sim.history.where(kind="published")
     assert isinstance(info.value, KeyError)
-    real = celery.Celery("proj", set_as_current=False, task_create_missing_queues=False,
-                         task_routes={"proj.a": "other"})
+    real = celery.Celery(
+        "proj",
+        set_as_current=False,
+        task_create_missing_queues=False,
+        task_routes={"proj.a": "other"},
+    )
     with pytest.raises(celery.exceptions.QueueNotFound) as real_info:
         real.amqp.router.route({}, "proj.a", (), {})
     assert str(info.value) == str(real_info.value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
@@ -24,7 +25,7 @@ def starts(sim: simq.Simulation, task_id: str) -> list[float]:
 def gaps(sim: simq.Simulation, task_id: str) -> list[float]:
     """Virtual seconds between consecutive attempts of ``task_id``."""
     times = starts(sim, task_id)
-    return [b - a for a, b in zip(times, times[1:])]
+    return [b - a for a, b in itertools.pairwise(times)]
 
 
 def failing(app: simq.App, exc: BaseException, **options: Any) -> Any:
@@ -41,7 +42,7 @@ def failing(app: simq.App, exc: BaseException, **options: Any) -> Any:
 
 
 def test_autoretry_for_retries_up_to_max_retries_then_reraises(app, simulation):
-    """An autoretry_for exception is retried max_retries times, then re-raised itself (§4.2, #5061)."""
+    """An autoretry_for exception is retried max_retries times, then re-raised (§4.2, #5061)."""
     task = failing(app, ValueError("flaky"), autoretry_for=(ValueError,))
     sim = simulation(app)
     r = task.delay()
@@ -56,8 +57,9 @@ def test_autoretry_for_retries_up_to_max_retries_then_reraises(app, simulation):
 
 def test_retry_kwargs_max_retries_wins_over_the_attribute(app, simulation):
     """retry_kwargs={'max_retries': 5} gives 6 executions (Celery test #16)."""
-    task = failing(app, ValueError("x"), autoretry_for=(ValueError,),
-                   retry_kwargs={"max_retries": 5})
+    task = failing(
+        app, ValueError("x"), autoretry_for=(ValueError,), retry_kwargs={"max_retries": 5}
+    )
     simulation(app)
     with pytest.raises(ValueError):
         task.delay().get()
@@ -65,9 +67,13 @@ def test_retry_kwargs_max_retries_wins_over_the_attribute(app, simulation):
 
 
 def test_dont_autoretry_for_wins_over_autoretry_for(app, simulation):
-    """An exception listed in dont_autoretry_for fails at once even if autoretry_for covers it (Celery test #17)."""
-    task = failing(app, ZeroDivisionError("zero"), autoretry_for=(ArithmeticError,),
-                   dont_autoretry_for=(ZeroDivisionError,))
+    """dont_autoretry_for wins over autoretry_for: one run, FAILURE (Celery test #17)."""
+    task = failing(
+        app,
+        ZeroDivisionError("zero"),
+        autoretry_for=(ArithmeticError,),
+        dont_autoretry_for=(ZeroDivisionError,),
+    )
     sim = simulation(app)
     with pytest.raises(ZeroDivisionError, match=r"^zero$"):
         task.delay().get()
@@ -77,8 +83,13 @@ def test_dont_autoretry_for_wins_over_autoretry_for(app, simulation):
 
 def test_a_sibling_of_the_excluded_exception_is_still_retried(app, simulation):
     """dont_autoretry_for excludes only its own classes, not the rest of autoretry_for (§4.4)."""
-    task = failing(app, OverflowError("big"), autoretry_for=(ArithmeticError,),
-                   dont_autoretry_for=(ZeroDivisionError,), max_retries=1)
+    task = failing(
+        app,
+        OverflowError("big"),
+        autoretry_for=(ArithmeticError,),
+        dont_autoretry_for=(ZeroDivisionError,),
+        max_retries=1,
+    )
     simulation(app)
     with pytest.raises(OverflowError):
         task.delay().get()
@@ -106,8 +117,12 @@ def test_without_backoff_default_retry_delay_applies(app, simulation):
 
 def test_retry_kwargs_countdown_is_used(app, simulation):
     """A countdown in retry_kwargs spaces the attempts (§4.4 step 4)."""
-    task = failing(app, ValueError("x"), autoretry_for=(ValueError,),
-                   retry_kwargs={"countdown": 3, "max_retries": 2})
+    task = failing(
+        app,
+        ValueError("x"),
+        autoretry_for=(ValueError,),
+        retry_kwargs={"countdown": 3, "max_retries": 2},
+    )
     sim = simulation(app)
     r = task.delay()
     with pytest.raises(ValueError):
@@ -129,8 +144,14 @@ def test_retry_kwargs_countdown_is_used(app, simulation):
 )
 def test_backoff_without_jitter_doubles_the_countdown(app, simulation, backoff, expected):
     """retry_backoff gives countdowns factor*2**n, factor=int(max(1, backoff)) (Celery test #18)."""
-    task = failing(app, ValueError("x"), autoretry_for=(ValueError,), max_retries=4,
-                   retry_backoff=backoff, retry_jitter=False)
+    task = failing(
+        app,
+        ValueError("x"),
+        autoretry_for=(ValueError,),
+        max_retries=4,
+        retry_backoff=backoff,
+        retry_jitter=False,
+    )
     sim = simulation(app)
     r = task.delay()
     with pytest.raises(ValueError):
@@ -142,8 +163,14 @@ def test_backoff_without_jitter_doubles_the_countdown(app, simulation, backoff, 
 @pytest.mark.parametrize("backoff", [False, 0, 0.0])
 def test_falsy_backoff_uses_default_retry_delay(app, simulation, backoff):
     """A falsy retry_backoff leaves the countdown to default_retry_delay (Celery test #18)."""
-    task = failing(app, ValueError("x"), autoretry_for=(ValueError,), max_retries=1,
-                   retry_backoff=backoff, retry_jitter=False)
+    task = failing(
+        app,
+        ValueError("x"),
+        autoretry_for=(ValueError,),
+        max_retries=1,
+        retry_backoff=backoff,
+        retry_jitter=False,
+    )
     sim = simulation(app)
     r = task.delay()
     with pytest.raises(ValueError):
@@ -153,8 +180,15 @@ def test_falsy_backoff_uses_default_retry_delay(app, simulation, backoff):
 
 def test_backoff_is_capped_by_retry_backoff_max(app, simulation):
     """retry_backoff_max=16 caps the countdowns at 16 (Celery test #20)."""
-    task = failing(app, ValueError("x"), autoretry_for=(ValueError,), max_retries=6,
-                   retry_backoff=True, retry_backoff_max=16, retry_jitter=False)
+    task = failing(
+        app,
+        ValueError("x"),
+        autoretry_for=(ValueError,),
+        max_retries=6,
+        retry_backoff=True,
+        retry_backoff_max=16,
+        retry_jitter=False,
+    )
     sim = simulation(app)
     r = task.delay()
     with pytest.raises(ValueError):
@@ -164,8 +198,14 @@ def test_backoff_is_capped_by_retry_backoff_max(app, simulation):
 
 def test_default_backoff_max_is_600(app, simulation):
     """Without retry_backoff_max the countdown stops growing at 600 s (§4.4 table)."""
-    task = failing(app, ValueError("x"), autoretry_for=(ValueError,), max_retries=11,
-                   retry_backoff=True, retry_jitter=False)
+    task = failing(
+        app,
+        ValueError("x"),
+        autoretry_for=(ValueError,),
+        max_retries=11,
+        retry_backoff=True,
+        retry_jitter=False,
+    )
     sim = simulation(app)
     r = task.delay()
     with pytest.raises(ValueError):
@@ -176,8 +216,9 @@ def test_default_backoff_max_is_600(app, simulation):
 def jittered_gaps(seed: int) -> list[float]:
     """The gaps between attempts of a jittered backoff run with ``seed``."""
     app = simq.App("shop")
-    task = failing(app, ValueError("x"), autoretry_for=(ValueError,), max_retries=10,
-                   retry_backoff=True)
+    task = failing(
+        app, ValueError("x"), autoretry_for=(ValueError,), max_retries=10, retry_backoff=True
+    )
     with simq.Simulation(app, seed=seed) as sim:
         r = task.delay()
         with pytest.raises(ValueError):
@@ -210,8 +251,9 @@ def test_explicit_retry_inside_an_autoretry_task_is_not_wrapped_again(app, simul
     """A self.retry() raised in an autoretry task passes through unchanged (§4.4 step 2, #6135)."""
     runs = []
 
-    @app.task(bind=True, autoretry_for=(Exception,), max_retries=2, retry_backoff=True,
-              retry_jitter=False)
+    @app.task(
+        bind=True, autoretry_for=(Exception,), max_retries=2, retry_backoff=True, retry_jitter=False
+    )
     def explicit(self):
         runs.append(self.request.retries)
         raise self.retry(exc=LookupError("explicit"), countdown=5)
@@ -226,7 +268,7 @@ def test_explicit_retry_inside_an_autoretry_task_is_not_wrapped_again(app, simul
 
 
 def test_retry_max_retries_override_is_honoured_by_autoretry(app, simulation):
-    """retry(max_retries=0) inside an autoretry task stops it with the explicit exception (Celery test #14, #6436)."""
+    """retry(max_retries=0) in an autoretry task stops it with its exc (Celery test #14)."""
     runs = []
 
     @app.task(bind=True, autoretry_for=(Exception,), retry_kwargs={"countdown": 1})
@@ -243,7 +285,7 @@ def test_retry_max_retries_override_is_honoured_by_autoretry(app, simulation):
 
 
 def test_max_retries_zero_runs_once_and_raises_the_original(app, simulation):
-    """autoretry with max_retries=0 runs once and fails with the original exception (Celery test #15)."""
+    """autoretry with max_retries=0 runs once and re-raises the original (Celery test #15)."""
     task = failing(app, ValueError("once"), autoretry_for=(ValueError,), max_retries=0)
     simulation(app)
     with pytest.raises(ValueError, match=r"^once$"):

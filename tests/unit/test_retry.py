@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
+import time
 from typing import Any
 
 import pytest
@@ -30,7 +32,7 @@ def app() -> simq.App:
 
 
 def test_retry_republishes_the_same_task_id_with_retries_plus_one(app, simulation):
-    """Each retry is a new message with the same task id and a retries header one higher (§4.1, G18)."""
+    """Each retry is a new message with the same task id and retries one higher (§4.1, G18)."""
 
     @app.task(bind=True)
     def flaky(self):
@@ -190,7 +192,7 @@ def test_exc_is_reraised_when_retries_are_exhausted(app, simulation):
 
 
 def test_max_retries_exceeded_error_without_exc(app, simulation):
-    """Without exc, exhausting retries fails with MaxRetriesExceededError naming the call (§1.8 step 6)."""
+    """Without exc, exhausted retries fail with MaxRetriesExceededError naming the call (§1.8)."""
 
     @app.task(bind=True, max_retries=1, name="shop.charge")
     def charge(self, order, amount=0):
@@ -219,7 +221,7 @@ def test_max_retries_exceeded_error_carries_task_args_and_kwargs(app, simulation
 
 
 def test_throw_false_success_is_final_and_later_write_is_discarded(app, simulation):
-    """retry(throw=False) then return stores SUCCESS; the retried run's SUCCESS is discarded (§1.8, §2.2)."""
+    """retry(throw=False), then return, stores SUCCESS; the retry's write is discarded (§2.2)."""
 
     @app.task(bind=True, max_retries=1)
     def once_more(self):
@@ -241,7 +243,7 @@ def test_throw_false_success_is_final_and_later_write_is_discarded(app, simulati
 
 
 def test_throw_false_then_raise_stores_failure_that_the_retry_overwrites(app, simulation):
-    """retry(throw=False) followed by an exception stores FAILURE, which the retry replaces (§2.2)."""
+    """retry(throw=False), then an exception, stores FAILURE; the retry replaces it (§2.2)."""
 
     @app.task(bind=True, max_retries=1)
     def once_more(self):
@@ -294,7 +296,7 @@ def test_retry_without_arguments_reuses_the_request_arguments(app, simulation):
 def test_retry_arguments_merge_with_the_original_call(
     app, simulation, retry_with, call_args, call_kwargs, expected
 ):
-    """Explicit retry args or kwargs merge with the original call as in Celery 5.7 (§1.8 step 4, #6494)."""
+    """Explicit retry args or kwargs merge with the original call as in 5.7 (§1.8 step 4)."""
     seen = []
 
     @app.task(bind=True, max_retries=1)
@@ -310,7 +312,7 @@ def test_retry_arguments_merge_with_the_original_call(
 
 
 def test_retry_inherits_the_absolute_expiry(app, simulation):
-    """A retry keeps the original absolute expires and is REVOKED 'expired' past it (§4.1, exp14)."""
+    """A retry keeps the original absolute expires; past it, REVOKED 'expired' (§4.1, exp14)."""
     runs = []
 
     @app.task(bind=True)
@@ -463,4 +465,42 @@ def test_retries_header_grows_by_exactly_one(app, simulation):
     r = flaky.delay()
     assert r.get() == "ok"
     retries = [e["retries"] for e in sim.history.where(kind="published", task_id=r.id)]
-    assert [b - a for a, b in zip(retries, retries[1:])] == [1] * 6
+    assert [b - a for a, b in itertools.pairwise(retries)] == [1] * 6
+
+
+def test_retry_of_a_child_task_keeps_its_parent(app, simulation):
+    """A retried subtask keeps the parent_id of the task that sent it (§4.1, §5.5)."""
+
+    @app.task(bind=True, max_retries=1, name="shop.child")
+    def child(self):
+        if self.request.retries == 0:
+            raise self.retry(countdown=1)
+        return self.request.parent_id
+
+    @app.task(bind=True, name="shop.parent")
+    def parent(self):
+        return child.delay().id
+
+    sim = simulation(app)
+    parent_result = parent.delay()
+    child_id = parent_result.get()
+    assert app.AsyncResult(child_id).get() == parent_result.id
+    published = sim.history.where(kind="published", task_id=child_id)
+    assert [e["parent_id"] for e in published] == [parent_result.id] * 2
+    assert [e["root_id"] for e in published] == [parent_result.id] * 2
+
+
+def test_countdown_counts_from_the_retry_call(app, simulation):
+    """The retry's ETA is measured from when retry() is called, not from the start (§4.1)."""
+
+    @app.task(bind=True, max_retries=1)
+    def slow(self):
+        time.sleep(5)
+        if self.request.retries == 0:
+            raise self.retry(countdown=10)
+        return "ok"
+
+    sim = simulation(app)
+    assert slow.delay().get() == "ok"
+    assert offsets(sim, kind="started") == [0.0, 15.0]
+    assert offsets(sim, kind="published") == [0.0, 5.0]

@@ -85,8 +85,9 @@ def test_bound_defaults_equal_a_real_decorated_task(attribute: str) -> None:
         ("compression", None),
     ],
 )
-def test_getattr_read_attributes_have_celerys_effective_default(attribute: str,
-                                                                default: Any) -> None:
+def test_getattr_read_attributes_have_celerys_effective_default(
+    attribute: str, default: Any
+) -> None:
     """Attributes Celery reads with getattr(task, name, default) have that default (§1.2)."""
     assert getattr(simq.Task, attribute) == default
 
@@ -220,8 +221,7 @@ def test_on_bound_runs_when_the_task_is_bound() -> None:
         ("store_errors_even_if_ignored", "task_store_errors_even_if_ignored", True),
     ],
 )
-def test_unset_attribute_is_filled_from_config(attribute: str, setting: str,
-                                               value: Any) -> None:
+def test_unset_attribute_is_filled_from_config(attribute: str, setting: str, value: Any) -> None:
     """An attribute left None at bind time takes its setting's value (§1.2)."""
     assert getattr(sim_task({setting: value}), attribute) == value
     assert getattr(real_task({setting: value}), attribute) == value
@@ -260,8 +260,9 @@ def test_strict_typing_fills_typing() -> None:
         ({"task_acks_on_timeout": True}, {"acks_on_timeout": False}),
     ],
 )
-def test_acks_on_failure_and_timeout_fall_back_like_celery(settings: dict[str, Any],
-                                                           options: dict[str, Any]) -> None:
+def test_acks_on_failure_and_timeout_fall_back_like_celery(
+    settings: dict[str, Any], options: dict[str, Any]
+) -> None:
     """acks_on_failure/acks_on_timeout: decorator, own setting, combined flag, True (§1.2)."""
     sim = sim_task(settings, **options)
     real = real_task(settings, **options)
@@ -282,6 +283,9 @@ def test_config_fallback_changes_what_the_worker_does() -> None:
     with simq.Simulation(app) as sim:
         result = job.delay()
         result.get()
-        kinds = [k for k in sim.history.where(task_id=result.id).kinds()
-                 if k in ("started", "acked", "succeeded")]
+        kinds = [
+            k
+            for k in sim.history.where(task_id=result.id).kinds()
+            if k in ("started", "acked", "succeeded")
+        ]
     assert kinds == ["started", "succeeded", "acked"]

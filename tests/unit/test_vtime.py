@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import os
 import random
@@ -308,6 +309,34 @@ def test_user_time_machine_around_the_simulation(clock: Clock) -> None:
 def test_skipped_modules_keep_the_real_clock(vt: VirtualTime) -> None:
     """Thread machinery's own `from time import monotonic` stays the real function."""
     assert threading._time is REAL["monotonic"]  # type: ignore[attr-defined]
+
+
+def test_skipped_packages_calling_through_the_time_module_get_the_real_clock(
+    vt: VirtualTime, clock: Clock
+) -> None:
+    """Code in a skipped package that calls time.sleep or time.monotonic gets real time."""
+    namespace: dict[str, object] = {"__name__": "queue.vtime_probe"}
+    exec("import time\ndef nap():\n    time.sleep(0)\n    return time.monotonic()", namespace)
+    nap = namespace["nap"]
+    assert callable(nap)
+    before = nap()
+    REAL["sleep"](0.002)
+    assert nap() > before  # The virtual clock stands still here; only real time moved.
+    assert clock.sleeps == []
+    assert time.monotonic() == 100.0
+
+
+def test_asyncio_timers_fire_inside_the_simulation(vt: VirtualTime) -> None:
+    """asyncio's event loop keeps the real clock, so asyncio.sleep() returns."""
+    loop = asyncio.new_event_loop()
+    try:
+        before = loop.time()
+        REAL["sleep"](0.002)
+        assert loop.time() > before  # Checked first: with a frozen clock the sleep would hang.
+        loop.run_until_complete(asyncio.sleep(0.001))
+    finally:
+        loop.close()
+    assert time.monotonic() == 100.0
 
 
 def test_modules_imported_during_the_simulation_are_restored(

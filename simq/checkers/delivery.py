@@ -1,0 +1,354 @@
+"""Delivery and acknowledgement: G1, G2, G5, G6 of CELERY_SEMANTICS.md §3.2.
+
+Each check reads a history through :func:`simq.checkers.index.index_of` and returns the
+violations it finds, each carrying the events that show it.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from simq.checkers.base import CheckConfig, Violation, when
+from simq.checkers.index import Delivery, Index, index_of
+from simq.history import Event, History
+
+__all__ = ["check_g1", "check_g2", "check_g5", "check_g6"]
+
+
+def evidence(*items: Event | None) -> tuple[Event, ...]:
+    """The non-None events, without repeats, in the order given."""
+    out: list[Event] = []
+    for item in items:
+        if item is not None and not any(item is e for e in out):
+            out.append(item)
+    return tuple(out)
+
+
+def premature_settle(d: Delivery, guarantee: str) -> list[Violation]:
+    """A delivery acked or rejected before it started, off the revoke/unknown-task paths."""
+    s = d.settle
+    if s is None or s.kind == "ack-failed":
+        return []
+    if d.start_at is not None and d.start_at < (d.settle_at or 0):
+        return []
+    if d.revoked_at is not None and d.revoked_at < (d.settle_at or 0):
+        return []
+    if d.unregistered_at is not None and d.unregistered_at < (d.settle_at or 0):
+        return []
+    return [Violation(guarantee, (
+        f"{d.label} was {s.kind} by {d.worker} at {when(s)} before it started (delivered "
+        f"at {when(d.event)}); a worker acks or rejects an unstarted message only when it "
+        "is revoked, expired or of an unknown task"), evidence(d.event, s))]
+
+
+def redeliveries(idx: Index, config: CheckConfig, late: bool, guarantee: str) -> list[Violation]:
+    """Each redelivery needs an earlier return to the queue; amqp/redis flag it redelivered."""
+    out = []
+    flags = config.transport in ("amqp", "redis")
+    for message_id, ds in idx.by_message.items():
+        if config.late(ds[0].task) != late:
+            continue
+        returns = idx.returns.get(message_id, [])
+        for k, d in enumerate(ds):
+            if k == 0:
+                continue
+            back = [e for j, e in returns if j < d.at]
+            if len(back) < k:
+                out.append(Violation(guarantee, (
+                    f"{d.label} was delivered again to {d.worker} at {when(d.event)} "
+                    f"(delivery {k + 1}) but had gone back to the queue only {len(back)} "
+                    "time(s): a message comes back only after reject(requeue=True), a "
+                    "requeue by the broker (lost holder, visibility timeout) or a restart"),
+                    evidence(*(p.event for p in ds[:k]), *back, d.event)))
+            elif flags and not d.redelivered:
+                out.append(Violation(guarantee, (
+                    f"{d.label} was delivered again to {d.worker} at {when(d.event)} "
+                    f"without the redelivered flag ({config.transport} sets it on every "
+                    "message that returns to the queue)"), evidence(back[-1], d.event)))
+    return out
+
+
+def orphan_starts(idx: Index, config: CheckConfig, late: bool, guarantee: str) -> list[Violation]:
+    return [Violation(guarantee, (
+        f"{e.details.get('task', '?')}[{e.task_id}] message {e.message_id} started on "
+        f"{e.worker} at {when(e)} without a delivery of that message to that worker"), (e,))
+        for _, e in idx.orphans
+        if e.kind == "started" and config.late(e.details.get("task")) == late]
+
+
+def check_g1(history: History | Index, config: CheckConfig) -> list[Violation]:
+    """G1: early ack is the default, and it happens at execution start (§3.2 G1).
+
+    "With acks_late=False the message is acked just before it's executed, so a task that
+    has started is never re-executed by Celery." For each delivery of an early-ack task:
+    the ack follows ``started`` and precedes the attempt's outcome; nothing is acked
+    before it starts except on the revoke, expiry and unknown-task paths; a redelivery
+    follows a return to the queue; an acked message never starts again (on redis/sqs a
+    visibility-timeout copy may: G6). Messages lost with their worker are G4's.
+    """
+    idx = index_of(history)
+    out: list[Violation] = []
+    for d in idx.deliveries:
+        if config.late(d.task):
+            continue
+        out += premature_settle(d, "G1")
+        if d.start is None or d.start_at is None:
+            continue
+        s = d.settle
+        if s is None:
+            if (d.release is None or d.release_at is None or d.release_at < d.start_at) and (
+                    d.outcome is not None or config.complete):
+                out.append(Violation("G1", (
+                    f"{d.label} started on {d.worker} at {when(d.start)} and was never acked; "
+                    "early ack happens when the task starts"),
+                    evidence(d.event, d.start, d.outcome)))
+        elif (d.settle_at or 0) < d.start_at:
+            pass  # reported by premature_settle
+        elif s.kind == "rejected":
+            out.append(Violation("G1", (
+                f"{d.label} was rejected by {d.worker} at {when(s)} after it started; "
+                "an early-ack task is acked when it starts, so a later reject is a no-op "
+                "(§3.1)"), evidence(d.start, d.outcome, s)))
+        elif s.kind == "acked" and d.outcome_at is not None and (d.settle_at or 0) > d.outcome_at:
+            assert d.outcome is not None
+            out.append(Violation("G1", (
+                f"{d.label} was acked at {when(s)}, after its attempt ended with "
+                f"{d.outcome.kind} at {when(d.outcome)}; without acks_late the ack comes "
+                "when the task starts"), evidence(d.start, d.outcome, s)))
+    out += redeliveries(idx, config, late=False, guarantee="G1")
+    out += orphan_starts(idx, config, late=False, guarantee="G1")
+    out += _started_again(idx, config)
+    return out
+
+
+def _started_again(idx: Index, config: CheckConfig) -> list[Violation]:
+    out = []
+    for message_id, ds in idx.by_message.items():
+        if config.late(ds[0].task):
+            continue
+        first = next((d for d in ds if d.start_at is not None and d.settle is not None
+                      and d.settle.kind == "acked" and (d.settle_at or 0) > d.start_at), None)
+        if first is None or first.settle_at is None:
+            continue
+        restored = [j for j, e in idx.returns.get(message_id, ())
+                    if e.details.get("reason") == "visibility-timeout"]
+        for d in ds:
+            if d is first or d.start_at is None or d.start_at < first.settle_at:
+                continue
+            if config.emulates_acks and (d.copy or any(j < d.at for j in restored)):
+                continue
+            out.append(Violation("G1", (
+                f"{d.label} started again on {d.worker} at {when(d.start)} although it was "
+                f"acked when it started on {first.worker} at {when(first.start)}; an "
+                "early-acked task is never re-executed"),
+                evidence(first.start, first.settle, d.event, d.start)))
+    return out
+
+
+def check_g2(history: History | Index, config: CheckConfig) -> list[Violation]:
+    """G2: late ack (§3.2 G2).
+
+    "With acks_late=True the ack comes after the attempt finishes: after SUCCESS is
+    stored, after RETRY, after FAILURE (subject to acks_on_failure)." For each delivery
+    of an acks_late task: the ack or reject follows the attempt's outcome and every
+    backend write of the attempt; success and retry are acked, a failure is acked or
+    (acks_on_failure=False) rejected without requeue; an attempt cut short by a worker
+    crash runs again (at least once). Child loss, Reject, Ignore, revoke and time limits
+    are judged by G3, G8, G10 and G12.
+    """
+    idx = index_of(history)
+    out: list[Violation] = []
+    for d in idx.deliveries:
+        if not config.late(d.task):
+            continue
+        out += premature_settle(d, "G2")
+        if d.start is None or d.start_at is None:
+            continue
+        s = d.settle
+        cancelled = d.marks_of("cancelled")
+        if s is not None and d.settle_at is not None and d.settle_at > d.start_at:
+            if d.outcome is None or d.outcome_at is None or d.settle_at < d.outcome_at:
+                out.append(Violation("G2", (
+                    f"{d.label} was {s.kind} at {when(s)} while its attempt (started at "
+                    f"{when(d.start)}) was still running; with acks_late the ack comes after "
+                    "the attempt ends"), evidence(d.start, s, d.outcome)))
+                continue
+            for _, st in d.states_after(d.settle_at):
+                out.append(Violation("G2", (
+                    f"{d.label}: {st.details.get('state')} was stored at {when(st)}, after "
+                    f"the message was {s.kind} at {when(s)}; with acks_late the ack comes "
+                    "after the state is stored"), evidence(d.outcome, s, st)))
+            out += _late_decision(d, config)
+        elif s is None and d.release is None and config.complete and not cancelled:
+            out.append(Violation("G2", (
+                f"{d.label} started on {d.worker} at {when(d.start)} and was never acked or "
+                "rejected although the run drained"), evidence(d.event, d.start, d.outcome)))
+        out += _rerun_after_crash(idx, d, config)
+    out += redeliveries(idx, config, late=True, guarantee="G2")
+    out += orphan_starts(idx, config, late=True, guarantee="G2")
+    return out
+
+
+def _late_decision(d: Delivery, config: CheckConfig) -> list[Violation]:
+    outcome, s = d.outcome, d.settle
+    assert outcome is not None and s is not None
+    if s.kind == "ack-failed" or d.marks_of("time-limit", which="hard"):
+        return []
+    aof = bool(config.setting("acks_on_failure", d.task))
+    if outcome.kind in ("succeeded", "retried"):
+        want, requeue = "acked", None
+    elif outcome.kind == "failed":
+        want, requeue = ("acked", None) if aof else ("rejected", False)
+    else:
+        return []
+    got_requeue = bool(s.details.get("requeue")) if s.kind == "rejected" else None
+    if s.kind == want and (requeue is None or got_requeue == requeue):
+        return []
+    expected = "acked" if want == "acked" else "rejected without requeue"
+    return [Violation("G2", (
+        f"{d.label} ended with {outcome.kind} at {when(outcome)} and was {s.kind}"
+        f"{'' if got_requeue is None else f'(requeue={got_requeue})'} at {when(s)}; with "
+        f"acks_late (acks_on_failure={aof}) it is {expected} (§3.1)"), evidence(outcome, s))]
+
+
+def _rerun_after_crash(idx: Index, d: Delivery, config: CheckConfig) -> list[Violation]:
+    r = d.release
+    if (not config.complete or r is None or r.kind != "worker-crashed" or d.release_at is None
+            or d.start_at is None or d.release_at < d.start_at):
+        return []
+    if idx.returned_after(d.message_id, d.release_at):
+        return []
+    return [Violation("G2", (
+        f"{d.label} was running on {d.worker} (started at {when(d.start)}) when the worker "
+        f"crashed at {when(r)}, and never ran again; with acks_late the broker redelivers "
+        "it and it runs again"), evidence(d.start, r))]
+
+
+def eta_held(d: Delivery, i: int, now: float) -> bool:
+    """Whether ``d`` sits on the worker's ETA timer at index ``i`` (outside prefetch)."""
+    eta = d.eta
+    return eta is not None and now <= eta and (d.start_at is None or d.start_at > i)
+
+
+def check_g5(history: History | Index, config: CheckConfig) -> list[Violation]:
+    """G5: the prefetch and reservation bound (§3.2 G5).
+
+    "Prefetch count = worker_prefetch_multiplier x concurrency; 0 means unlimited. ETA
+    messages do not count." A worker is sent a message only while it holds fewer unacked,
+    non-ETA messages than its window (so it never holds more than the window but for an
+    ETA that fires), and with ``eta_task_limit`` never more ETA-held messages than that.
+    The window comes from ``config.prefetch`` or the worker's ``worker-online`` event.
+    """
+    idx = index_of(history)
+    out: list[Violation] = []
+    at = {d.at: d for d in idx.deliveries}
+    held: dict[str | None, list[Delivery]] = defaultdict(list)
+    online: dict[str | None, Event] = {}
+    for i, e in enumerate(idx.events):
+        if e.kind == "worker-online":
+            online[e.worker] = e
+            continue
+        d = at.get(i)
+        if d is None:
+            continue
+        mine = held[e.worker] = [x for x in held[e.worker] if x.unacked_at(i)]
+        window = config.window(e.worker)
+        if window is None and e.worker in online:
+            info = online[e.worker].details
+            window = int(info.get("concurrency") or 0) * int(info.get("prefetch_multiplier") or 0)
+        counted = [x for x in mine if not eta_held(x, i, e.time)]
+        if window and len(counted) >= window:
+            out.append(Violation("G5", (
+                f"{e.worker} was sent {d.label} at {when(e)} while it held {len(counted)} "
+                f"unacked non-ETA message(s) ({', '.join(x.message_id for x in counted)}); "
+                f"its prefetch window is {window}"), evidence(*(x.event for x in counted), e)))
+        limit = config.eta_task_limit
+        if limit is not None and eta_held(d, i + 1, e.time):
+            etas = [x for x in mine if eta_held(x, i, e.time)]
+            if len(etas) + 1 > limit:
+                out.append(Violation("G5", (
+                    f"{e.worker} held {len(etas) + 1} ETA messages at {when(e)} when it was "
+                    f"sent {d.label}; worker_eta_task_limit is {limit}"),
+                    evidence(*(x.event for x in etas), e)))
+        mine.append(d)
+    return out
+
+
+def check_g6(history: History | Index, config: CheckConfig) -> list[Violation]:
+    """G6: the visibility timeout of redis and sqs (§3.2 G6).
+
+    "If a task isn't acknowledged within the visibility timeout the task will be
+    redelivered to another worker and executed." On amqp nothing is restored by timeout.
+    On redis/sqs a restore comes no earlier than the visibility timeout after the delivery
+    and only for an unacked message; in a drained run, a delivery left unacked longer
+    than the timeout is restored (the documented duplicate; duplicates are tolerated).
+    """
+    idx = index_of(history)
+    out: list[Violation] = []
+    vt = config.effective_visibility_timeout
+    restores = [(j, e) for j, e in enumerate(idx.events)
+                if e.kind == "requeued" and e.details.get("reason") == "visibility-timeout"]
+    if not config.emulates_acks:
+        for _, e in restores:
+            out.append(Violation("G6", (
+                f"message {e.message_id} of task {e.task_id} was restored by visibility "
+                f"timeout at {when(e)}; amqp has no visibility timeout"), (e,)))
+        for d in idx.deliveries:
+            if d.copy:
+                out.append(Violation("G6", (
+                    f"{d.label} was delivered to {d.worker} at {when(d.event)} as a copy of "
+                    "a message still held elsewhere; amqp never duplicates a delivery"),
+                    (d.event,)))
+        return out
+    if vt is None:
+        return out
+    for j, e in restores:
+        out += _early_restore(idx, j, e, vt, config.slack)
+    if config.complete:
+        for d in idx.deliveries:
+            out += _never_restored(idx, d, vt, config.slack)
+    return out
+
+
+def _early_restore(idx: Index, j: int, e: Event, vt: float, slack: float) -> list[Violation]:
+    key = e.message_id or f"task:{e.task_id}"
+    before = [d for d in idx.by_message.get(key, ()) if d.at < j
+              and (e.worker is None or d.worker == e.worker)]
+    if not before:
+        return [Violation("G6", (
+            f"message {key} of task {e.task_id} was restored at {when(e)} but was never "
+            "delivered before"), (e,))]
+    d = before[-1]
+    waited = e.time - d.event.time
+    if waited < vt - slack:
+        return [Violation("G6", (
+            f"{d.label} was restored at {when(e)}, {waited:g} s after its delivery to "
+            f"{d.worker}; the visibility timeout is {vt:g} s"), evidence(d.event, e))]
+    s = d.settle
+    if s is not None and s.kind in ("acked", "rejected") and (d.settle_at or 0) < j:
+        return [Violation("G6", (
+            f"{d.label} was restored at {when(e)} although it was {s.kind} at {when(s)}; only "
+            "unacked messages are restored"), evidence(d.event, s, e))]
+    return []
+
+
+def _never_restored(idx: Index, d: Delivery, vt: float, slack: float) -> list[Violation]:
+    key = d.message_id
+    ends: list[tuple[int, Event]] = []
+    if d.settle is not None and d.settle.kind in ("acked", "rejected") and d.settle_at:
+        ends.append((d.settle_at, d.settle))
+    ends += [(j, e) for j, e in idx.returns.get(key, ()) if j > d.at and e.kind == "requeued"
+             and (e.worker is None or e.worker == d.worker)]
+    ends += idx.lost_after(key, d.at)
+    ends += [(j, e) for j, e in idx.faults if j > d.at and e.kind == "broker-restarted"]
+    end = min(ends, key=lambda r: r[0]) if ends else None
+    until = end[1].time if end is not None else idx.end_time
+    if until - d.event.time <= vt + slack:
+        return []
+    if end is not None and end[1].kind == "requeued":
+        return []
+    how = f"until it was {end[1].kind} at {when(end[1])}" if end else "until the run ended"
+    return [Violation("G6", (
+        f"{d.label} stayed unacked on {d.worker} from {when(d.event)} {how}, longer than "
+        f"the visibility timeout ({vt:g} s), and was never restored"),
+        evidence(d.event, end[1] if end else None))]

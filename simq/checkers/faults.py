@@ -1,0 +1,254 @@
+"""Whole-worker faults: G4 (worker loss), G7 (connection loss), G17 (shutdown), §3.2."""
+
+from __future__ import annotations
+
+from simq.checkers.base import CheckConfig, Violation, when
+from simq.checkers.delivery import evidence
+from simq.checkers.index import Delivery, Index, index_of
+from simq.history import Event, History
+
+__all__ = ["check_g4", "check_g7", "check_g17"]
+
+#: Events a broker records about a dead worker's messages (they name the former holder).
+_BROKER_SIDE = frozenset({"requeued", "lost", "worker-offline", "worker-crashed"})
+_BACK = frozenset({"worker-online"})
+_RECONNECT = frozenset({"connection-restored", "worker-online", "worker-crashed"})
+
+
+def _comes_back(idx: Index, d: Delivery, i: int, g: str, fault: Event) -> list[Violation]:
+    """In a drained run, ``d``'s message is delivered again after index ``i`` (or lost)."""
+    m = d.message_id
+    if idx.deliveries_after(m, i) or idx.lost_after(m, i):
+        return []
+    return [Violation(g, (
+        f"{d.label} was unacked on {d.worker} at the {fault.kind} at {when(fault)} and was "
+        "never delivered again although the run drained"), evidence(d.event, d.start, fault))]
+
+
+def check_g4(history: History | Index, config: CheckConfig) -> list[Violation]:
+    """G4: whole-worker loss redelivers every unacked message (§3.2 G4).
+
+    "Even if the worker is killed the message will be redelivered to another worker";
+    a kill loses executing tasks "unless the tasks have the acks_late option set". At a
+    ``worker-crashed``: every message delivered to the worker and not acked or rejected
+    is delivered again (in a drained run; on redis/sqs not before the visibility timeout);
+    an early-acked task running there never runs again and gets no more outcome or state
+    from that attempt (the "stuck STARTED" signature); and a dead worker records nothing
+    until it comes back online.
+    """
+    idx = index_of(history)
+    out: list[Violation] = []
+    vt = config.effective_visibility_timeout
+    for i, crash in idx.faults:
+        if crash.kind != "worker-crashed":
+            continue
+        mine = idx.by_worker.get(crash.worker or "", [])
+        for d in mine:
+            if d.unacked_at(i):
+                if config.complete:
+                    out += _comes_back(idx, d, i, "G4", crash)
+                again = [x for x in idx.deliveries_after(d.message_id, i) if not x.copy]
+                soon = vt is not None and d.event.time + vt - config.slack
+                if again and soon and again[0].event.time < soon:
+                    out.append(Violation("G4", (
+                        f"{d.label} was delivered again at {when(again[0].event)} after "
+                        f"{crash.worker} crashed at {when(crash)}, sooner than the visibility "
+                        f"timeout ({vt} s) after its delivery at {when(d.event)}; "
+                        f"{config.transport} only restores it by timeout"),
+                        evidence(d.event, crash, again[0].event)))
+            elif d.running_at(i):
+                out += _lost_early_task(idx, d, i, crash)
+        out += _silent_while_dead(idx, i, crash)
+    return out
+
+
+def _lost_early_task(idx: Index, d: Delivery, i: int, crash: Event) -> list[Violation]:
+    out = []
+    for x in idx.started_after(d.message_id, i):
+        if not x.copy:
+            out.append(Violation("G4", (
+                f"{d.label} was acked at start and running on {d.worker} when it crashed at "
+                f"{when(crash)}, yet started again on {x.worker} at {when(x.start)}; an "
+                "early-acked task dies with its worker"), evidence(d.start, crash, x.start)))
+    if d.outcome is not None and d.outcome_at is not None and d.outcome_at > i:
+        out.append(Violation("G4", (
+            f"{d.label} reported {d.outcome.kind} at {when(d.outcome)} although {d.worker} "
+            f"crashed at {when(crash)} while running it"), evidence(d.start, crash, d.outcome)))
+    for _, st in d.states_after(i):
+        out.append(Violation("G4", (
+            f"{d.label}: {st.details.get('state')} was stored at {when(st)} by the attempt "
+            f"that died with {d.worker} at {when(crash)}"), evidence(d.start, crash, st)))
+    return out
+
+
+def _silent_while_dead(idx: Index, i: int, crash: Event) -> list[Violation]:
+    back = idx.next_fault(crash.worker, _BACK, i)
+    out = []
+    for e in idx.events[i + 1:back]:
+        if e.worker == crash.worker and e.kind not in _BROKER_SIDE:
+            out.append(Violation("G4", (
+                f"{crash.worker} crashed at {when(crash)} and was not back online, yet "
+                f"recorded {e.kind} at {when(e)} (task {e.task_id}, message {e.message_id})"),
+                (crash, e)))
+    return out
+
+
+def check_g7(history: History | Index, config: CheckConfig) -> list[Violation]:
+    """G7: broker connection loss (§3.2 G7).
+
+    "Unacked messages are redelivered by the broker"; the worker clears its reserved
+    requests and ETA timers, "they can't be acked anyway, as a delivery tag is specific
+    to the current channel". At a ``connection-lost``: every message the worker held
+    unacked is delivered again (drained run); none of those not yet started starts on
+    that worker from the old delivery; none is acked or rejected through the dead channel;
+    the worker gets no delivery until it reconnects; running acks_late tasks keep running
+    unless ``cancel_long_running_tasks_on_connection_loss``, which cancels them with RETRY.
+    """
+    idx = index_of(history)
+    out: list[Violation] = []
+    for i, lost in idx.faults:
+        if lost.kind != "connection-lost":
+            continue
+        for d in idx.by_worker.get(lost.worker or "", []):
+            if not d.unacked_at(i):
+                continue
+            if config.complete:
+                out += _comes_back(idx, d, i, "G7", lost)
+            if d.start is not None and d.start_at is not None and d.start_at > i:
+                out.append(Violation("G7", (
+                    f"{d.label} started on {d.worker} at {when(d.start)} from a delivery "
+                    f"made before the connection was lost at {when(lost)}; reserved and ETA "
+                    "messages of a closed channel are dropped"), evidence(d.event, lost, d.start)))
+            s = d.settle
+            if s is not None and s.kind in ("acked", "rejected") and (d.settle_at or 0) > i:
+                out.append(Violation("G7", (
+                    f"{d.label} was {s.kind} at {when(s)} through the channel that closed at "
+                    f"{when(lost)}; a delivery tag dies with its channel, the ack must fail"),
+                    evidence(d.event, lost, s)))
+            if d.running_at(i) and config.late(d.task):
+                out += _cancel_rule(d, i, lost, config)
+        back = idx.next_fault(lost.worker, _RECONNECT, i)
+        for e in idx.events[i + 1:back]:
+            if e.kind == "delivered" and e.worker == lost.worker:
+                out.append(Violation("G7", (
+                    f"{e.worker} was sent message {e.message_id} of task {e.task_id} at "
+                    f"{when(e)} while disconnected (since {when(lost)})"), (lost, e)))
+    return out
+
+
+def _cancel_rule(d: Delivery, i: int, lost: Event, config: CheckConfig) -> list[Violation]:
+    cancels = [(j, e) for j, e in d.marks_of("cancelled") if j > i]
+    if not config.cancel_long_running_tasks_on_connection_loss:
+        return [Violation("G7", (
+            f"{d.label} was cancelled at {when(e)} after the connection loss at {when(lost)}; "
+            "running acks_late tasks keep running unless "
+            "worker_cancel_long_running_tasks_on_connection_loss is set"),
+            evidence(d.start, lost, e)) for _, e in cancels]
+    if not cancels:
+        return [Violation("G7", (
+            f"{d.label} kept running on {d.worker} after the connection loss at {when(lost)}; "
+            "with worker_cancel_long_running_tasks_on_connection_loss it is cancelled"),
+            evidence(d.start, lost, d.outcome))]
+    j, cancel = cancels[0]
+    out = []
+    retry = [st for k, st in d.states_after(j) if st.details.get("state") == "RETRY"]
+    if not retry and config.stores_errors(d.task):
+        out.append(Violation("G7", (
+            f"{d.label} was cancelled at {when(cancel)} without storing RETRY('cancelled by "
+            "Celery')"), evidence(d.start, lost, cancel)))
+    if d.outcome is not None and d.outcome_at is not None and d.outcome_at > j:
+        out.append(Violation("G7", (
+            f"{d.label} was cancelled at {when(cancel)} yet ended with {d.outcome.kind} at "
+            f"{when(d.outcome)}"), evidence(cancel, d.outcome)))
+    return out
+
+
+def check_g17(history: History | Index, config: CheckConfig) -> list[Violation]:
+    """G17: warm and cold shutdown (§3.2 G17).
+
+    Warm: "the worker will finish all currently executing tasks before it actually
+    terminates"; prefetched messages not started go back to the queue. Cold: running
+    early-ack tasks are cancelled with RETRY and never re-run (their message was acked);
+    running unacked acks_late tasks are cancelled without RETRY and redelivered. In both,
+    the worker starts nothing after the shutdown began.
+    """
+    idx = index_of(history)
+    out: list[Violation] = []
+    for i, stop in idx.faults:
+        if stop.kind != "shutdown":
+            continue
+        warm = stop.details.get("warm", True) is not False
+        w = stop.worker
+        back = idx.next_fault(w, _BACK, i)
+        offline = idx.next_fault(w, frozenset({"worker-offline", "worker-crashed"}), i)
+        crashed = offline < len(idx.events) and idx.events[offline].kind == "worker-crashed"
+        for d in idx.by_worker.get(w or "", []):
+            if d.start is not None and d.start_at is not None and i < d.start_at < back:
+                out.append(Violation("G17", (
+                    f"{d.label} started on {w} at {when(d.start)} after the "
+                    f"{'warm' if warm else 'cold'} shutdown began at {when(stop)}"),
+                    evidence(stop, d.start)))
+            if d.unacked_at(i) and d.start_at is None and config.complete:
+                out += _comes_back(idx, d, i, "G17", stop)
+            if not d.running_at(i):
+                continue
+            if warm:
+                out += _warm(idx, d, i, stop, offline, crashed, config)
+            else:
+                out += _cold(idx, d, i, stop, config)
+    return out
+
+
+def _warm(idx: Index, d: Delivery, i: int, stop: Event, offline: int, crashed: bool,
+          config: CheckConfig) -> list[Violation]:
+    out = []
+    for _, e in d.marks_of("cancelled"):
+        out.append(Violation("G17", (
+            f"{d.label} was cancelled at {when(e)} by the warm shutdown of {d.worker} begun at "
+            f"{when(stop)}; a warm shutdown lets running tasks finish"), evidence(stop, e)))
+    if crashed:
+        return out
+    done = d.outcome_at is not None and d.outcome_at < offline
+    if not done and (offline < len(idx.events) or config.complete):
+        out.append(Violation("G17", (
+            f"{d.label} was running on {d.worker} at the warm shutdown ({when(stop)}) and the "
+            "worker went offline before it finished"),
+            evidence(d.start, stop, idx.events[offline] if offline < len(idx.events) else None)))
+    return out
+
+
+def _cold(idx: Index, d: Delivery, i: int, stop: Event, config: CheckConfig) -> list[Violation]:
+    if d.outcome_at is not None and d.outcome_at < i:
+        return []
+    acked = d.settle is not None and d.settle.kind == "acked" and (d.settle_at or 0) < i
+    cancels = [(j, e) for j, e in d.marks_of("cancelled") if j > i]
+    if acked and config.late(d.task):
+        return []  # finished but not yet acked: left alone
+    if not cancels:
+        return [Violation("G17", (
+            f"{d.label} was running on {d.worker} at the cold shutdown ({when(stop)}) and was "
+            "not cancelled"), evidence(d.start, stop, d.outcome))]
+    j, cancel = cancels[0]
+    retry = [st for _, st in d.states_after(j) if st.details.get("state") == "RETRY"]
+    out = []
+    if acked:
+        if not retry and config.stores_errors(d.task):
+            out.append(Violation("G17", (
+                f"{d.label} (acked at start) was cancelled by the cold shutdown at "
+                f"{when(cancel)} without storing RETRY('cancelled by Celery')"),
+                evidence(d.start, stop, cancel)))
+        for x in idx.started_after(d.message_id, j):
+            if not x.copy:
+                out.append(Violation("G17", (
+                    f"{d.label} (acked at start) was cancelled by the cold shutdown at "
+                    f"{when(cancel)} yet ran again on {x.worker} at {when(x.start)}"),
+                    evidence(cancel, x.start)))
+    else:
+        for st in retry:
+            out.append(Violation("G17", (
+                f"{d.label} (acks_late, unacked) stored RETRY at {when(st)} when the cold "
+                "shutdown cancelled it; only early-acked tasks are cancelled with RETRY"),
+                evidence(cancel, st)))
+        if config.complete:
+            out += _comes_back(idx, d, i, "G17", stop)
+    return out

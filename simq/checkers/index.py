@@ -1,0 +1,426 @@
+"""A history read by delivery: which events belong to which attempt.
+
+Internal to the checkers. One pass over the history files every delivery-scoped event
+under the :class:`Delivery` it concerns:
+
+* ``started``, outcomes (``succeeded``, ``failed``, ``retried``, ``ignored``,
+  ``declined``, ``child-lost``, ``revoked`` with ``terminated``) and marks
+  (``time-limit``, ``cancelled``, ``child-killed``) go to the earliest delivery of that
+  message on that worker still waiting for one;
+* ``acked``, ``rejected``, ``ack-failed`` settle a delivery; ``requeued`` (unless it
+  restored a copy), ``lost`` and a worker's crash, connection loss or going offline
+  release it from the worker's hold;
+* ``state`` writes (they carry no message id) go to the delivery of that task on that
+  worker that most recently started (or was revoked at receipt).
+
+A history without message ids (some real-broker recordings) is read with the task id
+in their place, which merges retries of one task; checkers then see less, not wrong.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import attrs
+
+from simq.checkers.base import epoch
+from simq.history import Event, History
+
+__all__ = ["Delivery", "Index", "index_of"]
+
+OUTCOMES = frozenset({"succeeded", "failed", "retried", "ignored", "declined", "child-lost"})
+SETTLES = frozenset({"acked", "rejected", "ack-failed"})
+MARKS = frozenset({"time-limit", "cancelled", "child-killed"})
+#: Worker events after which the broker no longer counts the worker's deliveries as held.
+WORKER_RELEASES = frozenset({"worker-crashed", "connection-lost", "worker-offline"})
+#: Worker faults, in the order checkers report them.
+FAULTS = frozenset({
+    "worker-crashed", "worker-online", "worker-offline", "connection-lost",
+    "connection-restored", "broker-restarted", "shutdown",
+})
+
+Ref = tuple[int, Event]
+
+
+@attrs.define(eq=False)
+class Delivery:
+    """One delivery of one message to one worker, and what followed from it."""
+
+    at: int
+    event: Event
+    number: int
+    publication: Event | None
+    task: str | None = None
+    start: Event | None = None
+    start_at: int | None = None
+    outcome: Event | None = None
+    outcome_at: int | None = None
+    settle: Event | None = None
+    settle_at: int | None = None
+    release: Event | None = None
+    release_at: int | None = None
+    revoked: Event | None = None
+    revoked_at: int | None = None
+    unregistered: Event | None = None
+    unregistered_at: int | None = None
+    marks: list[Ref] = attrs.field(factory=list)
+    states: list[Ref] = attrs.field(factory=list)
+    discarded: list[Ref] = attrs.field(factory=list)
+
+    @property
+    def message_id(self) -> str:
+        return self.event.message_id or f"task:{self.event.task_id}"
+
+    @property
+    def task_id(self) -> str | None:
+        return self.event.task_id
+
+    @property
+    def worker(self) -> str | None:
+        return self.event.worker
+
+    @property
+    def copy(self) -> bool:
+        return bool(self.event.details.get("copy"))
+
+    @property
+    def redelivered(self) -> bool:
+        return bool(self.event.details.get("redelivered"))
+
+    @property
+    def eta(self) -> float | None:
+        return epoch(self.publication.details.get("eta")) if self.publication else None
+
+    @property
+    def expires(self) -> float | None:
+        return epoch(self.publication.details.get("expires")) if self.publication else None
+
+    @property
+    def retries(self) -> int:
+        """``request.retries`` of the attempt: from ``started``, else the publication."""
+        for event in (self.start, self.publication):
+            if event is not None and event.details.get("retries") is not None:
+                return int(event.details["retries"])
+        return 0
+
+    @property
+    def label(self) -> str:
+        """``task name[task id]`` message ``id``, for violation messages."""
+        return f"{self.task or '?'}[{self.task_id}] message {self.message_id}"
+
+    def unacked_at(self, i: int) -> bool:
+        """Delivered before index ``i`` and neither settled nor released before it."""
+        return self.at < i and _open(self.settle_at, i) and _open(self.release_at, i)
+
+    def running_at(self, i: int) -> bool:
+        """Started before index ``i`` and without an outcome or cancellation before it."""
+        if self.start_at is None or self.start_at >= i or not _open(self.outcome_at, i):
+            return False
+        return not any(j < i for j, e in self.marks if e.kind == "cancelled")
+
+    def marks_of(self, kind: str, **details: Any) -> list[Ref]:
+        return [(j, e) for j, e in self.marks if e.kind == kind
+                and all(e.details.get(k) == v for k, v in details.items())]
+
+    def states_after(self, i: int) -> list[Ref]:
+        return [(j, e) for j, e in self.states if j > i]
+
+
+
+def _open(end: int | None, i: int) -> bool:
+    return end is None or end >= i
+
+
+@attrs.define(eq=False)
+class Index:
+    """The deliveries of a history and the events around them."""
+
+    events: list[Event]
+    deliveries: list[Delivery] = attrs.field(factory=list)
+    by_message: dict[str, list[Delivery]] = attrs.field(factory=lambda: defaultdict(list))
+    by_worker: dict[str, list[Delivery]] = attrs.field(factory=lambda: defaultdict(list))
+    publications: dict[str, Ref] = attrs.field(factory=dict)
+    published: dict[str, list[Ref]] = attrs.field(factory=lambda: defaultdict(list))
+    returns: dict[str, list[Ref]] = attrs.field(factory=lambda: defaultdict(list))
+    lost: dict[str, list[Ref]] = attrs.field(factory=lambda: defaultdict(list))
+    states: dict[str, list[Ref]] = attrs.field(factory=lambda: defaultdict(list))
+    discarded: dict[str, list[Ref]] = attrs.field(factory=lambda: defaultdict(list))
+    forgotten: dict[str, list[int]] = attrs.field(factory=lambda: defaultdict(list))
+    faults: list[Ref] = attrs.field(factory=list)
+    revokes: list[Ref] = attrs.field(factory=list)
+    orphans: list[Ref] = attrs.field(factory=list)
+    by_task_worker: dict[tuple[str | None, str | None], list[Delivery]] = attrs.field(
+        factory=lambda: defaultdict(list))
+
+    @property
+    def end_time(self) -> float:
+        return self.events[-1].time if self.events else 0.0
+
+    def attempt_end(self, d: Delivery) -> float:
+        """When ``d``'s attempt stopped: outcome, cancel, its worker's crash, else the end."""
+        ends = [e.time for _, e in d.marks if e.kind == "cancelled"]
+        if d.outcome is not None:
+            ends.append(d.outcome.time)
+        if d.start_at is not None:
+            crash = self.next_fault(d.worker, frozenset({"worker-crashed"}), d.start_at)
+            if crash < len(self.events):
+                ends.append(self.events[crash].time)
+        return min(ends) if ends else self.end_time
+
+    def returned_after(self, message_id: str, i: int) -> bool:
+        """Whether the message started again, was revoked at receipt or was lost after ``i``."""
+        return bool(self.started_after(message_id, i) or self.lost_after(message_id, i) or any(
+            d.revoked is not None for d in self.deliveries_after(message_id, i)))
+
+    def deliveries_after(self, message_id: str, i: int) -> list[Delivery]:
+        return [d for d in self.by_message.get(message_id, ()) if d.at > i]
+
+    def started_after(self, message_id: str, i: int) -> list[Delivery]:
+        return [d for d in self.by_message.get(message_id, ())
+                if d.start_at is not None and d.start_at > i]
+
+    def lost_after(self, message_id: str, i: int) -> list[Ref]:
+        return [(j, e) for j, e in self.lost.get(message_id, ()) if j > i]
+
+    def worker_events(self, worker: str | None, kinds: frozenset[str]) -> list[Ref]:
+        return [(j, e) for j, e in self.faults if e.worker == worker and e.kind in kinds]
+
+    def next_fault(self, worker: str | None, kinds: frozenset[str], i: int) -> int:
+        """Index of the first fault of ``kinds`` on ``worker`` after ``i`` (else the end)."""
+        for j, e in self.faults:
+            if j > i and e.kind in kinds and e.worker == worker:
+                return j
+        return len(self.events)
+
+    def stored_before(self, task_id: str | None, i: int) -> Ref | None:
+        """The last effective backend write for ``task_id`` before index ``i``, if any."""
+        last: Ref | None = None
+        forgot = max((j for j in self.forgotten.get(task_id or "", ()) if j < i), default=-1)
+        for j, e in self.states.get(task_id or "", ()):
+            if forgot < j < i:
+                last = (j, e)
+        return last
+
+    def succeeded_before(self, task_id: str | None, i: int) -> Ref | None:
+        """The SUCCESS write for ``task_id`` in force at index ``i`` (None if none)."""
+        forgot = max((j for j in self.forgotten.get(task_id or "", ()) if j < i), default=-1)
+        for j, e in self.states.get(task_id or "", ()):
+            if forgot < j < i and e.details.get("state") == "SUCCESS":
+                return (j, e)
+        return None
+
+
+def _key(event: Event) -> str:
+    return event.message_id or f"task:{event.task_id}"
+
+
+class _Builder:
+    def __init__(self, history: History) -> None:
+        self.idx = Index(list(history))
+        self.by_key: dict[tuple[str, str | None], list[Delivery]] = defaultdict(list)
+
+    def candidates(self, event: Event) -> list[Delivery]:
+        key = _key(event)
+        if event.worker is None:
+            return list(self.idx.by_message.get(key, ()))
+        found = self.by_key.get((key, event.worker))
+        if found is None and event.message_id is None:
+            # A recording without message ids: match the task on this worker.
+            found = self.idx.by_task_worker.get((event.task_id, event.worker))
+        return list(found or ())
+
+    @staticmethod
+    def pick(cands: list[Delivery], *tiers: Any) -> Delivery | None:
+        for tier in tiers:
+            for d in cands:
+                if tier(d):
+                    return d
+        return None
+
+    def build(self) -> Index:
+        for i, event in enumerate(self.idx.events):
+            handler = getattr(self, "on_" + event.kind.replace("-", "_"), None)
+            if handler is not None:
+                handler(i, event)
+        return self.idx
+
+    # -- broker side ------------------------------------------------------------------
+
+    def on_published(self, i: int, e: Event) -> None:
+        self.idx.publications.setdefault(_key(e), (i, e))
+        self.idx.published[e.task_id or ""].append((i, e))
+
+    def on_delivered(self, i: int, e: Event) -> None:
+        idx = self.idx
+        key = _key(e)
+        pub = idx.publications.get(key)
+        d = Delivery(i, e, len(idx.by_message[key]) + 1, pub[1] if pub else None,
+                     task=pub[1].details.get("task") if pub else None)
+        idx.deliveries.append(d)
+        idx.by_message[key].append(d)
+        idx.by_worker[e.worker or ""].append(d)
+        self.by_key[(key, e.worker)].append(d)
+        idx.by_task_worker[(e.task_id, e.worker)].append(d)
+
+    def on_requeued(self, i: int, e: Event) -> None:
+        self.idx.returns[_key(e)].append((i, e))
+        if e.details.get("copy"):
+            return  # the holder keeps its copy (kombu #337): not a release
+        self._release(self.candidates(e), i, e)
+
+    def on_lost(self, i: int, e: Event) -> None:
+        self.idx.lost[_key(e)].append((i, e))
+        self._release(self.candidates(e), i, e)
+
+    def _release(self, cands: list[Delivery], i: int, e: Event) -> None:
+        for d in cands:
+            if d.settle is None and d.release is None:
+                d.release, d.release_at = e, i
+                if e.worker is not None:
+                    return
+
+    # -- worker side ------------------------------------------------------------------
+
+    def on_started(self, i: int, e: Event) -> None:
+        def fresh(d: Delivery) -> bool:
+            return d.start is None and d.revoked is None and d.unregistered is None
+
+        d = self.pick(self.candidates(e),
+                      lambda d: fresh(d) and d.release is None and d.settle is None,
+                      lambda d: fresh(d) and d.release is None, fresh)
+        if d is None:
+            self.idx.orphans.append((i, e))
+            return
+        d.start, d.start_at = e, i
+        if e.details.get("task"):
+            d.task = e.details["task"]
+
+    def _settle(self, i: int, e: Event, released_first: bool) -> None:
+        cands = [d for d in self.candidates(e) if d.settle is None]
+
+        def active(d: Delivery) -> bool:
+            return d.start is not None or d.revoked is not None or d.unregistered is not None
+
+        if released_first:
+            d = self.pick(cands, lambda d: d.release is not None and active(d),
+                          lambda d: d.release is not None, active, lambda d: True)
+        else:
+            d = self.pick(cands, lambda d: d.release is None and active(d),
+                          lambda d: d.release is None, active, lambda d: True)
+        if d is None:
+            self.idx.orphans.append((i, e))
+            return
+        d.settle, d.settle_at = e, i
+
+    def on_acked(self, i: int, e: Event) -> None:
+        self._settle(i, e, released_first=False)
+
+    def on_rejected(self, i: int, e: Event) -> None:
+        if e.details.get("requeue"):
+            self.idx.returns[_key(e)].append((i, e))
+        self._settle(i, e, released_first=False)
+
+    def on_ack_failed(self, i: int, e: Event) -> None:
+        self._settle(i, e, released_first=True)
+
+    def _running(self, e: Event) -> Delivery | None:
+        return self.pick(self.candidates(e),
+                         lambda d: d.start is not None and d.outcome is None)
+
+    def _outcome(self, i: int, e: Event) -> None:
+        d = self._running(e)
+        if d is None:
+            self.idx.orphans.append((i, e))
+            return
+        d.outcome, d.outcome_at = e, i
+
+    on_succeeded = on_failed = on_retried = on_ignored = on_declined = _outcome
+    on_child_lost = _outcome
+
+    def _mark(self, i: int, e: Event) -> None:
+        d = self._running(e)
+        if d is None:
+            self.idx.orphans.append((i, e))
+            return
+        d.marks.append((i, e))
+
+    on_time_limit = on_cancelled = on_child_killed = _mark
+
+    def on_revoked(self, i: int, e: Event) -> None:
+        cands = self.candidates(e)
+        if e.details.get("terminated") or e.details.get("reason") == "terminated":
+            d = self._running(e)
+            if d is not None:
+                d.outcome, d.outcome_at = e, i
+                d.revoked, d.revoked_at = e, i
+                return
+        d = self.pick(cands, lambda d: d.start is None and d.revoked is None
+                      and d.settle is None and d.release is None,
+                      lambda d: d.start is None and d.revoked is None)
+        if d is None:
+            d = self._running(e)
+            if d is None:
+                self.idx.orphans.append((i, e))
+                return
+            d.outcome, d.outcome_at = e, i
+        d.revoked, d.revoked_at = e, i
+
+    def on_unregistered(self, i: int, e: Event) -> None:
+        d = self.pick(self.candidates(e), lambda d: d.start is None and d.unregistered is None)
+        if d is not None:
+            d.unregistered, d.unregistered_at = e, i
+
+    # -- backend ----------------------------------------------------------------------
+
+    def _writer(self, i: int, e: Event) -> Delivery | None:
+        if e.worker is None:
+            return None
+        best: Delivery | None = None
+        best_at = -1
+        for d in self.idx.by_task_worker.get((e.task_id, e.worker), ()):
+            for j in (d.start_at, d.revoked_at, d.unregistered_at):
+                if j is not None and best_at < j < i:
+                    best, best_at = d, j
+        return best
+
+    def on_state(self, i: int, e: Event) -> None:
+        self.idx.states[e.task_id or ""].append((i, e))
+        d = self._writer(i, e)
+        if d is not None:
+            d.states.append((i, e))
+
+    def on_state_discarded(self, i: int, e: Event) -> None:
+        self.idx.discarded[e.task_id or ""].append((i, e))
+        d = self._writer(i, e)
+        if d is not None:
+            d.discarded.append((i, e))
+
+    def on_forgotten(self, i: int, e: Event) -> None:
+        self.idx.forgotten[e.task_id or ""].append(i)
+
+    def on_revoke(self, i: int, e: Event) -> None:
+        self.idx.revokes.append((i, e))
+
+    # -- faults -----------------------------------------------------------------------
+
+    def _fault(self, i: int, e: Event) -> None:
+        self.idx.faults.append((i, e))
+        if e.kind in WORKER_RELEASES:
+            for d in self.idx.by_worker.get(e.worker or "", ()):
+                if d.settle is None and d.release is None:
+                    d.release, d.release_at = e, i
+        elif e.kind == "broker-restarted":
+            for d in self.idx.deliveries:
+                if d.settle is None and d.release is None:
+                    d.release, d.release_at = e, i
+
+    on_worker_crashed = on_worker_online = on_worker_offline = _fault
+    on_connection_lost = on_connection_restored = on_broker_restarted = on_shutdown = _fault
+
+
+def index_of(history: History | Index) -> Index:
+    """The :class:`Index` of ``history`` (an Index is returned as it is)."""
+    if isinstance(history, Index):
+        return history
+    return _Builder(history).build()

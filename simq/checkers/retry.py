@@ -1,0 +1,166 @@
+"""Retries and timing: G13, G16, G18 of CELERY_SEMANTICS.md §3.2."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from simq import states
+from simq.checkers.base import CheckConfig, Violation, per_second, when
+from simq.checkers.delivery import evidence
+from simq.checkers.index import Delivery, Index, index_of
+from simq.history import History
+
+__all__ = ["check_g13", "check_g16", "check_g18"]
+
+#: Events after which a worker's token buckets start full again (new consumer, G7).
+_BUCKET_RESETS = frozenset({"worker-online", "worker-crashed", "connection-lost",
+                            "connection-restored"})
+
+
+def check_g13(history: History | Index, config: CheckConfig) -> list[Violation]:
+    """G13: retry publish ordering, at least once at the retry boundary (§3.2 G13).
+
+    "The retry message is published inside the task body before Retry is raised, and
+    before RETRY is stored and before the acks_late ack." For each attempt that ended
+    ``retried`` with ``request.retries == k``: a message for the same task id with
+    ``retries=k+1`` was published during the attempt, before RETRY was stored, and RETRY
+    was stored unless the task's errors are not stored (§4.3). (That the ack follows
+    RETRY is G2.)
+    """
+    idx = index_of(history)
+    out: list[Violation] = []
+    for d in idx.deliveries:
+        o = d.outcome
+        if o is None or o.kind != "retried" or d.start_at is None or d.outcome_at is None:
+            continue
+        k = d.retries
+        pubs = [(j, e) for j, e in idx.published.get(d.task_id or "", ())
+                if d.start_at < j < d.outcome_at and e.details.get("retries") == k + 1]
+        retry = [(j, e) for j, e in d.states if e.details.get("state") == states.RETRY
+                 and j > d.start_at]
+        if not pubs:
+            out.append(Violation("G13", (
+                f"{d.label} (retries={k}) ended with retried at {when(o)} but no message with "
+                f"retries={k + 1} was published during the attempt; retry() publishes the "
+                "next message before raising Retry"), evidence(d.start, o)))
+        else:
+            pub_at, pub = pubs[0]
+            for j, st in retry:
+                if j < pub_at:
+                    out.append(Violation("G13", (
+                        f"{d.label}: RETRY was stored at {when(st)} before the retry message "
+                        f"{pub.message_id} was published at {when(pub)}; the message goes "
+                        "first"), evidence(d.start, st, pub)))
+        if not retry and config.stores_errors(d.task):
+            out.append(Violation("G13", (
+                f"{d.label} ended with retried at {when(o)} without storing RETRY"),
+                evidence(d.start, o)))
+    return out
+
+
+def check_g16(history: History | Index, config: CheckConfig) -> list[Violation]:
+    """G16: the ETA is a lower bound, and rate limits stack on top of it (§3.2 G16).
+
+    "The task is guaranteed to be executed at some time after the specified date and
+    time, but not necessarily at that exact time." No attempt starts before its
+    message's ETA (less ``slack``). With ``config.rate_limit`` for a task (a token bucket
+    of capacity 1 per worker, §6): the n-th start on a worker after the m-th is at least
+    ``(n - m) / rate`` after the m-th message became available (delivered, ETA passed).
+    """
+    idx = index_of(history)
+    out: list[Violation] = []
+    for d in idx.deliveries:
+        eta = d.eta
+        if d.start is not None and eta is not None and d.start.time < eta - config.slack:
+            pub = d.publication
+            out.append(Violation("G16", (
+                f"{d.label} started on {d.worker} at {when(d.start)}, before its ETA "
+                f"{pub.details.get('eta') if pub else eta}"),
+                evidence(pub, d.event, d.start)))
+    out += _rate_limits(idx, config)
+    return out
+
+
+def _rate_limits(idx: Index, config: CheckConfig) -> list[Violation]:
+    out: list[Violation] = []
+    resets: dict[str | None, list[int]] = defaultdict(list)
+    for j, e in idx.faults:
+        if e.kind in _BUCKET_RESETS:
+            resets[e.worker].append(j)
+    runs: dict[tuple[str | None, str | None, int], list[Delivery]] = defaultdict(list)
+    for d in idx.deliveries:
+        if d.start_at is None:
+            continue
+        era = sum(1 for j in resets.get(d.worker, ()) if j < d.start_at)
+        runs[(d.worker, d.task, era)].append(d)
+    for (worker, task, _), ds in runs.items():
+        rate = per_second(config.setting("rate_limit", task))
+        if rate is None:
+            continue
+        ds.sort(key=lambda d: d.start_at or 0)
+        best = float("-inf")  # max over earlier starts m of available_m - m / rate
+        for n, d in enumerate(ds):
+            assert d.start is not None
+            if n:
+                earliest = best + n / rate
+                if d.start.time < earliest - config.slack - 1e-6:
+                    out.append(Violation("G16", (
+                        f"{d.label} started on {worker} at {when(d.start)}, sooner than its "
+                        f"rate limit ({config.setting('rate_limit', task)}) allows after "
+                        f"{n} earlier start(s): not before {earliest - d.start.time:g} s later"),
+                        evidence(*(x.start for x in ds[max(0, n - 3):n]), d.start)))
+            available = max(d.event.time, d.eta or float("-inf"))
+            best = max(best, available - n / rate)
+    return out
+
+
+def check_g18(history: History | Index, config: CheckConfig) -> list[Violation]:
+    """G18: a per-task monotonic retry counter (§3.2 G18).
+
+    "Across PUBs for the same task id that come from retry(), retries increases by
+    exactly 1 each time. Broker redeliveries re-deliver the same retries value." Each
+    attempt starts with its message's ``retries``; a message published for a task id
+    while an attempt of it runs (or right after its child died, retry_on_worker_lost)
+    carries that attempt's ``retries + 1``.
+    """
+    idx = index_of(history)
+    out: list[Violation] = []
+    attempts: dict[str | None, list[Delivery]] = defaultdict(list)
+    for d in idx.deliveries:
+        if d.start is None or d.start_at is None:
+            continue
+        attempts[d.task_id].append(d)
+        pub = d.publication
+        got, want = d.start.details.get("retries"), pub.details.get("retries") if pub else None
+        if got is not None and want is not None and int(got) != int(want):
+            out.append(Violation("G18", (
+                f"{d.label} started at {when(d.start)} with retries={got} but its message "
+                f"was published with retries={want}; a redelivery keeps the retries value"),
+                evidence(pub, d.event, d.start)))
+    for task_id, pubs in idx.published.items():
+        for j, p in pubs:
+            r = p.details.get("retries")
+            if not r:
+                continue
+            live = [d for d in attempts.get(task_id, ()) if _publishes_at(d, j, attempts[task_id])]
+            if live and not any(d.retries == int(r) - 1 for d in live):
+                out.append(Violation("G18", (
+                    f"message {p.message_id} of task {task_id} was published at {when(p)} with "
+                    f"retries={r} while attempt(s) with retries="
+                    f"{', '.join(str(d.retries) for d in live)} ran; a retry carries the "
+                    "attempt's retries + 1"), evidence(*(d.start for d in live), p)))
+    return out
+
+
+def _publishes_at(d: Delivery, j: int, same: list[Delivery]) -> bool:
+    """Whether a publication at index ``j`` can come from attempt ``d``."""
+    assert d.start_at is not None
+    if d.running_at(j):
+        crashed = d.release is not None and d.release.kind == "worker-crashed"
+        return not (crashed and d.release_at is not None and d.release_at < j)
+    if d.start_at >= j or d.outcome_at is None:
+        return False
+    if d.outcome is not None and d.outcome.kind == "child-lost":
+        # retry_on_worker_lost publishes from the parent right after the child died.
+        return not any(x.start_at is not None and d.outcome_at < x.start_at < j for x in same)
+    return False

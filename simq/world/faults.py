@@ -1,0 +1,285 @@
+"""Faults: crashes, dead children, lost connections, broker restarts, shutdowns, revokes.
+
+Internal. ``Simulation`` exposes these as ``sim.crash_worker(...)`` and friends. Every
+fault is an event in the history, scheduled ``at`` seconds from now or at a datetime
+(now when omitted), and a fault aimed at a worker or task that does not exist is an
+UnknownTarget naming what exists. What each fault does follows CELERY_SEMANTICS.md §3
+(G3, G4, G7, G10, G17) and the transport model (G6).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from simq import states
+from simq.exceptions import Retry, UnknownTarget
+from simq.runtime import LOST, Outcome, pop_request, push_request
+from simq.world.worker import RequestState, Slot, Worker
+
+if TYPE_CHECKING:
+    from simq.world.worker import Request
+
+__all__ = ["Faults"]
+
+
+class Faults:
+    """The fault-injection side of one simulation."""
+
+    def __init__(self, sim: Any) -> None:
+        self.sim = sim
+
+    # -- scheduling --------------------------------------------------------------------
+
+    def _when(self, at: float | dt.datetime | None, fn: Callable[..., None],
+              *args: Any) -> None:
+        loop = self.sim.loop
+        if at is None:
+            fn(*args)
+        elif isinstance(at, dt.datetime):
+            if at.tzinfo is None:
+                raise ValueError("at= must be a timezone-aware datetime or seconds from now")
+            loop.call_at(at.timestamp(), fn, *args)
+        elif isinstance(at, int | float) and not isinstance(at, bool) and at >= 0:
+            loop.call_later(float(at), fn, *args)
+        else:
+            raise ValueError(f"at= must be seconds >= 0 or a datetime, got {at!r}")
+
+    def _worker(self, name: str) -> Worker:
+        return self.sim.worker(name)  # type: ignore[no-any-return]
+
+    # -- G4: the whole worker dies -----------------------------------------------------
+
+    def crash_worker(self, name: str, at: float | dt.datetime | None = None,
+                     restart_after: float | None = None) -> None:
+        """Power failure of worker ``name``; with ``restart_after``, an empty one returns."""
+        self._worker(name)
+        self._when(at, self._crash, name, restart_after)
+
+    def _crash(self, name: str, restart_after: float | None) -> None:
+        worker = self._worker(name)
+        if not worker.alive:
+            return
+        self.sim.record("worker-crashed", worker=name, restart_after=restart_after)
+        _go_offline(worker, "worker-crashed", kill_children=True)
+        worker.alive = False
+        self.sim.record("worker-offline", worker=name, reason="crashed")
+        if restart_after is not None:
+            self.sim.loop.call_later(restart_after, self._restart, worker)
+
+    def _restart(self, old: Worker) -> None:
+        new = Worker(self.sim, old.name, concurrency=old.concurrency, queues=old.queues,
+                     prefetch_multiplier=old.prefetch_multiplier)
+        self.sim.workers[old.name] = new
+        new.start()
+
+    # -- G3: one child dies ------------------------------------------------------------
+
+    def kill_child(self, task_id: str, at: float | dt.datetime | None = None,
+                   exitcode: int = -9) -> None:
+        """The child process running ``task_id`` dies (default SIGKILL, exit code -9)."""
+        if at is None:
+            self._running(task_id)
+        self._when(at, self._kill, task_id, exitcode)
+
+    def _running(self, task_id: str) -> tuple[Worker, Slot]:
+        for worker in self.sim.workers.values():
+            for slot in worker.slots:
+                if slot.request is not None and slot.request.id == task_id:
+                    return worker, slot
+        running = sorted(
+            s.request.id for w in self.sim.workers.values() for s in w.slots
+            if s.request is not None
+        )
+        raise UnknownTarget(
+            f"no child is running task {task_id!r}; running now: "
+            f"{', '.join(running) if running else 'none'}"
+        )
+
+    def _kill(self, task_id: str, exitcode: int) -> None:
+        worker, slot = self._running(task_id)
+        request = slot.request
+        assert request is not None
+        self.sim.record("child-killed", task_id=task_id, message_id=request.message.message_id,
+                        worker=worker.name, exitcode=exitcode)
+        slot.replace_child()
+        worker._child_lost(request, Outcome(LOST, exitcode=exitcode))
+        worker._schedule_pump()
+
+    # -- G7: the broker connection drops -----------------------------------------------
+
+    def lose_connection(self, worker: str, at: float | dt.datetime | None = None,
+                        reconnect_after: float = 5.0) -> None:
+        """Worker ``worker`` loses its broker connection, reconnecting after a while."""
+        self._worker(worker)
+        if reconnect_after < 0:
+            raise ValueError(f"reconnect_after must be >= 0, got {reconnect_after}")
+        self._when(at, self._lose_connection, worker, reconnect_after)
+
+    def _lose_connection(self, name: str, reconnect_after: float | None) -> None:
+        worker = self._worker(name)
+        if not worker.alive or not worker.online:
+            return
+        self.sim.record("connection-lost", worker=name)
+        cancel = bool(self.sim.app.conf.worker_cancel_long_running_tasks_on_connection_loss)
+        _go_offline(worker, "connection-lost", kill_children=False, cancel_late=cancel)
+        if reconnect_after is not None:
+            self.sim.loop.call_later(reconnect_after, self._reconnect, worker)
+
+    def _reconnect(self, worker: Worker) -> None:
+        if not worker.alive or worker.online or self.sim.workers.get(worker.name) is not worker:
+            return
+        self.sim.record("connection-restored", worker=worker.name)
+        worker.online = True
+        for queue in worker.queues:
+            self.sim.broker.consume(queue, worker)
+
+    # -- the broker restarts -----------------------------------------------------------
+
+    def restart_broker(self, at: float | dt.datetime | None = None,
+                       down_for: float = 1.0) -> None:
+        """The broker restarts: every connection drops; durable queues survive (amqp, sqs);
+        this Redis keeps nothing on disk, so its messages are lost."""
+        self._when(at, self._restart_broker, down_for)
+
+    def _restart_broker(self, down_for: float) -> None:
+        online = [w for w in self.sim.workers.values() if w.alive and w.online]
+        for worker in online:
+            self.sim.record("connection-lost", worker=worker.name)
+            _go_offline(worker, "broker-restart", kill_children=False, cancel_late=bool(
+                self.sim.app.conf.worker_cancel_long_running_tasks_on_connection_loss))
+        lost = self.sim.broker.restart()
+        self.sim.record("broker-restarted", lost=lost, transport=self.sim.broker.transport)
+        for worker in online:
+            self.sim.loop.call_later(down_for, self._reconnect, worker)
+
+    # -- G17: shutdown -----------------------------------------------------------------
+
+    def shutdown_worker(self, name: str, at: float | dt.datetime | None = None,
+                        warm: bool = True) -> None:
+        """Stop worker ``name``: warm lets running tasks finish; cold cancels them."""
+        self._worker(name)
+        self._when(at, self._shutdown, name, warm)
+
+    def _shutdown(self, name: str, warm: bool) -> None:
+        worker = self._worker(name)
+        if not worker.alive:
+            return
+        self.sim.record("shutdown", worker=name, warm=warm)
+        worker.online = False
+        for queue in worker.queues:
+            self.sim.broker.cancel(queue, worker)
+        # Messages not started go back: channel close (amqp) or restore_at_shutdown.
+        for request in list(worker.requests.values()):
+            if request.state is not RequestState.ACTIVE:
+                _drop(worker, request, "shutdown", restore_now=True)
+        worker.reserved.clear()
+        if not warm:
+            for slot in worker.slots:
+                request = slot.request
+                if request is None:
+                    continue
+                if request.acks_late and request.acked:
+                    continue  # acked acks_late tasks finish gracefully
+                _cancel(worker, slot, request, emit_retry=not request.acks_late,
+                        reason="shutdown", restore_now=True)
+        self._finish_shutdown(worker)
+
+    def _finish_shutdown(self, worker: Worker) -> None:
+        if any(slot.request is not None for slot in worker.slots):
+            self.sim.loop.call_later(1.0, self._finish_shutdown, worker)
+            return
+        if worker.alive:
+            worker.alive = False
+            self.sim.record("worker-offline", worker=worker.name, reason="shutdown")
+
+    # -- G10: revoke -------------------------------------------------------------------
+
+    def terminate(self, worker: Worker, task_id: str) -> None:
+        """``revoke(terminate=True)``: kill the child running ``task_id`` on ``worker``."""
+        for slot in worker.slots:
+            request = slot.request
+            if request is not None and request.id == task_id:
+                slot.replace_child()
+                worker._announce_revoked(request, "terminated", terminated=True)
+                worker._schedule_pump()
+
+
+def _go_offline(worker: Worker, reason: str, *, kill_children: bool,
+                cancel_late: bool = False) -> None:
+    """Stop consuming; every unacked delivery of ``worker`` is void (G4, G7)."""
+    broker = worker.broker
+    worker.online = False
+    for queue in worker.queues:
+        broker.cancel(queue, worker)
+    for slot in worker.slots:
+        request = slot.request
+        if request is None:
+            continue
+        if kill_children:
+            slot.replace_child()
+            if not request.acked:
+                broker.channel_closed(request.envelope, reason)
+            _forget(worker, request)
+        elif not request.acked:
+            request.orphaned = True
+            broker.channel_closed(request.envelope, reason)
+            if cancel_late and request.acks_late:
+                _cancel(worker, slot, request, emit_retry=True, reason=reason,
+                        restore_now=False)
+    for request in list(worker.requests.values()):
+        if request.state is not RequestState.ACTIVE:
+            _drop(worker, request, reason, restore_now=False)
+    worker.reserved = deque()
+    worker.buckets.clear()
+    worker._live_unacked = 0
+    worker._held = 0
+
+
+def _drop(worker: Worker, request: Request, reason: str, restore_now: bool) -> None:
+    """Forget a delivered, not-started request; its message goes back to the broker."""
+    if request.timer is not None:
+        request.timer.cancel()
+        request.timer = None
+    if not request.acked and not request.orphaned:
+        request.orphaned = True
+        if restore_now:
+            worker.broker.restore(request.envelope, front=True, reason=reason)
+        else:
+            worker.broker.channel_closed(request.envelope, reason)
+    _forget(worker, request)
+
+
+def _cancel(worker: Worker, slot: Slot, request: Request, *, emit_retry: bool, reason: str,
+            restore_now: bool) -> None:
+    """Celery's ``Request.cancel``: terminate the child; RETRY('cancelled by Celery')."""
+    slot.replace_child()
+    worker._record("cancelled", task_id=request.id, message_id=request.message.message_id,
+                   worker=worker.name, reason=reason)
+    if emit_retry:
+        exc = Retry(message="cancelled by Celery")
+        ctx, task = request.context, request.task
+        worker.backend.store(request.id, states.RETRY, exc, ctx, None, worker=worker.name)
+        push_request(task, ctx)
+        try:
+            task.on_retry(exc, request.id, ctx.args, ctx.kwargs, None)
+        except Exception:  # noqa: S110 - logged by Celery
+            pass
+        finally:
+            pop_request(task)
+    if not request.acked and not request.orphaned:
+        request.orphaned = True
+        if restore_now:
+            worker.broker.restore(request.envelope, front=True, reason=reason)
+        else:
+            worker.broker.channel_closed(request.envelope, reason)
+    _forget(worker, request)
+
+
+def _forget(worker: Worker, request: Request) -> None:
+    if request.state is not RequestState.DONE:
+        request.state = RequestState.DONE
+    worker.requests.pop(request.envelope, None)
+

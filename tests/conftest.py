@@ -1,0 +1,36 @@
+"""Sanity checks around every test: no leaked clock patch, fiber or global random use."""
+
+from __future__ import annotations
+
+import datetime
+import random
+import time
+from collections.abc import Iterator
+
+import greenlet
+import pytest
+
+from simq.engine import vtime
+
+
+@pytest.fixture(autouse=True)
+def _simq_sanity() -> Iterator[None]:
+    """Fail a test that leaves time patched, runs off the main greenlet or uses global random."""
+    random_state = random.getstate()
+    originals = (time.sleep, time.monotonic, datetime.datetime)
+    yield
+    problems = []
+    active = vtime._active
+    if active is not None:
+        active.stop()
+        problems.append("a simulation was left active (virtual time still patched)")
+    if (time.sleep, time.monotonic, datetime.datetime) != originals:
+        problems.append("time.sleep, time.monotonic or datetime.datetime was not restored")
+    if abs(time.time() - datetime.datetime.now().timestamp()) > 60:
+        problems.append("time.time() and datetime.now() disagree: a clock patch leaked")
+    if greenlet.getcurrent().parent is not None:
+        problems.append("the test ended inside a fiber, not on the main greenlet")
+    if random.getstate() != random_state:
+        problems.append("the global random module was used (simq must use seeded streams)")
+    if problems:
+        pytest.fail("simq sanity: " + "; ".join(problems), pytrace=False)

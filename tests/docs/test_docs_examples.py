@@ -1,0 +1,143 @@
+"""The documentation's code examples run, so the docs cannot drift from the code.
+
+Every fenced ``python`` block in ``README.md`` and ``docs/*.md`` whose first line is
+``# test: NAME`` is one test, with id ``NAME``. It runs as a fresh ``__main__`` module,
+the way a reader runs it as a script, so its tasks are named ``main.function`` and its
+exception classes can be found again when results are decoded. Each example asserts
+what it shows by itself; the test adds that it leaves no simulation active. A module-level
+``test_*`` function in an example (the pytest page's test file) is called too, with a
+``simulation`` factory that behaves like the plugin's fixture.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import sys
+import types
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import simq
+from simq.engine import vtime
+
+ROOT = Path(__file__).resolve().parents[2]
+SOURCES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+_FENCE = re.compile(r"^```python[ \t]*\n(# test: *(?P<name>\S+)[ \t]*\n.*?)^```[ \t]*$",
+                    re.MULTILINE | re.DOTALL)
+
+
+class Example:
+    """One executable code block: where it is and what it says."""
+
+    def __init__(self, path: Path, line: int, name: str, code: str) -> None:
+        self.path = path
+        self.line = line
+        self.name = name
+        self.code = code
+
+    @property
+    def where(self) -> str:
+        return f"{self.path.relative_to(ROOT)}:{self.line}"
+
+
+def collect() -> list[Example]:
+    """Every ``# test:`` block of the sources, in file order."""
+    found = []
+    for path in SOURCES:
+        text = path.read_text(encoding="utf-8")
+        for match in _FENCE.finditer(text):
+            line = text.count("\n", 0, match.start()) + 2  # the block's first code line
+            found.append(Example(path, line, match["name"], match.group(1)))
+    return found
+
+
+EXAMPLES = collect()
+
+
+@pytest.fixture
+def fresh_main() -> Iterator[types.ModuleType]:
+    """A new, empty ``__main__`` module for the example; the real one is put back after."""
+    original = sys.modules["__main__"]
+    module = types.ModuleType("__main__")
+    sys.modules["__main__"] = module
+    try:
+        yield module
+    finally:
+        sys.modules["__main__"] = original
+
+
+def _simulation_factory(made: list[simq.Simulation]) -> Callable[..., simq.Simulation]:
+    # The plugin's contract: seed 0 unless given, started at once, closed after the test.
+    def factory(app: Any, **options: Any) -> simq.Simulation:
+        options.setdefault("seed", 0)
+        sim = simq.Simulation(app, **options)
+        made.append(sim)
+        return sim.start()
+
+    return factory
+
+
+def _call_test_functions(namespace: dict[str, Any]) -> int:
+    """Call the example's ``test_*`` functions, as pytest would; return how many ran."""
+    count = 0
+    for name, function in list(namespace.items()):
+        if not (name.startswith("test_") and inspect.isfunction(function)):
+            continue
+        made: list[simq.Simulation] = []
+        arguments: dict[str, Any] = {}
+        for parameter in inspect.signature(function).parameters:
+            if parameter != "simulation":
+                raise AssertionError(f"{name}() asks for fixture {parameter!r}, unknown here")
+            arguments[parameter] = _simulation_factory(made)
+        try:
+            function(**arguments)
+        finally:
+            for sim in reversed(made):
+                sim.close()
+        count += 1
+    return count
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[e.name for e in EXAMPLES])
+def test_example_runs(example: Example, fresh_main: types.ModuleType) -> None:
+    """The example runs clean as a script and leaves no simulation active."""
+    namespace = fresh_main.__dict__
+    namespace["__file__"] = str(example.path)
+    code = compile(
+        "\n" * (example.line - 1) + example.code, str(example.path), "exec", dont_inherit=True
+    )
+    try:
+        exec(code, namespace)  # noqa: S102 - running the documentation is the point
+        _call_test_functions(namespace)
+    finally:
+        left = vtime._active
+        if left is not None:
+            left.stop()
+    assert left is None, f"{example.where}: example {example.name!r} left a simulation active"
+
+
+def test_example_names_are_unique() -> None:
+    """No two documentation examples share a test name."""
+    names = [e.name for e in EXAMPLES]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    assert not duplicates, f"duplicate example names: {duplicates}"
+
+
+@pytest.mark.parametrize(
+    "page", ["README.md", "getting-started.md", "api.md", "simulation.md", "history.md",
+             "pytest.md"],
+)
+def test_page_has_an_executed_example(page: str) -> None:
+    """Each user-facing page carries at least one example that this module runs."""
+    assert any(e.path.name == page for e in EXAMPLES), f"{page} has no `# test:` example"
+
+
+def test_readme_and_getting_started_examples_are_present() -> None:
+    """The README's and the getting-started page's headline examples are executed."""
+    names = {e.name for e in EXAMPLES}
+    assert {"readme", "getting-started"} <= names
