@@ -15,7 +15,7 @@ import sys
 import uuid
 import warnings
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, overload
 
 from simq import states
 from simq.canvas import Signature, signature
@@ -27,6 +27,9 @@ from simq.result import AsyncResult
 from simq.runtime import Context, current_task, current_worker_task, encoded
 from simq.serialization import dumps
 from simq.task import Task, make_autoretry
+
+_Task = Task
+_AsyncResult = AsyncResult
 
 __all__ = ["App", "Celery", "TaskRegistry"]
 
@@ -146,18 +149,22 @@ class App:
         self._world: Any = None
         self._eager = EagerStore(self)
         self._random = random.Random(0)
-        self._task_base: type[Task] | None = None
+        self._task_base: type[_Task] | None = None
 
     # -- tasks -------------------------------------------------------------------------
 
     @property
-    def Task(self) -> type[Task]:  # noqa: N802 - Celery's name
+    def Task(self) -> type[_Task]:
         """The base task class bound to this app (``base`` default of ``@app.task``)."""
         if self._task_base is None:
             self._task_base = type("Task", (Task,), {"app": self, "__module__": __name__,
                                                      "abstract": True})
         return self._task_base
 
+    @overload
+    def task(self, fun: Callable[..., Any], /) -> _Task: ...
+    @overload
+    def task(self, **opts: Any) -> Callable[[Callable[..., Any]], _Task]: ...
     def task(self, *args: Any, **opts: Any) -> Any:
         """Decorator that makes a function a task: ``@app.task`` or ``@app.task(**opts)``."""
         if len(args) == 1 and not opts and callable(args[0]):
@@ -167,7 +174,7 @@ class App:
                 raise TypeError("argument 1 to @task() must be a callable")
             raise TypeError(f"@task() takes exactly 1 argument ({len(args)} given)")
 
-        def decorate(fun: Callable[..., Any]) -> Task:
+        def decorate(fun: Callable[..., Any]) -> _Task:
             return self._task_from_fun(fun, **opts)
 
         return decorate
@@ -175,8 +182,8 @@ class App:
     shared_task = task
 
     def _task_from_fun(self, fun: Callable[..., Any], name: str | None = None,
-                       base: type[Task] | None = None, bind: bool = False,
-                       **options: Any) -> Task:
+                       base: type[_Task] | None = None, bind: bool = False,
+                       **options: Any) -> _Task:
         for key in ("shared", "filter", "lazy"):
             options.pop(key, None)
         name = name or self.gen_task_name(fun.__name__, fun.__module__)
@@ -202,12 +209,12 @@ class App:
             "__wrapped__": run,
             **options,
         }
-        task_cls = type(fun.__name__, (base,), attrs)
+        task_cls: type[_Task] = type(fun.__name__, (base,), attrs)
         task = task_cls()
         self.register_task(task)
         return task
 
-    def register_task(self, task: Task | type[Task], **options: Any) -> Task:
+    def register_task(self, task: _Task | type[_Task], **options: Any) -> _Task:
         """Register a task instance or class (named by ``name`` or generated)."""
         if isinstance(task, type):
             task = task()
@@ -215,7 +222,7 @@ class App:
         if not task.name:
             cls.name = self.gen_task_name(cls.__name__, cls.__module__)
         if cls.app is not self:
-            cls.app = self  # type: ignore[misc]
+            cls.app = self
         if cls.rate_limit is not None:
             parse_rate(cls.rate_limit, owner=f"task {task.name!r}: rate_limit")
         cls.bind(self)
@@ -224,7 +231,7 @@ class App:
         make_autoretry(task)
         return task
 
-    def _annotate(self, task: Task) -> None:
+    def _annotate(self, task: _Task) -> None:
         annotations = self.conf.task_annotations
         if not annotations:
             return
@@ -246,7 +253,7 @@ class App:
 
     # -- results and signatures --------------------------------------------------------
 
-    def AsyncResult(self, task_id: str, **kwargs: Any) -> AsyncResult:  # noqa: N802
+    def AsyncResult(self, task_id: str, **kwargs: Any) -> _AsyncResult:
         """The result handle of ``task_id``."""
         return AsyncResult(task_id, app=self, **kwargs)
 
@@ -331,7 +338,7 @@ class App:
         task_type: Any = None,
         replaced_task_nesting: int = 0,
         **options: Any,
-    ) -> AsyncResult:
+    ) -> _AsyncResult:
         """Send a task by name to the active simulation (same options as apply_async)."""
         world = self.require_world(f"task {name!r}: sending")
         if self.conf.task_always_eager:
@@ -420,7 +427,7 @@ class App:
             parent = current_worker_task()
             if parent is not None and parent.trail:
                 parent.request.children.append(result)
-        return result  # type: ignore[no-any-return]
+        return result
 
     def _route(self, name: str, args: Any, kwargs: Any, options: dict[str, Any],
                task: Any, route_name: str | None) -> tuple[str, str, str]:

@@ -29,7 +29,7 @@ class Signature(dict):  # type: ignore[type-arg]
         args: Any = None,
         kwargs: Any = None,
         options: Mapping[str, Any] | None = None,
-        type: Any = None,  # noqa: A002 - Celery's name
+        type: Any = None,
         subtask_type: str | None = None,
         immutable: bool = False,
         app: App | None = None,
@@ -182,13 +182,14 @@ class Signature(dict):  # type: ignore[type-arg]
         return Signature, (dict(self),)
 
 
-def signature(varies: Any, *args: Any, app: App | None = None, **kwargs: Any) -> Signature:
+def signature(varies: Any, *args: Any, app: Any = None, **kwargs: Any) -> Signature:
     """Build a signature from a task, a task name or a signature dict."""
     if isinstance(varies, Signature):
         return varies.clone() if app is None else Signature(dict(varies), app=app)
     if isinstance(varies, Mapping):
         return Signature(dict(varies), app=app)
-    return Signature(varies, *args, app=app, **kwargs)
+    kwargs["app"] = app
+    return Signature(varies, *args, **kwargs)
 
 
 def maybe_signature(d: Any, app: App | None = None) -> Signature | None:

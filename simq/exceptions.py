@@ -108,10 +108,12 @@ class Retry(TaskPredicate):
         **kwargs: Any,
     ) -> None:
         self.message = message
+        self.excs: str | None
         if isinstance(exc, str):
             self.exc, self.excs = None, exc
         else:
-            self.exc, self.excs = exc, repr(exc) if exc is not None else None
+            self.exc = exc
+            self.excs = repr(exc) if exc is not None else None
         self.when = when
         self.is_eager = is_eager
         self.sig = sig
@@ -174,7 +176,7 @@ class TaskRevokedError(TaskError):
     """The task was revoked ('revoked'), expired ('expired') or terminated ('terminated')."""
 
 
-class TimeoutError(TaskError):  # noqa: A001 - Celery's name
+class TimeoutError(TaskError):
     """``AsyncResult.get(timeout=...)`` ran out of (virtual) time."""
 
 

@@ -20,7 +20,7 @@ def parse_rate(value: str | float | int | None, *, owner: str = "rate_limit") ->
     if isinstance(value, int | float):
         rate = float(value)
     elif isinstance(value, str):
-        number, sep, unit = value.partition("/")
+        number, _, unit = value.partition("/")
         try:
             count = float(number)
         except ValueError:

@@ -26,7 +26,7 @@ class AsyncResult:
     instance, as Celery does; create a fresh ``AsyncResult`` to observe later writes.
     """
 
-    def __init__(self, id: str, backend: Any = None, task_name: str | None = None,  # noqa: A002
+    def __init__(self, id: str, backend: Any = None, task_name: str | None = None,
                  app: App | None = None, parent: Any = None) -> None:
         if app is None:
             raise SimqError(f"AsyncResult({id!r}) needs app=; use app.AsyncResult(id)")
@@ -70,7 +70,8 @@ class AsyncResult:
 
     @property
     def traceback(self) -> str | None:
-        return self._meta().get("traceback")  # type: ignore[no-any-return]
+        tb: str | None = self._meta().get("traceback")
+        return tb
 
     @property
     def date_done(self) -> dt.datetime | None:
@@ -170,7 +171,7 @@ class AsyncResult:
 class EagerResult(AsyncResult):
     """The result of ``apply()``: already ready, holding the value in process."""
 
-    def __init__(self, id: str, ret_value: Any, state: str,  # noqa: A002
+    def __init__(self, id: str, ret_value: Any, state: str,
                  traceback: str | None = None, name: str | None = None,
                  app: App | None = None) -> None:
         super().__init__(id, task_name=name, app=app)
@@ -201,7 +202,7 @@ class EagerResult(AsyncResult):
     def ready(self) -> bool:
         return True
 
-    def get(self, timeout: float | None = None, propagate: bool = True,
+    def get(self, timeout: float | None = None, propagate: bool = True, interval: float = 0.5,
             disable_sync_subtasks: bool = True, **kwargs: Any) -> Any:
         if self.successful():
             return self._result

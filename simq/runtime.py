@@ -274,7 +274,7 @@ def call_task_errbacks(task: Any, request: Context, exc: BaseException, tb: str 
         if target is not None and target.takes_errback_args(sig):
             try:
                 sig(request, exc, tb)
-            except Exception:  # noqa: S110 - Celery logs and swallows errback errors
+            except Exception:  # logged by Celery, swallowed
                 pass
         else:
             old_style.append(sig)
@@ -375,7 +375,7 @@ def run_parent_hooks(task: Any, request: Context, exc: BaseException) -> None:
         ):
             try:
                 hook(*hook_args)
-            except Exception:  # noqa: S110 - logged by Celery, swallowed
+            except Exception:  # logged by Celery, swallowed
                 pass
     finally:
         pop_request(task)
@@ -426,7 +426,7 @@ def _hook(env: Env, fn: Callable[..., Any], *args: Any) -> None:
         return
     try:
         fn(*args)
-    except Exception:  # noqa: S110 - logged by Celery, swallowed
+    except Exception:  # logged by Celery, swallowed
         pass
 
 

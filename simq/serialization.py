@@ -90,8 +90,10 @@ def decode_exception(data: Any) -> BaseException:
             cls = getattr(cls, part)
         if not (isinstance(cls, type) and issubclass(cls, BaseException)):
             raise TypeError(name)
-        return cls(*args)  # type: ignore[no-any-return]
+        exc: BaseException = cls(*args)
+        return exc
     except Exception:
         # Celery likewise falls back to a plain exception carrying the original name.
         fallback = type(name, (Exception,), {"__module__": module_name})
-        return fallback(*args)
+        rebuilt: BaseException = fallback(*args)
+        return rebuilt

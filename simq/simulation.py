@@ -137,8 +137,8 @@ class Simulation:
                 "close it before starting another"
             )
         self.vtime.start()
-        self._real_exit = os._exit
-        os._exit = self._os_exit
+        self._real_exit: Callable[[int], Any] = os._exit
+        os._exit = self._os_exit  # type: ignore[assignment]
         self.app._world = self
         self.loop.on_advance = self.vtime.sync
         self._active = True
@@ -151,7 +151,7 @@ class Simulation:
             self.loop.on_advance = None
             if getattr(self.app, "_world", None) is self:
                 self.app._world = None
-            os._exit = self._real_exit
+            os._exit = self._real_exit  # type: ignore[assignment]
             self.vtime.stop()
         self._closed = True
 

@@ -60,7 +60,7 @@ class Task:
     ``on_failure``. Every attribute below has Celery 5.7's default.
     """
 
-    app: ClassVar[App | None] = None  # type: ignore[misc]
+    app: ClassVar[App | None] = None
     name: str | None = None
     typing: bool | None = None
     max_retries: int | None = 3
@@ -107,7 +107,7 @@ class Task:
     @classmethod
     def bind(cls, app: App) -> App:
         """Attach the task type to ``app`` and fill unset attributes from its config."""
-        cls.app = app  # type: ignore[misc]
+        cls.app = app
         conf = app.conf
         for attr, setting in _FROM_CONFIG:
             if getattr(cls, attr) is None:
@@ -274,7 +274,7 @@ class Task:
         return EagerResult(task_id, retval, outcome.state, traceback=outcome.traceback,
                            name=self.name, app=app)
 
-    def AsyncResult(self, task_id: str, **kwargs: Any) -> AsyncResult:  # noqa: N802
+    def AsyncResult(self, task_id: str, **kwargs: Any) -> AsyncResult:
         """The result handle of ``task_id``."""
         return AsyncResult(task_id, app=self._get_app(), task_name=self.name, **kwargs)
 
@@ -497,7 +497,7 @@ def _header_from(fun: Callable[..., Any]) -> Any:
     name = getattr(fun, "__name__", "task")
     if not name.isidentifier():
         name = "task"
-    exec(f"def {name}({', '.join(parts)}):\n    return None\n", namespace)  # noqa: S102
+    exec(f"def {name}({', '.join(parts)}):\n    return None\n", namespace)
     return namespace[name]
 
 
@@ -599,7 +599,7 @@ def make_autoretry(task: Task) -> None:
 def backoff_interval(factor: int, retries: int, maximum: int, full_jitter: bool,
                      rng: random.Random) -> int:
     """Celery's ``get_exponential_backoff_interval``: ``min(max, factor*2**n)``, jittered."""
-    countdown = min(maximum, factor * (2 ** retries))
+    countdown: int = min(maximum, factor * (2 ** retries))
     if full_jitter:
         countdown = rng.randrange(countdown + 1)
     return max(0, countdown)

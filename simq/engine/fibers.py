@@ -41,7 +41,7 @@ class Fiber:
         self.busy = False
         self._hub = greenlet.getcurrent()
         self._glet = greenlet.greenlet(self._main, parent=self._hub)
-        self._glet.fiber = self  # type: ignore[attr-defined]
+        self._glet.fiber = self
 
     def _main(self, job: Callable[[], Any]) -> None:
         hub = self._hub
@@ -98,7 +98,7 @@ class Fiber:
         _GRAVEYARD.append(glet)
         self.busy = False
         self._glet = greenlet.greenlet(self._main, parent=self._hub)
-        self._glet.fiber = self  # type: ignore[attr-defined]
+        self._glet.fiber = self
 
     def __repr__(self) -> str:
         return f"<Fiber {self.name} {'busy' if self.busy else 'idle'}>"

@@ -100,8 +100,9 @@ class Faults:
 
     def _kill(self, task_id: str, exitcode: int) -> None:
         worker, slot = self._running(task_id)
-        request = slot.request
-        assert request is not None
+        running = slot.request
+        assert running is not None
+        request = running
         self.sim.record("child-killed", task_id=task_id, message_id=request.message.message_id,
                         worker=worker.name, exitcode=exitcode)
         slot.replace_child()
@@ -178,9 +179,9 @@ class Faults:
         worker.reserved.clear()
         if not warm:
             for slot in worker.slots:
-                request = slot.request
-                if request is None:
+                if slot.request is None:
                     continue
+                request = slot.request
                 if request.acks_late and request.acked:
                     continue  # acked acks_late tasks finish gracefully
                 _cancel(worker, slot, request, emit_retry=not request.acks_late,
@@ -265,7 +266,7 @@ def _cancel(worker: Worker, slot: Slot, request: Request, *, emit_retry: bool, r
         push_request(task, ctx)
         try:
             task.on_retry(exc, request.id, ctx.args, ctx.kwargs, None)
-        except Exception:  # noqa: S110 - logged by Celery
+        except Exception:
             pass
         finally:
             pop_request(task)
