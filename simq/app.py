@@ -340,7 +340,7 @@ class App:
         **options: Any,
     ) -> _AsyncResult:
         """Send a task by name to the active simulation (same options as apply_async)."""
-        world = self.require_world(f"task {name!r}: sending")
+        world = self.require_world(f"sending task {name!r}")
         if self.conf.task_always_eager:
             warnings.warn("task_always_eager has no effect on send_task", stacklevel=2)
         if task_type is None:

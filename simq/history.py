@@ -7,18 +7,22 @@ to JSON Lines and back without loss::
     text = sim.history.to_jsonl()
     assert History.from_jsonl(text).to_jsonl() == text
 
-Event kinds (``details`` keys in brackets):
+Event kinds (``details`` keys in brackets; docs/history.md says when each is recorded):
 
-* ``published`` [task, queue, retries, eta, expires, priority, parent_id, root_id]
-* ``delivered`` [queue, redelivered]: the broker handed the message to a worker
-* ``started`` [task, retries]: the pool accepted the job; the task body starts
-* ``succeeded`` [result] / ``failed`` [exception] / ``retried`` [exception, countdown]
-* ``rejected`` [requeue] / ``acked``: the broker-level disposition of a delivery
-* ``state`` [state, result]: a result-backend write
-* ``revoked`` [reason]: the worker discarded the task (revoked, expired, terminated)
-* ``ignored``: the task raised ``Ignore``; ``unregistered``: unknown task name
-* ``lost`` [reason]: a message the simulation can no longer deliver
-* ``worker-online`` / ``worker-offline``: worker lifecycle
+* messages: ``published`` [task, queue, retries, eta, expires, priority, parent_id,
+  root_id], ``delivered`` [queue, redelivered, copy?], ``acked``, ``rejected``
+  [requeue], ``requeued`` [reason, copy?], ``ack-failed``, ``lost`` [reason]
+* execution: ``started`` [task, retries], ``succeeded``, ``failed`` [exception],
+  ``retried`` [exception, when], ``ignored`` [exception], ``declined`` [requeue] (the
+  task raised Reject), ``revoked`` [reason, expired, terminated], ``unregistered``
+  [task], ``time-limit`` [which, limit], ``child-lost`` [exitcode], ``child-killed``
+  [exitcode], ``cancelled`` [reason]
+* result backend: ``state`` [state, result], ``state-discarded`` [state, result] (a
+  write after SUCCESS), ``forgotten``
+* workers, broker, control: ``worker-online`` [concurrency, queues,
+  prefetch_multiplier], ``worker-crashed`` [restart_after], ``worker-offline`` [reason],
+  ``shutdown`` [warm], ``connection-lost``, ``connection-restored``,
+  ``broker-restarted`` [lost, transport], ``revoke`` [terminate, signal, workers]
 """
 
 from __future__ import annotations

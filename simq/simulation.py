@@ -316,7 +316,10 @@ class Simulation:
 
     def store(self, task_id: str, state: str, result: Any, request: Any = None,
               traceback: str | None = None) -> None:
-        self.backend.store(task_id, state, result, request, traceback)
+        fiber = current_fiber()
+        worker = getattr(getattr(fiber, "owner", None), "worker", None)
+        self.backend.store(task_id, state, result, request, traceback,
+                           worker=getattr(worker, "name", None))
 
     def revoke(self, task_id: str | Iterable[str], terminate: bool = False,
                signal: str | None = None, at: float | dt.datetime | None = None) -> None:

@@ -27,8 +27,9 @@ from simq.engine import vtime
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
-_FENCE = re.compile(r"^```python[ \t]*\n(# test: *(?P<name>\S+)[ \t]*\n.*?)^```[ \t]*$",
-                    re.MULTILINE | re.DOTALL)
+_FENCE = re.compile(
+    r"^```python[ \t]*\n(# test: *(?P<name>\S+)[ \t]*\n.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL
+)
 
 
 class Example:
@@ -112,13 +113,35 @@ def test_example_runs(example: Example, fresh_main: types.ModuleType) -> None:
         "\n" * (example.line - 1) + example.code, str(example.path), "exec", dont_inherit=True
     )
     try:
-        exec(code, namespace)  # noqa: S102 - running the documentation is the point
-        _call_test_functions(namespace)
+        exec(code, namespace)
+        called = _call_test_functions(namespace)
+        assert called or "def test_" not in example.code
     finally:
-        left = vtime._active
-        if left is not None:
-            left.stop()
-    assert left is None, f"{example.where}: example {example.name!r} left a simulation active"
+        leaked = _close_leaked_simulations(namespace)
+    assert not leaked, f"{example.where}: example {example.name!r} left a simulation active"
+
+
+def _close_leaked_simulations(namespace: dict[str, Any]) -> bool:
+    """Close what an example left active, so one bad example cannot break the next."""
+    leaked = False
+    for value in list(namespace.values()):
+        world = getattr(value, "_world", None) if isinstance(value, simq.App) else None
+        if world is not None:
+            world.close()
+            leaked = True
+    clock = vtime._active
+    if clock is not None:
+        clock.stop()
+        leaked = True
+    return leaked
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[e.name for e in EXAMPLES])
+def test_example_asserts_what_it_shows(example: Example) -> None:
+    """Each example checks its own claims with at least one assert statement."""
+    assert re.search(r"^\s*assert\b", example.code, re.MULTILINE), (
+        f"{example.where}: example {example.name!r} asserts nothing"
+    )
 
 
 def test_example_names_are_unique() -> None:
@@ -129,8 +152,8 @@ def test_example_names_are_unique() -> None:
 
 
 @pytest.mark.parametrize(
-    "page", ["README.md", "getting-started.md", "api.md", "simulation.md", "history.md",
-             "pytest.md"],
+    "page",
+    ["README.md", "getting-started.md", "api.md", "simulation.md", "history.md", "pytest.md"],
 )
 def test_page_has_an_executed_example(page: str) -> None:
     """Each user-facing page carries at least one example that this module runs."""

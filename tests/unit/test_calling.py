@@ -88,7 +88,7 @@ def test_delay_outside_a_simulation_says_how_to_start_one() -> None:
     with pytest.raises(
         NoActiveSimulation,
         match=(
-            r"^task 'proj\.add': sending publishes a message, but app 'proj' has no active "
+            r"^sending task 'proj\.add' publishes a message, but app 'proj' has no active "
             r"simulation; start one with `with simq\.Simulation\(app\) as sim:` \(or the "
             r"`simulation` pytest fixture\), or run the task in process with task\.apply\(\)$"
         ),

@@ -56,7 +56,7 @@ def test_delay_outside_a_simulation() -> None:
     with pytest.raises(
         NoActiveSimulation,
         match=exactly(
-            "task 'errs.add': sending publishes a message, but app 'errs' has no active "
+            "sending task 'errs.add' publishes a message, but app 'errs' has no active "
             "simulation; start one with `with simq.Simulation(app) as sim:` (or the "
             "`simulation` pytest fixture), or run the task in process with task.apply()"
         ),

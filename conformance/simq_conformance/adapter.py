@@ -1,0 +1,190 @@
+"""The adapter interface: what a broker + worker deployment must offer the suite.
+
+A narrow required core (:class:`Adapter`: ``capabilities`` and ``run``), optional hooks
+with defaults (``setup``/``teardown``), and capabilities as data: skips and documented
+deviations are generated from :class:`Capabilities`, never hand-written.
+
+An adapter runs a :class:`Workload` (probe calls, worker settings, a fault schedule) on
+its deployment and hands back a :class:`RunResult` whose history uses simq's event
+vocabulary (``simq.history``), so the same checkers judge the simulator and the real
+thing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol, runtime_checkable
+
+import attrs
+
+from simq.history import History
+
+__all__ = [
+    "FAULTS",
+    "PROBES",
+    "Adapter",
+    "Capabilities",
+    "Deviation",
+    "Fault",
+    "ProbeCall",
+    "RunResult",
+    "RunSettings",
+    "Workload",
+]
+
+#: Faults an adapter may support (a capability each).
+FAULTS = ("kill_worker", "kill_child", "cut_connection", "restart_broker")
+
+#: Probe task names (short names; the probe app registers them as ``probes.<name>``).
+PROBES = (
+    "ret",          # (value) -> value
+    "fail_n",       # (key, n, value) fails n times (autoretry, countdown 0.2 s), then value
+    "retry",        # (key, times, countdown) self.retry(countdown=...) `times` times, then "ok"
+    "sleep",        # (seconds) sleeps, returns seconds
+    "die",          # (key, times) the child exits (os._exit(1)) the first `times` runs
+    "exceed",       # (seconds) sleeps past its time limit (call with time_limit=...)
+    "reject",       # (key, times, requeue) raises Reject(requeue) the first `times` runs
+    "ignore",       # () raises Ignore
+    "fail",         # (message) raises ValueError(message)
+)  # fmt: skip
+
+
+@attrs.frozen
+class Deviation:
+    """A documented difference between an adapter and Celery's guarantees."""
+
+    guarantee: str
+    reason: str
+
+
+@attrs.frozen
+class Capabilities:
+    """What an adapter can do and observe; the suite skips what it cannot.
+
+    Attributes:
+        adapter: The adapter's name (``"simq"``, ``"celery-redis"``, ...).
+        transport: ``"amqp"``, ``"redis"``, ``"sqs"`` or ``"memory"``.
+        faults: The subset of :data:`FAULTS` it can inject.
+        time_limits: Whether hard and soft time limits are enforced (prefork).
+        observes: Event kinds its histories contain (``"delivered"``, ``"acked"``, ...).
+        visibility_timeout: Seconds before an unacked message is restored, if any.
+        deviations: Documented differences, by guarantee.
+    """
+
+    adapter: str
+    transport: str
+    faults: frozenset[str] = frozenset()
+    time_limits: bool = False
+    observes: frozenset[str] = frozenset()
+    visibility_timeout: float | None = None
+    deviations: tuple[Deviation, ...] = ()
+
+    def missing(self, *, faults: tuple[str, ...] = (), observes: tuple[str, ...] = (),
+                time_limits: bool = False) -> str | None:
+        """Why this adapter cannot run a check needing these, or None if it can."""
+        for fault in faults:
+            if fault not in self.faults:
+                return f"{self.adapter}: capability fault {fault!r} not supported"
+        for kind in observes:
+            if kind not in self.observes:
+                return f"{self.adapter}: capability observes {kind!r} not available"
+        if time_limits and not self.time_limits:
+            return f"{self.adapter}: capability time_limits not supported"
+        return None
+
+    def deviation(self, guarantee: str) -> Deviation | None:
+        for dev in self.deviations:
+            if dev.guarantee == guarantee:
+                return dev
+        return None
+
+
+@attrs.frozen
+class ProbeCall:
+    """One call of a probe task: ``probes.<probe>.apply_async(args, **options)``.
+
+    ``key`` names the call in the run (probes that count attempts use it).
+    """
+
+    probe: str
+    args: tuple[Any, ...] = ()
+    options: Mapping[str, Any] = attrs.field(factory=dict)
+    key: str = ""
+
+    def __attrs_post_init__(self) -> None:
+        if self.probe not in PROBES:
+            raise ValueError(f"unknown probe {self.probe!r}; probes: {', '.join(PROBES)}")
+
+
+@attrs.frozen
+class Fault:
+    """A fault to inject ``at`` seconds after the workload was published.
+
+    ``target`` is a worker index for kill_worker and cut_connection, a probe call's key
+    for kill_child (the child running it), unused for restart_broker.
+    """
+
+    kind: str
+    at: float
+    target: int | str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.kind not in FAULTS:
+            raise ValueError(f"unknown fault {self.kind!r}; faults: {', '.join(FAULTS)}")
+
+
+@attrs.frozen
+class RunSettings:
+    """The deployment for one run: workers and Celery settings (``app.conf`` names)."""
+
+    workers: int = 1
+    concurrency: int = 1
+    prefetch_multiplier: int = 1
+    conf: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class Workload:
+    """Everything one run does: settings, probe calls, faults."""
+
+    settings: RunSettings = RunSettings()
+    calls: tuple[ProbeCall, ...] = ()
+    faults: tuple[Fault, ...] = ()
+    seed: int = 0
+
+
+@attrs.frozen
+class RunResult:
+    """What a run recorded. ``complete``: every probe reached a final state in time."""
+
+    history: History
+    complete: bool
+    capabilities: Capabilities
+    workload: Workload
+    notes: tuple[str, ...] = ()
+
+
+@runtime_checkable
+class Adapter(Protocol):
+    """A deployment the suite can certify."""
+
+    capabilities: Capabilities
+
+    def run(self, workload: Workload) -> RunResult:
+        """Start workers, publish the calls, inject the faults, wait, stop, record."""
+        ...
+
+
+class BaseAdapter:
+    """Optional hooks with defaults; subclass and implement ``run``."""
+
+    capabilities: Capabilities
+
+    def setup(self) -> None:
+        """Called once before the first run (connect, check the broker is reachable)."""
+
+    def teardown(self) -> None:
+        """Called once after the last run."""
+
+    def run(self, workload: Workload) -> RunResult:
+        raise NotImplementedError
