@@ -14,7 +14,8 @@ from simq.simulation import Simulation
 __all__ = ["demo", "main"]
 
 
-def demo(seed: int = 0, orders: int = 20, workers: int = 2, concurrency: int = 2) -> str:
+def demo(seed: int = 0, orders: int = 20, workers: int = 2, concurrency: int = 2,
+         faults: bool = True) -> str:
     """Run the order workflow example and return a readable summary."""
     from simq.examples import orders as example
 
@@ -23,9 +24,16 @@ def demo(seed: int = 0, orders: int = 20, workers: int = 2, concurrency: int = 2
     with Simulation(example.app, seed=seed, workers=workers, concurrency=concurrency) as sim:
         for order_id in range(1, orders + 1):
             example.place_order.delay(order_id, 10.0 * order_id)
+        if faults and workers >= 2:
+            # A power cut on one worker mid-run (acks_late charges are redelivered) and
+            # a dropped broker connection on another a little later.
+            sim.crash_worker("worker-2", at=0.7, restart_after=15)
+            sim.lose_connection("worker-1", at=12, reconnect_after=3)
         sim.run()
+        violations = sim.check()
         history = sim.history
         elapsed = sim.elapsed
+        start = sim.started_at
         finals: dict[str, str] = {}
         names: dict[str, str] = {}
         for event in history.where(kind="published"):
@@ -48,11 +56,19 @@ def demo(seed: int = 0, orders: int = 20, workers: int = 2, concurrency: int = 2
         lines.append(f"{name:<32} {counts}")
     retries = len(history.where(kind="retried"))
     expired = len(history.where(kind="revoked", reason="expired"))
+    redelivered = len(history.where(kind="delivered", redelivered=True))
+    fault_kinds = ("worker-crashed", "connection-lost", "child-killed", "shutdown")
+    injected = ", ".join(f"{e.kind} {e.worker} at {e.time - start:.1f} s"
+                         for e in history.where(kind=fault_kinds)) or "none"
     lines += [
         "",
-        f"retries: {retries}    expired holds: {expired}    events: {len(history)}",
+        f"faults: {injected}",
+        f"retries: {retries}    redeliveries: {redelivered}    expired holds: {expired}"
+        f"    events: {len(history)}",
+        f"guarantees checked (sim.check()): {len(violations)} violations",
         f"virtual time elapsed: {elapsed:,.1f} s    real time taken: {wall * 1000:,.1f} ms",
-        f"replay: simq demo --seed {seed} --orders {orders}",
+        f"replay: simq demo --seed {seed} --orders {orders}"
+        + ("" if faults else " --no-faults"),
     ]
     return "\n".join(lines)
 
@@ -66,9 +82,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo_cmd.add_argument("--orders", type=int, default=20, help="orders to place")
     demo_cmd.add_argument("--workers", type=int, default=2, help="workers to start")
     demo_cmd.add_argument("--concurrency", type=int, default=2, help="children per worker")
+    demo_cmd.add_argument("--no-faults", action="store_true", help="run without faults")
     args = parser.parse_args(argv)
     if args.command == "demo":
-        print(demo(args.seed, args.orders, args.workers, args.concurrency))
+        print(demo(args.seed, args.orders, args.workers, args.concurrency,
+                   faults=not args.no_faults))
     return 0
 
 

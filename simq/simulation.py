@@ -285,6 +285,22 @@ class Simulation:
             return drawn
         return float(value)
 
+    # -- judging -----------------------------------------------------------------------
+
+    def check(self, **overrides: Any) -> list[Any]:
+        """Run every checker of ``simq.checkers`` on this history; [] when all hold.
+
+        Each violation names its guarantee (G1-G18 of CELERY_SEMANTICS.md §3.2) and
+        carries the events that prove it. Keyword arguments override the
+        :class:`~simq.checkers.CheckConfig` read from this simulation.
+
+        Example:
+            >>> assert sim.check() == []  # doctest: +SKIP
+        """
+        from simq.checkers import config_from, run_all
+
+        return run_all(self.history, config_from(self, **overrides))
+
     # -- recording ---------------------------------------------------------------------
 
     def record(self, kind: str, task_id: str | None = None, message_id: str | None = None,

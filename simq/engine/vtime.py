@@ -88,6 +88,8 @@ def _caller_root() -> str:
         name: str = sys._getframe(2).f_globals.get("__name__") or ""
     except ValueError:  # Called straight from C with no Python frame above.
         return ""
+    if name.startswith("simq.examples"):
+        return ""  # The bundled example tasks are user code: they sleep in virtual time.
     return name.partition(".")[0]
 
 
