@@ -231,6 +231,15 @@ class App:
         make_autoretry(task)
         return task
 
+    def refresh_tasks(self) -> None:
+        """Re-read config-derived task attributes if ``app.conf`` changed since binding."""
+        version = self.conf.version
+        for task in self.tasks.values():
+            cls = type(task)
+            if cls.__dict__.get("_conf_version") != version and "_config_filled" in cls.__dict__:
+                cls._fill_from_config(self)
+                self._annotate(task)
+
     def _annotate(self, task: _Task) -> None:
         annotations = self.conf.task_annotations
         if not annotations:

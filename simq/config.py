@@ -84,6 +84,7 @@ class Settings(MutableMapping[str, Any]):
         # Every value also lives in the instance __dict__, so ``conf.name`` is a plain
         # attribute read on the hot path; __getattr__ only runs for unknown names.
         object.__setattr__(self, "_changes", {})
+        object.__setattr__(self, "_version", 0)
         self.__dict__.update(DEFAULTS)
         for key, value in (changes or {}).items():
             self[key] = value
@@ -98,9 +99,11 @@ class Settings(MutableMapping[str, Any]):
             raise KeyError(f"{key!r} is not a valid setting name")
         self._changes[key] = value
         self.__dict__[key] = value
+        self.__dict__["_version"] += 1
 
     def __delitem__(self, key: str) -> None:
         del self._changes[key]
+        self.__dict__["_version"] += 1
         if key in DEFAULTS:
             self.__dict__[key] = DEFAULTS[key]
         else:
@@ -117,6 +120,11 @@ class Settings(MutableMapping[str, Any]):
 
     def __setattr__(self, key: str, value: Any) -> None:
         self[key] = value
+
+    @property
+    def version(self) -> int:
+        """Bumped by every change: tasks re-read config-derived attributes when it moves."""
+        return int(self.__dict__["_version"])
 
     @property
     def changes(self) -> dict[str, Any]:

@@ -136,6 +136,7 @@ class Simulation:
                 f"app {self.app.main!r} already has an active simulation (seed={other.seed}); "
                 "close it before starting another"
             )
+        self.app.refresh_tasks()
         self.vtime.start()
         self._real_exit: Callable[[int], Any] = os._exit
         os._exit = self._os_exit  # type: ignore[assignment]

@@ -108,23 +108,35 @@ class Task:
     def bind(cls, app: App) -> App:
         """Attach the task type to ``app`` and fill unset attributes from its config."""
         cls.app = app
-        conf = app.conf
-        for attr, setting in _FROM_CONFIG:
-            if getattr(cls, attr) is None:
-                setattr(cls, attr, conf[setting])
+        filled = tuple(attr for attr, _ in _FROM_CONFIG if getattr(cls, attr) is None)
+        filled += tuple(attr for attr in ("acks_on_failure", "acks_on_timeout")
+                        if getattr(cls, attr) is None)
         if cls.typing is None:
             cls.typing = app.strict_typing
+        # Attributes left None are filled from app.conf, and filled again when app.conf
+        # changes later (Celery reads them when the app is finalized, after config).
+        cls._config_filled = filled  # type: ignore[attr-defined]
+        cls._fill_from_config(app)
+        cls.on_bound(app)
+        return app
+
+    @classmethod
+    def _fill_from_config(cls, app: App) -> None:
+        conf = app.conf
+        filled = cls.__dict__.get("_config_filled", ())
+        for attr, setting in _FROM_CONFIG:
+            if attr in filled:
+                setattr(cls, attr, conf[setting])
         # 5.7: acks_on_failure / acks_on_timeout fall back to their setting, then to the
         # deprecated combined flag, then to True.
         for attr, setting in (("acks_on_failure", "task_acks_on_failure"),
                               ("acks_on_timeout", "task_acks_on_timeout")):
-            if getattr(cls, attr) is None:
+            if attr in filled:
                 value = conf[setting]
                 if value is None:
                     value = cls.acks_on_failure_or_timeout
                 setattr(cls, attr, True if value is None else bool(value))
-        cls.on_bound(app)
-        return app
+        cls._conf_version = conf.version  # type: ignore[attr-defined]
 
     @classmethod
     def on_bound(cls, app: App) -> None:
@@ -177,6 +189,8 @@ class Task:
         shadow, serializer, retries and Celery's internal canvas options.
         """
         app = self._get_app()
+        if type(self).__dict__.get("_conf_version") != app.conf.version:
+            app.refresh_tasks()
         if self.soft_time_limit and self.time_limit and self.soft_time_limit > self.time_limit:
             raise ValueError("soft_time_limit must be less than or equal to time_limit")
         # Celery checks only the task's attributes; a per-call pair is checked too, since
@@ -239,6 +253,7 @@ class Task:
         from simq.runtime import current_task
 
         app = self._get_app()
+        app.refresh_tasks()
         task_id = task_id or app.new_task_id()
         retries = retries or 0
         if throw is None:

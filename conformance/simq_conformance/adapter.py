@@ -32,8 +32,11 @@ __all__ = [
     "Workload",
 ]
 
-#: Faults an adapter may support (a capability each).
-FAULTS = ("kill_worker", "kill_child", "cut_connection", "restart_broker")
+#: Faults an adapter may support (a capability each). ``revoke``/``terminate`` send
+#: ``revoke(task_id, terminate=...)`` for a probe call; the shutdowns stop a worker (warm:
+#: running tasks finish; cold: they are cancelled) and start a fresh one in its place.
+FAULTS = ("kill_worker", "kill_child", "cut_connection", "restart_broker",
+          "revoke", "terminate", "warm_shutdown", "cold_shutdown")
 
 #: Probe task names (short names; the probe app registers them as ``probes.<name>``).
 PROBES = (
@@ -69,6 +72,10 @@ class Capabilities:
         observes: Event kinds its histories contain (``"delivered"``, ``"acked"``, ...).
         visibility_timeout: Seconds before an unacked message is restored, if any.
         deviations: Documented differences, by guarantee.
+        slack: Seconds of tolerance on time bounds (clock skew, time-limit enforcement
+            latency, restore throttling); a simulator needs none.
+        simulated: Runs in virtual time, fast and exact: the suite runs more examples
+            and shrinks failures to a minimal workload.
     """
 
     adapter: str
@@ -78,6 +85,8 @@ class Capabilities:
     observes: frozenset[str] = frozenset()
     visibility_timeout: float | None = None
     deviations: tuple[Deviation, ...] = ()
+    slack: float = 2.0
+    simulated: bool = False
 
     def missing(self, *, faults: tuple[str, ...] = (), observes: tuple[str, ...] = (),
                 time_limits: bool = False) -> str | None:
@@ -120,8 +129,9 @@ class ProbeCall:
 class Fault:
     """A fault to inject ``at`` seconds after the workload was published.
 
-    ``target`` is a worker index for kill_worker and cut_connection, a probe call's key
-    for kill_child (the child running it), unused for restart_broker.
+    ``target`` is a worker index for kill_worker, cut_connection and the shutdowns, a
+    probe call's key for kill_child (the child running it), revoke and terminate, unused
+    for restart_broker.
     """
 
     kind: str
@@ -155,13 +165,17 @@ class Workload:
 
 @attrs.frozen
 class RunResult:
-    """What a run recorded. ``complete``: every probe reached a final state in time."""
+    """What a run recorded. ``complete``: every probe reached a final state in time.
+
+    ``task_ids`` maps each probe call's key to its task id, when the adapter knows it.
+    """
 
     history: History
     complete: bool
     capabilities: Capabilities
     workload: Workload
     notes: tuple[str, ...] = ()
+    task_ids: Mapping[str, str] = attrs.field(factory=dict)
 
 
 @runtime_checkable

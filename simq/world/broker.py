@@ -60,6 +60,7 @@ class Envelope:
     deliveries: int = 0
     copy: bool = False
     delivered_at: float | None = None
+    vt_timer: Any = None  # the visibility-timeout restore pending for this delivery
 
     def move(self, new: MessageState) -> None:
         if new._value_ not in _ALLOWED[self.state._value_]:
@@ -282,14 +283,22 @@ class Broker:
                              message_id=message.message_id, worker=consumer.name, queue=name,
                              redelivered=envelope.redelivered)
             if self.visibility_timeout is not None:
-                self.loop.call_later(self.visibility_timeout, self._visibility_expired,
-                                     envelope, envelope.deliveries)
+                envelope.vt_timer = self.loop.call_later(
+                    self.visibility_timeout, self._visibility_expired, envelope,
+                    envelope.deliveries)
             consumer.on_delivery(envelope)
             consumers = q.consumers
 
     # -- dispositions ------------------------------------------------------------------
 
+    def _settled(self, envelope: Envelope) -> None:
+        # A settled delivery has no visibility timeout left to run out.
+        if envelope.vt_timer is not None:
+            envelope.vt_timer.cancel()
+            envelope.vt_timer = None
+
     def ack(self, envelope: Envelope) -> None:
+        self._settled(envelope)
         envelope.move(MessageState.ACKED)
         message = envelope.message
         self._record("acked", task_id=message.task_id, message_id=message.message_id,
@@ -298,6 +307,7 @@ class Broker:
 
     def reject(self, envelope: Envelope, requeue: bool) -> None:
         message = envelope.message
+        self._settled(envelope)
         self._record("rejected", task_id=message.task_id, message_id=message.message_id,
                      worker=envelope.holder, requeue=requeue)
         if requeue:
@@ -309,6 +319,7 @@ class Broker:
     def restore(self, envelope: Envelope, *, front: bool = True, record: bool = True,
                 reason: str = "restored") -> None:
         """Put an unacked message back in its queue, flagged redelivered."""
+        self._settled(envelope)
         envelope.move(MessageState.READY)
         message = envelope.message
         if record:
@@ -361,6 +372,7 @@ class Broker:
         return lost
 
     def lose(self, envelope: Envelope, reason: str) -> None:
+        self._settled(envelope)
         envelope.move(MessageState.LOST)
         message = envelope.message
         self._record("lost", task_id=message.task_id, message_id=message.message_id,

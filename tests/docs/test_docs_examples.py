@@ -2,11 +2,12 @@
 
 Every fenced ``python`` block in ``README.md`` and ``docs/*.md`` whose first line is
 ``# test: NAME`` is one test, with id ``NAME``. It runs as a fresh ``__main__`` module,
-the way a reader runs it as a script, so its tasks are named ``main.function`` and its
+the way a reader runs it as a script, so its tasks are named ``<app main>.<function>`` and its
 exception classes can be found again when results are decoded. Each example asserts
 what it shows by itself; the test adds that it leaves no simulation active. A module-level
 ``test_*`` function in an example (the pytest page's test file) is called too, with a
-``simulation`` factory that behaves like the plugin's fixture.
+``simulation`` factory that behaves like the plugin's fixture. The ``simq demo`` output
+shown on the getting-started page is compared with what the demo prints.
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ def test_example_runs(example: Example, fresh_main: types.ModuleType) -> None:
     try:
         exec(code, namespace)
         called = _call_test_functions(namespace)
-        assert called or "def test_" not in example.code
+        assert called or "def test_" not in example.code, f"{example.where}: no test ran"
     finally:
         leaked = _close_leaked_simulations(namespace)
     assert not leaked, f"{example.where}: example {example.name!r} left a simulation active"
@@ -164,3 +165,21 @@ def test_readme_and_getting_started_examples_are_present() -> None:
     """The README's and the getting-started page's headline examples are executed."""
     names = {e.name for e in EXAMPLES}
     assert {"readme", "getting-started"} <= names
+
+
+def test_demo_output_matches_getting_started() -> None:
+    """The `simq demo` output shown on the getting-started page is what the demo prints."""
+    from simq.cli import demo
+
+    text = (ROOT / "docs" / "getting-started.md").read_text(encoding="utf-8")
+    shown = re.search(r"^```text\n(simq \S+ demo:.*?)^```$", text, re.MULTILINE | re.DOTALL)
+    assert shown, "docs/getting-started.md shows no `simq demo` output"
+
+    def stable(output: str) -> list[str]:
+        # The wall-clock figure is the one part that varies between runs.
+        return [
+            re.sub(r"real time taken: .*", "real time taken: ...", line)
+            for line in output.strip().splitlines()
+        ]
+
+    assert stable(demo()) == stable(shown.group(1))

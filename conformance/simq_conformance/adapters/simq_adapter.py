@@ -1,0 +1,187 @@
+"""The reference adapter: runs a workload in simq's simulator, in virtual time.
+
+``SimqAdapter()`` models RabbitMQ (``transport="amqp"``); ``SimqAdapter("redis")`` models
+Redis (visibility timeout, restore by timeout), for the differential check against
+``celery-redis``. It supports every fault, enforces time limits and records every event
+kind, so every guarantee applies to it; a run takes milliseconds.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import heapq
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import simq
+from simq.exceptions import UnknownTarget
+from simq_conformance.adapter import (
+    FAULTS,
+    BaseAdapter,
+    Capabilities,
+    Fault,
+    ProbeCall,
+    RunResult,
+    Workload,
+)
+
+__all__ = ["OBSERVES", "SimqAdapter"]
+
+#: Every event kind simq records (simq.history's vocabulary).
+OBSERVES = frozenset({
+    "published", "delivered", "acked", "rejected", "requeued", "ack-failed", "lost",
+    "started", "succeeded", "failed", "retried", "ignored", "declined", "revoked",
+    "unregistered", "time-limit", "child-lost", "child-killed", "cancelled", "state",
+    "state-discarded", "forgotten", "worker-online", "worker-crashed", "worker-offline",
+    "shutdown", "connection-lost", "connection-restored", "broker-restarted", "revoke",
+})
+
+#: Seconds until a crashed worker, a lost connection, a restarted broker or a shut-down
+#: worker is back, so the work it held can finish within the run.
+RECOVERY = 1.0
+#: Virtual seconds a run may take (past a redis visibility timeout) and steps it may
+#: make before it counts as incomplete (a workload that loops forever).
+HORIZON = 7200.0
+MAX_STEPS = 200_000
+
+
+class SimqAdapter(BaseAdapter):
+    """Runs workloads in :class:`simq.Simulation`: the reference the suite certifies against.
+
+    Args:
+        transport: ``"amqp"`` (default) or ``"redis"`` / ``"sqs"``: how the simulated
+            broker returns unacked messages (``Simulation(transport=...)``).
+    """
+
+    def __init__(self, transport: str = "amqp") -> None:
+        self.transport = transport
+        name = "simq" if transport == "amqp" else f"simq-{transport}"
+        self.capabilities = Capabilities(
+            adapter=name,
+            transport=transport,
+            faults=frozenset(FAULTS),
+            time_limits=True,
+            observes=OBSERVES,
+            visibility_timeout=None,
+            slack=0.0,
+            simulated=True,
+        )
+
+    def __repr__(self) -> str:
+        return f"SimqAdapter(transport={self.transport!r})"
+
+    def run(self, workload: Workload) -> RunResult:
+        """Publish the calls, inject the faults at their times, run until idle."""
+        from simq_conformance.probes import register_probes
+
+        settings = workload.settings
+        app = simq.App("probes", **dict(settings.conf))
+        tasks = register_probes(app)
+        with simq.Simulation(
+            app,
+            seed=workload.seed,
+            workers=settings.workers,
+            concurrency=settings.concurrency,
+            prefetch_multiplier=settings.prefetch_multiplier,
+            transport=self.transport,
+        ) as sim:
+            t0 = sim.time()
+            ids = {call.key: _publish(tasks, call) for call in workload.calls}
+            _Injector(sim, ids, settings.concurrency, settings.prefetch_multiplier).run(
+                t0, workload.faults)
+            complete = _drain(sim, t0 + HORIZON)
+        return RunResult(
+            history=sim.history,
+            complete=complete,
+            capabilities=self.capabilities,
+            workload=workload,
+            task_ids=ids,
+        )
+
+
+def _publish(tasks: dict[str, Any], call: ProbeCall) -> str:
+    task = tasks.get(call.probe) or tasks[f"probes.{call.probe}"]
+    return str(task.apply_async(args=call.args, **dict(call.options)).id)
+
+
+def _drain(sim: simq.Simulation, deadline: float) -> bool:
+    """Run until nothing is left (True) or past ``deadline`` / the step budget (False)."""
+    loop = sim.loop
+    for _ in range(MAX_STEPS):
+        nxt = loop.next_time()
+        if nxt is None:
+            return True
+        if nxt > deadline:
+            return False
+        loop.step()
+    return loop.next_time() is None
+
+
+class _Injector:
+    """Applies a fault plan: runs the simulation to each fault's time, then injects it."""
+
+    def __init__(self, sim: simq.Simulation, ids: dict[str, str], concurrency: int,
+                 multiplier: int) -> None:
+        self.sim = sim
+        self.ids = ids
+        self.concurrency = concurrency
+        self.multiplier = multiplier
+        self.names = list(sim.workers)  # worker index -> the name serving it now
+        self._seq = itertools.count()
+        self._plan: list[tuple[float, int, Callable[[], None]]] = []
+
+    def later(self, at: float, fn: Callable[[], None]) -> None:
+        heapq.heappush(self._plan, (at, next(self._seq), fn))
+
+    def run(self, t0: float, faults: tuple[Fault, ...]) -> None:
+        for fault in faults:
+            self.later(t0 + fault.at, lambda f=fault: self.inject(f))  # type: ignore[misc]
+        while self._plan:
+            at, _, fn = heapq.heappop(self._plan)
+            if at > self.sim.time():
+                self.sim.run(until=dt.datetime.fromtimestamp(at, dt.timezone.utc))
+            fn()
+
+    def worker(self, target: int | str | None) -> str:
+        index = int(target or 0) % len(self.names)
+        return self.names[index]
+
+    def inject(self, fault: Fault) -> None:
+        sim, kind = self.sim, fault.kind
+        if kind == "kill_worker":
+            sim.crash_worker(self.worker(fault.target), restart_after=RECOVERY)
+        elif kind == "cut_connection":
+            sim.lose_connection(self.worker(fault.target), reconnect_after=RECOVERY)
+        elif kind == "restart_broker":
+            sim.restart_broker(down_for=RECOVERY)
+        elif kind in ("revoke", "terminate"):
+            task_id = self.ids.get(str(fault.target))
+            if task_id is not None:
+                sim.revoke(task_id, terminate=kind == "terminate")
+        elif kind == "kill_child":
+            task_id = self.ids.get(str(fault.target))
+            if task_id is not None:
+                try:
+                    sim.kill_child(task_id)
+                except UnknownTarget:
+                    pass  # no child runs it now: nothing to kill, as on a real worker
+        elif kind in ("warm_shutdown", "cold_shutdown"):
+            self.shutdown(fault.target, warm=kind == "warm_shutdown")
+        else:
+            raise ValueError(f"SimqAdapter cannot inject fault {kind!r}")
+
+    def shutdown(self, target: int | str | None, *, warm: bool) -> None:
+        """Stop the worker; a fresh one takes its place (a new name) a little later."""
+        index = int(target or 0) % len(self.names)
+        name = self.names[index]
+        if not self.sim.worker(name).alive:
+            return
+        self.sim.shutdown_worker(name, warm=warm)
+
+        def replace() -> None:
+            new = self.sim.add_worker(concurrency=self.concurrency,
+                                      prefetch_multiplier=self.multiplier)
+            self.names[index] = new.name
+
+        self.later(self.sim.time() + RECOVERY, replace)
