@@ -379,8 +379,10 @@ class App:
         queue, exchange, routing_key = self._route(name, args, kwargs, options, task_type,
                                                    route_name)
         now = world.time()
-        eta_ts = _eta(now, countdown, eta)
-        expires_ts = _absolute(now, expires, "expires")
+        # The headers carry ISO 8601 (microseconds) and a worker reads them back: keep the
+        # float the worker schedules on equal to what the header says (amqp.py).
+        eta_ts = _on_the_wire(_eta(now, countdown, eta))
+        expires_ts = _on_the_wire(_absolute(now, expires, "expires"))
 
         if not root_id or not parent_id:
             parent = current_worker_task()
@@ -550,6 +552,11 @@ def _absolute(now: float, value: Any, what: str) -> float | None:
     if isinstance(value, int | float):
         return now + float(value)
     return _to_epoch(value, what)
+
+
+def _on_the_wire(ts: float | None) -> float | None:
+    """``ts`` as a worker reads it back from its ISO 8601 header (whole microseconds)."""
+    return None if ts is None else _to_epoch(_iso(ts) or "", "timestamp")
 
 
 def _iso(ts: float | None) -> str | None:

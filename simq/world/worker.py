@@ -254,6 +254,7 @@ class Worker:
         self.reserved: deque[Request] = deque()
         self.requests: dict[Envelope, Request] = {}  # live requests by delivery
         self.revoked: set[str] = set()
+        self.successful: set[str] = set()  # successful_requests (dedup cache)
         self.buckets: dict[str, TokenBucket] = {}
         self._held = 0  # ETA-held messages (outside the prefetch window)
         self._live_unacked = 0  # every message delivered here and not yet acked/rejected
@@ -452,6 +453,14 @@ class Worker:
                      worker=self.name, task=ctx.task, retries=ctx.retries)
         if not request.acks_late:
             self._ack(request)
+        elif request.envelope.redelivered and self._already_succeeded(request):
+            # worker_deduplicate_successful_tasks (G14): the tracer returns at once.
+            slot.request = None
+            self._record("succeeded", task_id=request.id,
+                         message_id=request.message.message_id, worker=self.name,
+                         deduplicated=True)
+            self._dispose(request, _ACK)
+            return
         task = request.task
         hard, soft = self.time_limits(request)
         if soft:
@@ -459,6 +468,11 @@ class Worker:
         if hard:
             slot.timers.append(self.loop.call_later(hard, self._hard_limit, slot, request, hard))
         self.switched(slot, slot.fiber.run(lambda: trace(task, ctx, self)))
+
+    def _already_succeeded(self, request: Request) -> bool:
+        if not self.app.conf.worker_deduplicate_successful_tasks:
+            return False
+        return request.id in self.successful or self.backend.state(request.id) == states.SUCCESS
 
     def time_limits(self, request: Request) -> tuple[float | None, float | None]:
         """(hard, soft) in seconds: the message's ``timelimit``, else the task's."""
@@ -556,6 +570,8 @@ class Worker:
             self._child_lost(request, outcome)
             return
         else:
+            if state == states.SUCCESS and request.acks_late:
+                self.successful.add(request.id)
             self._record(_OUTCOME_KINDS[state], task_id=request.id, message_id=message_id,
                          worker=self.name, **_outcome_details(outcome))
         self._dispose(request, ack_decision(task, outcome, request.acked))
