@@ -49,3 +49,40 @@ def bench(session: nox.Session) -> None:
     """Run the benchmarks; extra arguments go to `python -m bench`."""
     session.install(".[celery]")
     session.run("python", "-m", "bench", *session.posargs)
+
+
+#: The long conformance runs: generated workloads per adapter. Real brokers take seconds
+#: a run; CI runs the same suite with a few examples (tests/conformance/).
+CONFORMANCE_EXAMPLES = {
+    "simq": 1000,
+    "celery-redis": 60,
+    "celery-rabbitmq": 60,
+    "celery-memory": 60,
+}
+#: Real adapters the simulator is run beside, for the differential check.
+CONFORMANCE_DIFFERENTIAL = ("celery-redis", "celery-rabbitmq")
+
+
+def _conformance_session(adapter: str, examples: int) -> None:
+    adapters = f"simq,{adapter}" if adapter in CONFORMANCE_DIFFERENTIAL else adapter
+
+    @nox.session(name=f"conformance-{adapter}")
+    def conformance(session: nox.Session) -> None:
+        session.install("-e", ".[test]")
+        session.run(
+            "pytest",
+            f"--conformance={adapters}",
+            f"--conformance-examples={examples}",
+            f"--conformance-report=conformance-report/{adapter}",
+            *session.posargs,
+        )
+
+    conformance.__doc__ = (
+        f"Certify {adapter} against Celery's guarantees, {examples} workloads"
+        + (" (and the differential check against simq)" if adapter != adapters else "")
+        + "; extra arguments go to pytest."
+    )
+
+
+for _adapter, _examples in CONFORMANCE_EXAMPLES.items():
+    _conformance_session(_adapter, _examples)

@@ -349,25 +349,46 @@ class App:
         **options: Any,
     ) -> _AsyncResult:
         """Send a task by name to the active simulation (same options as apply_async)."""
-        world = self.require_world(f"sending task {name!r}")
+        self.require_world(f"sending task {name!r}")
         if self.conf.task_always_eager:
             warnings.warn("task_always_eager has no effect on send_task", stacklevel=2)
         if task_type is None:
             task_type = self.tasks.get(name)
             if task_type is not None:
+                # 5.7: a locally registered task's execution options are the defaults.
                 exec_opts = {k: v for k, v in task_type._get_exec_options().items()
                              if v is not None}
                 options = dict(exec_opts, **options)
                 options.setdefault("ignore_result", task_type.ignore_result)
-        time_limit = options.pop("time_limit", None) if time_limit is _OMITTED else time_limit
-        options.pop("time_limit", None)
-        soft_time_limit = (options.pop("soft_time_limit", None)
-                           if soft_time_limit is _OMITTED else soft_time_limit)
-        options.pop("soft_time_limit", None)
-        expires = options.pop("expires", None) if expires is _OMITTED else expires
-        options.pop("expires", None)
-        ignore_result = bool(options.pop("ignore_result", None))
-        task_id = task_id or world.new_task_id()
+        for key, value in (("time_limit", time_limit), ("soft_time_limit", soft_time_limit),
+                           ("expires", expires)):
+            if value is not _OMITTED:
+                options[key] = value  # an explicit None clears the task's default
+        options.update(
+            countdown=countdown, eta=eta, task_id=task_id, link=link, link_error=link_error,
+            add_to_parent=add_to_parent, group_id=group_id, group_index=group_index,
+            retries=retries, chord=chord, reply_to=reply_to, root_id=root_id,
+            parent_id=parent_id, route_name=route_name, shadow=shadow, chain=chain,
+            replaced_task_nesting=replaced_task_nesting, result_cls=result_cls,
+        )
+        return self._publish(name, args, kwargs, options, task_type)
+
+    def _publish(self, name: str, args: Any, kwargs: Any, options: dict[str, Any],
+                 task_type: Any) -> _AsyncResult:
+        """Turn a call into a message and publish it (``options`` is consumed)."""
+        world = self._world
+        if world is None:
+            world = self.require_world(f"sending task {name!r}")
+        pop = options.pop
+        task_id = pop("task_id", None) or world.new_task_id()
+        countdown, eta = pop("countdown", None), pop("eta", None)
+        link, link_error = pop("link", None), pop("link_error", None)
+        time_limit, soft_time_limit = pop("time_limit", None), pop("soft_time_limit", None)
+        expires = pop("expires", None)
+        ignore_result = bool(pop("ignore_result", None))
+        root_id, parent_id = pop("root_id", None), pop("parent_id", None)
+        shadow, result_cls = pop("shadow", None), pop("result_cls", None)
+        add_to_parent = pop("add_to_parent", True)
 
         args = () if args is None else args
         kwargs = {} if kwargs is None else kwargs
@@ -377,23 +398,23 @@ class App:
             raise TypeError("task keyword arguments must be a mapping")
 
         queue, exchange, routing_key = self._route(name, args, kwargs, options, task_type,
-                                                   route_name)
+                                                   pop("route_name", None))
         now = world.time()
         # The headers carry ISO 8601 (microseconds) and a worker reads them back: keep the
         # float the worker schedules on equal to what the header says (amqp.py).
-        eta_ts = _on_the_wire(_eta(now, countdown, eta))
-        expires_ts = _on_the_wire(_absolute(now, expires, "expires"))
+        eta_ts = _on_the_wire(_eta(now, countdown, eta)) if countdown or eta else None
+        expires_ts = (_on_the_wire(_absolute(now, expires, "expires"))
+                      if expires is not None else None)
 
-        if not root_id or not parent_id:
-            parent = current_worker_task()
-            if parent is not None:
-                preq = parent.request
-                if not root_id:
-                    root_id = preq.root_id or preq.id
-                if not parent_id:
-                    parent_id = preq.id
-                if self.conf.task_inherit_parent_priority:
-                    options.setdefault("priority", (preq.delivery_info or {}).get("priority"))
+        parent = current_worker_task()
+        if parent is not None and (not root_id or not parent_id):
+            preq = parent.request
+            if not root_id:
+                root_id = preq.root_id or preq.id
+            if not parent_id:
+                parent_id = preq.id
+            if self.conf.task_inherit_parent_priority:
+                options.setdefault("priority", (preq.delivery_info or {}).get("priority"))
         root_id = root_id or task_id
         priority = options.get("priority")
         serializer = (options.get("serializer")
@@ -404,26 +425,29 @@ class App:
             "task": name,
             "id": task_id,
             "shadow": shadow,
-            "eta": _iso(eta_ts),
-            "expires": _iso(expires_ts),
-            "group": group_id,
-            "group_index": group_index,
-            "retries": retries or 0,
+            "eta": _iso(eta_ts) if eta_ts is not None else None,
+            "expires": _iso(expires_ts) if expires_ts is not None else None,
+            "group": options.get("group_id"),
+            "group_index": options.get("group_index"),
+            "retries": options.get("retries") or 0,
             "timelimit": [time_limit, soft_time_limit],
             "root_id": root_id,
             "parent_id": parent_id,
             "origin": options.get("origin") or "gen0@simq",
             "ignore_result": ignore_result,
-            "replaced_task_nesting": replaced_task_nesting,
+            "replaced_task_nesting": options.get("replaced_task_nesting") or 0,
         }
+        reply_to = options.get("reply_to")
+        if reply_to:
+            headers["reply_to"] = reply_to
         custom = options.get("headers")
         if custom:
             headers.update(custom)
         embed = {
-            "callbacks": _sig_list(link),
-            "errbacks": _sig_list(link_error),
-            "chain": chain,
-            "chord": chord,
+            "callbacks": _sig_list(link) if link is not None else None,
+            "errbacks": _sig_list(link_error) if link_error is not None else None,
+            "chain": options.get("chain"),
+            "chord": options.get("chord"),
         }
         body = dumps([list(args), dict(kwargs), embed], serializer)
         message = Message(
@@ -434,10 +458,8 @@ class App:
         world.publish(message)
         result = (result_cls or self.AsyncResult)(task_id)
         result.ignored = ignore_result
-        if add_to_parent:
-            parent = current_worker_task()
-            if parent is not None and parent.trail:
-                parent.request.children.append(result)
+        if add_to_parent and parent is not None and parent.trail:
+            parent.request.children.append(result)
         return result
 
     def _route(self, name: str, args: Any, kwargs: Any, options: dict[str, Any],

@@ -333,6 +333,12 @@ def trace(task: Any, request: Context, env: Env, propagate: bool = False) -> Out
                 raise
             return _on_failure(task, request, exc, env)
         return _on_success(task, request, retval, env, publish_result, propagate)
+    except (SystemExit, KeyboardInterrupt) as exc:
+        # Raised by a hook (on_success, after_return, on_failure, on_retry) it ends the
+        # pool child too, possibly after SUCCESS was stored; eager mode lets it propagate.
+        if env.eager:
+            raise
+        return Outcome(LOST, None, exc, exitcode=_exitcode(exc))
     finally:
         pop_request(task)
 

@@ -71,7 +71,14 @@ def encode_exception(exc: BaseException) -> dict[str, Any]:
     try:
         args = roundtrip(list(exc.args))
     except EncodeError:
-        args = [repr(a) for a in exc.args]
+        # Celery's ensure_serializable: only the arguments that cannot be encoded
+        # become their repr (Retry('cancelled by Celery') keeps its None arguments).
+        args = []
+        for arg in exc.args:
+            try:
+                args.append(roundtrip(arg))
+            except EncodeError:
+                args.append(repr(arg))
     cls = type(exc)
     return {"exc_type": cls.__qualname__, "exc_module": cls.__module__, "exc_message": args}
 

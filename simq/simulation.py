@@ -353,13 +353,14 @@ class Simulation:
         for tid in ids:
             self.record("revoke", task_id=tid, terminate=terminate, signal=signal,
                         workers=[w.name for w in online])
-            active = any(r.id == tid for w in online for r in w.active())
+            # 5.6+ (control.py): each worker not running the task marks it REVOKED if
+            # its state is still revocable; the one running it leaves the state alone.
+            idle = [w for w in online if not any(r.id == tid for r in w.active())]
             for w in online:
                 w.revoke(tid)
                 if terminate:
                     self.faults.terminate(w, tid)
-            # 5.6+: mark REVOKED at once if not started anywhere (control.py).
-            if online and not active and self.backend.state(tid) in _REVOCABLE:
+            if idle and self.backend.state(tid) in _REVOCABLE:
                 self.backend.store(tid, states.REVOKED, TaskRevokedError("revoked"))
 
     # -- faults (CELERY_SEMANTICS.md §3) -----------------------------------------------

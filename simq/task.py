@@ -210,10 +210,12 @@ class Task:
             kwargs = roundtrip(dict(kwargs or {}), serializer)
             return self.apply(args, kwargs, task_id=task_id or app.new_task_id(), link=link,
                               link_error=link_error, **options)
-        return app.send_task(
-            self.name or "", args, kwargs, task_id=task_id, producer=producer, link=link,
-            link_error=link_error, shadow=shadow, task_type=self, **options,
-        )
+        options["task_id"] = task_id
+        options["link"] = link
+        options["link_error"] = link_error
+        options["shadow"] = shadow
+        options["result_cls"] = self.AsyncResult
+        return app._publish(self.name or "", args, kwargs, options, self)
 
     def shadow_name(self, args: Any, kwargs: Any, options: Any) -> str | None:
         """Override to show another name for this call in logs and monitoring."""

@@ -71,7 +71,11 @@ class Capabilities:
         time_limits: Whether hard and soft time limits are enforced (prefork).
         observes: Event kinds its histories contain (``"delivered"``, ``"acked"``, ...).
         visibility_timeout: Seconds before an unacked message is restored, if any.
-        deviations: Documented differences, by guarantee.
+        deviations: Documented differences, by guarantee. A missing capability's reason
+            is a deviation named after it (``"fault:restart_broker"``, ``"probe:die"``),
+            which :meth:`missing` quotes.
+        probes: The subset of :data:`PROBES` it can run (a worker inside the test
+            process cannot let ``die`` end its process).
         slack: Seconds of tolerance on time bounds (clock skew, time-limit enforcement
             latency, restore throttling); a simulator needs none.
         simulated: Runs in virtual time, fast and exact: the suite runs more examples
@@ -87,19 +91,29 @@ class Capabilities:
     deviations: tuple[Deviation, ...] = ()
     slack: float = 2.0
     simulated: bool = False
+    probes: frozenset[str] = frozenset(PROBES)
 
     def missing(self, *, faults: tuple[str, ...] = (), observes: tuple[str, ...] = (),
-                time_limits: bool = False) -> str | None:
+                time_limits: bool = False, probes: tuple[str, ...] = ()) -> str | None:
         """Why this adapter cannot run a check needing these, or None if it can."""
         for fault in faults:
             if fault not in self.faults:
-                return f"{self.adapter}: capability fault {fault!r} not supported"
+                return f"{self.adapter}: capability fault {fault!r} not supported" + (
+                    self._why(f"fault:{fault}"))
+        for probe in probes:
+            if probe not in self.probes:
+                return f"{self.adapter}: capability probe {probe!r} not supported" + (
+                    self._why(f"probe:{probe}"))
         for kind in observes:
             if kind not in self.observes:
                 return f"{self.adapter}: capability observes {kind!r} not available"
         if time_limits and not self.time_limits:
             return f"{self.adapter}: capability time_limits not supported"
         return None
+
+    def _why(self, name: str) -> str:
+        dev = self.deviation(name)
+        return f" ({dev.reason})" if dev is not None else ""
 
     def deviation(self, guarantee: str) -> Deviation | None:
         for dev in self.deviations:

@@ -59,12 +59,12 @@ class Sink:
         self._seq: Iterator[int] = itertools.count()
 
     def record(self, kind: str, task_id: str | None = None, message_id: str | None = None,
-               worker: str | None = None, **details: Any) -> None:
-        """Append one event, stamped with the wall clock (``time.time()``)."""
+               worker: str | None = None, *, at: float | None = None, **details: Any) -> None:
+        """Append one event, stamped ``at`` (epoch seconds) or now (``time.time()``)."""
         fd = self._descriptor()
         line = _dumps({
             "kind": kind,
-            "time": time.time(),
+            "time": time.time() if at is None else at,
             "task_id": task_id,
             "message_id": message_id,
             "worker": worker,

@@ -56,10 +56,15 @@ def check_g4(history: History | Index, config: CheckConfig) -> list[Violation]:
                         f"timeout ({vt} s) after its delivery at {when(d.event)}; "
                         f"{config.transport} only restores it by timeout"),
                         evidence(d.event, crash, again[0].event)))
-            elif d.running_at(i):
+            elif d.running_at(i) and _acked_before(d, i):
                 out += _lost_early_task(idx, d, i, crash)
         out += _silent_while_dead(idx, i, crash)
     return out
+
+
+def _acked_before(d: Delivery, i: int) -> bool:
+    """Whether ``d`` was acked before index ``i`` (not merely released by a lost channel)."""
+    return d.settle is not None and d.settle.kind == "acked" and (d.settle_at or 0) < i
 
 
 def _lost_early_task(idx: Index, d: Delivery, i: int, crash: Event) -> list[Violation]:

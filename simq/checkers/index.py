@@ -41,6 +41,7 @@ FAULTS = frozenset({
 })
 
 Ref = tuple[int, Event]
+_CRASH = frozenset({"worker-crashed"})
 
 
 @attrs.define(eq=False)
@@ -325,8 +326,17 @@ class _Builder:
         self._settle(i, e, released_first=True)
 
     def _running(self, e: Event) -> Delivery | None:
-        return self.pick(self.candidates(e),
-                         lambda d: d.start is not None and d.outcome is None)
+        def running(d: Delivery) -> bool:
+            return d.start is not None and d.outcome is None
+
+        def alive(d: Delivery) -> bool:
+            # An attempt cancelled, or killed with its crashed worker, reports nothing
+            # more: a later outcome on that worker belongs to a redelivery.
+            crashed = self.idx.next_fault(d.worker, _CRASH, d.start_at or 0)
+            return running(d) and crashed >= len(self.idx.events) and not d.marks_of(
+                "cancelled")
+
+        return self.pick(self.candidates(e), alive, running)
 
     def _outcome(self, i: int, e: Event) -> None:
         d = self._running(e)

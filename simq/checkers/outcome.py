@@ -204,8 +204,9 @@ def _receipt_revoked(idx: Index, d: Delivery, reason: str, g: str,
     out: list[Violation] = []
     if d.start_at is not None and d.start_at < d.revoked_at:
         return out  # a revoke of a running task: G10
-    if config.stores_errors(d.task) and not _stored(d.states_after(d.revoked_at),
-                                                    states.REVOKED, "TaskRevokedError"):
+    # A write the backend discarded counts: after SUCCESS it is the backend's call (G15).
+    writes = d.states_after(d.revoked_at) + [x for x in d.discarded if x[0] > d.revoked_at]
+    if config.stores_errors(d.task) and not _stored(writes, states.REVOKED, "TaskRevokedError"):
         out.append(Violation(g, (
             f"{d.label} was revoked ({reason}) by {d.worker} at {when(r)} without storing "
             "REVOKED(TaskRevokedError)"), evidence(d.event, r)))

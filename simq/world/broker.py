@@ -61,6 +61,7 @@ class Envelope:
     copy: bool = False
     delivered_at: float | None = None
     vt_timer: Any = None  # the visibility-timeout restore pending for this delivery
+    seq: int = 0  # publication order: where a requeued message goes back to
 
     def move(self, new: MessageState) -> None:
         if new._value_ not in _ALLOWED[self.state._value_]:
@@ -122,7 +123,15 @@ class Queue:
         if dq is None:
             dq = self._levels[level] = deque()
         if front:
-            dq.appendleft(envelope)
+            # RabbitMQ requeues a message to its original position: ahead of everything
+            # published after it, so messages requeued together keep their order.
+            seq = envelope.seq
+            i = 0
+            for other in dq:
+                if other.seq > seq:
+                    break
+                i += 1
+            dq.insert(i, envelope)
         else:
             dq.append(envelope)
         self.count += 1
@@ -203,7 +212,7 @@ class Broker:
     # -- producing ---------------------------------------------------------------------
 
     def publish(self, message: Message) -> Envelope:
-        envelope = Envelope(message)
+        envelope = Envelope(message, seq=len(self.envelopes))
         self.envelopes[message.message_id] = envelope
         headers = message.headers
         self._record(
@@ -350,7 +359,7 @@ class Broker:
             self.restore(envelope, front=True, reason="visibility-timeout")
             return
         # restore_visible re-queues a copy while the first holder still has the message.
-        copy = Envelope(message, redelivered=True, copy=True)
+        copy = Envelope(message, redelivered=True, copy=True, seq=envelope.seq)
         self._record("requeued", task_id=message.task_id, message_id=message.message_id,
                      worker=envelope.holder, reason="visibility-timeout", copy=True)
         self.queue(message.queue).push(copy, front=True)

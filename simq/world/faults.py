@@ -130,8 +130,9 @@ class Faults:
             self.sim.loop.call_later(reconnect_after, self._reconnect, worker)
 
     def _reconnect(self, worker: Worker) -> None:
-        if not worker.alive or worker.online or self.sim.workers.get(worker.name) is not worker:
-            return
+        if (not worker.alive or worker.online or worker.stopping
+                or self.sim.workers.get(worker.name) is not worker):
+            return  # a worker shutting down does not consume again
         self.sim.record("connection-restored", worker=worker.name)
         worker.online = True
         for queue in worker.queues:
@@ -146,7 +147,8 @@ class Faults:
         self._when(at, self._restart_broker, down_for)
 
     def _restart_broker(self, down_for: float) -> None:
-        online = [w for w in self.sim.workers.values() if w.alive and w.online]
+        # A worker in warm shutdown still holds its running tasks' channel: it closes too.
+        online = [w for w in self.sim.workers.values() if w.alive and (w.online or w.stopping)]
         for worker in online:
             self.sim.record("connection-lost", worker=worker.name)
             _go_offline(worker, "broker-restart", kill_children=False, cancel_late=bool(
@@ -170,6 +172,7 @@ class Faults:
             return
         self.sim.record("shutdown", worker=name, warm=warm)
         worker.online = False
+        worker.stopping = True
         for queue in worker.queues:
             self.sim.broker.cancel(queue, worker)
         # Messages not started go back: channel close (amqp) or restore_at_shutdown.
@@ -221,10 +224,12 @@ def _go_offline(worker: Worker, reason: str, *, kill_children: bool,
             continue
         if kill_children:
             slot.replace_child()
-            if not request.acked:
+            # An orphaned delivery went back at the connection loss; it may be held
+            # elsewhere now.
+            if not request.acked and not request.orphaned:
                 broker.channel_closed(request.envelope, reason)
             _forget(worker, request)
-        elif not request.acked:
+        elif not request.acked and not request.orphaned:
             request.orphaned = True
             broker.channel_closed(request.envelope, reason)
             if cancel_late and request.acks_late:
@@ -282,5 +287,6 @@ def _cancel(worker: Worker, slot: Slot, request: Request, *, emit_retry: bool, r
 def _forget(worker: Worker, request: Request) -> None:
     if request.state is not RequestState.DONE:
         request.state = RequestState.DONE
-    worker.requests.pop(request.envelope, None)
+    if worker.requests.get(request.envelope) is request:
+        del worker.requests[request.envelope]
 

@@ -584,15 +584,18 @@ class Worker:
         if self.backend.state(request.id) == states.SUCCESS:
             self._dispose(request, _NONE if request.acked else _ACK)
             return
-        if task.retry_on_worker_lost and (
-            task.max_retries is None or ctx.retries < task.max_retries
-        ):
-            task.retry_on_lost(ctx, exc, self)
-            self._dispose(request, _NONE if request.acked else _ACK)
-            return
-        if not (task.acks_late and task.reject_on_worker_lost) or request.acked:
+        exhausted = False
+        if task.retry_on_worker_lost:
+            if task.max_retries is None or ctx.retries < task.max_retries:
+                task.retry_on_lost(ctx, exc, self)
+                self._dispose(request, _NONE if request.acked else _ACK)
+                return
+            exhausted = True
+        # request.py: reject_on_worker_lost is not applied once retries are exhausted.
+        lost = Outcome(states.FAILURE if exhausted else LOST, exc=exc)
+        decision = ack_decision(task, lost, request.acked)
+        if not (decision.action == "reject" and decision.requeue):
             mark_as_failure(task, ctx, exc, None, self)
-        decision = ack_decision(task, Outcome(LOST, exc=exc), request.acked)
         self._dispose(request, decision)
 
     def _dispose(self, request: Request, decision: Decision) -> None:
@@ -627,7 +630,10 @@ class Worker:
     def _done(self, request: Request) -> None:
         if request.state is not RequestState.DONE:
             request.move(RequestState.DONE)
-        self.requests.pop(request.envelope, None)
+        # A requeued message may already be back here as a new request under the same
+        # envelope (reject_on_worker_lost, Reject(requeue=True)): leave that one alone.
+        if self.requests.get(request.envelope) is request:
+            del self.requests[request.envelope]
 
     # -- Env for the tracer ------------------------------------------------------------
 

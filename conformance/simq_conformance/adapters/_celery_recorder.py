@@ -1,0 +1,406 @@
+"""Recording a real Celery worker's steps as simq history events (internal).
+
+:class:`CeleryRecorder` hooks a process's Celery and kombu so that every observable step
+lands in a :class:`~simq_conformance.sink.Sink`, in simq's event vocabulary. What each
+hook sees, and where it runs in a prefork worker:
+
+=========================================  ================  ===========================
+hook                                       process           events
+=========================================  ================  ===========================
+``before_task_publish`` signal             any publisher     ``published`` (and stamps a
+                                                             fresh ``simq_message_id``
+                                                             header: a retry is a new
+                                                             message)
+``Consumer.create_task_handler`` wrapper   worker parent     ``delivered`` [redelivered]
+``Consumer.connect`` wrapper               worker parent     ``connection-restored``
+``worker_ready`` signal                    worker parent     ``worker-online``
+``task_prerun`` signal                     pool child        ``started``
+``task_postrun`` signal (its ``state``)    pool child        ``succeeded`` ``failed``
+                                                             ``retried`` ``ignored``
+                                                             ``declined``
+``Backend.store_result`` wrapper           both              ``state`` /
+                                                             ``state-discarded``
+kombu ``Message.ack/reject/requeue``       worker parent     ``acked`` ``rejected``
+                                                             ``ack-failed``
+``Request.on_failure`` (WorkerLostError)   worker parent     ``child-lost`` [exitcode]
+``Request.on_timeout`` / ``on_failure``    worker parent     ``time-limit`` (+ ``failed``)
+``Request.cancel``                         worker parent     ``cancelled`` [reason]
+``task_revoked`` / ``task_unknown``        worker parent     ``revoked`` / ``unregistered``
+=========================================  ================  ===========================
+
+Signals and class patches are process-wide, so a process has at most one recorder
+installed; worker processes install it at import of the boot module (before the pool
+forks, so children inherit it), the test process installs it for one run and removes
+it afterwards.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from simq.runtime import encoded
+from simq.serialization import encode_exception
+from simq_conformance.sink import Sink
+
+__all__ = ["HEADER", "CeleryRecorder", "worker_name"]
+
+#: The message header carrying simq's message id (one per publication).
+HEADER = "simq_message_id"
+
+_OUTCOMES = {"SUCCESS": "succeeded", "FAILURE": "failed", "RETRY": "retried",
+             "IGNORED": "ignored", "REJECTED": "declined"}
+_EXIT = re.compile(r"(exitcode|signal) (-?\d+)")
+
+_installed: CeleryRecorder | None = None
+
+
+def worker_name(hostname: str | None) -> str | None:
+    """A history worker name from a Celery node name: ``worker-1@host`` -> ``worker-1``."""
+    if not hostname:
+        return None
+    return str(hostname).split("@", 1)[0]
+
+
+def _safe(value: Any) -> Any:
+    try:
+        return encoded(value)
+    except Exception:  # an unserializable result must not lose the event
+        return repr(value)
+
+
+def _exception(exc: Any) -> Any:
+    return encode_exception(exc) if isinstance(exc, BaseException) else _safe(exc)
+
+
+def _exitcode(exc: BaseException) -> int | None:
+    if isinstance(exc, SystemExit):
+        return exc.code if isinstance(exc.code, int) else 1
+    found = _EXIT.search(str(exc))
+    if found is None:
+        return None
+    number = int(found.group(2))
+    return -number if found.group(1) == "signal" else number
+
+
+class CeleryRecorder:
+    """Records this process's Celery steps into ``sink``.
+
+    Args:
+        sink: Where events go.
+        worker: The worker name for events whose hook cannot tell (the process's own
+            worker in a worker process; None in the test process).
+        publish_only: Hook publishing only (the test process of a run whose workers
+            are other processes).
+    """
+
+    def __init__(self, sink: Sink, worker: str | None = None, publish_only: bool = False):
+        self.sink = sink
+        self.worker = worker
+        self.publish_only = publish_only
+        self._patches: list[tuple[Any, str, Any]] = []
+        # message id -> worker it was delivered to: an in-process pool's request knows
+        # only the machine's hostname, not the worker's node name.
+        self._holders: dict[str, str | None] = {}
+        self._signals: list[tuple[Any, Callable[..., Any]]] = []
+
+    # -- install / uninstall -----------------------------------------------------------
+
+    def install(self) -> CeleryRecorder:
+        global _installed
+        if _installed is not None:
+            raise RuntimeError(
+                f"a CeleryRecorder is already installed in this process ({_installed.sink}); "
+                "uninstall it first: signals and patches are process-wide"
+            )
+        from celery import signals
+
+        self._connect(signals.before_task_publish, self._on_publish)
+        if not self.publish_only:
+            self._install_worker_hooks(signals)
+        _installed = self
+        return self
+
+    def uninstall(self) -> None:
+        global _installed
+        for signal, receiver in reversed(self._signals):
+            signal.disconnect(receiver, dispatch_uid=id(receiver))
+        for owner, attr, original in reversed(self._patches):
+            setattr(owner, attr, original)
+        self._signals.clear()
+        self._patches.clear()
+        if _installed is self:
+            _installed = None
+
+    def _connect(self, signal: Any, receiver: Callable[..., Any]) -> None:
+        signal.connect(receiver, weak=False, dispatch_uid=id(receiver))
+        self._signals.append((signal, receiver))
+
+    def _patch(self, owner: Any, attr: str, make: Callable[[Any], Any]) -> None:
+        original = owner.__dict__[attr]
+        self._patches.append((owner, attr, original))
+        setattr(owner, attr, make(original))
+
+    def _install_worker_hooks(self, signals: Any) -> None:
+        from celery.backends.base import Backend
+        from celery.worker.consumer.consumer import Consumer
+        from celery.worker.request import Request
+        from kombu.message import Message
+
+        self._connect(signals.worker_ready, self._on_worker_ready)
+        self._connect(signals.task_prerun, self._on_prerun)
+        self._connect(signals.task_postrun, self._on_postrun)
+        self._connect(signals.task_revoked, self._on_revoked)
+        self._connect(signals.task_unknown, self._on_unknown)
+        self._patch(Consumer, "create_task_handler", self._wrap_task_handler)
+        self._patch(Consumer, "connect", self._wrap_connect)
+        self._patch(Backend, "store_result", self._wrap_store_result)
+        self._patch(Request, "on_failure", self._wrap_on_failure)
+        self._patch(Request, "on_timeout", self._wrap_on_timeout)
+        self._patch(Request, "cancel", self._wrap_cancel)
+        self._patch(Message, "ack", self._wrap_disposition("ack"))
+        self._patch(Message, "reject", self._wrap_disposition("reject"))
+        self._patch(Message, "requeue", self._wrap_disposition("requeue"))
+
+    # -- publishing --------------------------------------------------------------------
+
+    def _on_publish(self, sender: Any = None, headers: dict[str, Any] | None = None,
+                    routing_key: str | None = None, properties: dict[str, Any] | None = None,
+                    **_: Any) -> None:
+        if headers is None or not str(headers.get("task", "")).startswith("probes."):
+            return
+        from kombu.utils.uuid import uuid
+
+        # A retry copies the request's headers: give every publication its own id.
+        message_id = headers[HEADER] = uuid()
+        self.sink.record("published", task_id=headers.get("id"), message_id=message_id,
+                         task=headers.get("task"), queue=routing_key,
+                         retries=headers.get("retries") or 0, eta=headers.get("eta"),
+                         expires=headers.get("expires"),
+                         priority=(properties or {}).get("priority"),
+                         parent_id=headers.get("parent_id"), root_id=headers.get("root_id"))
+
+    # -- the worker parent: consuming --------------------------------------------------
+
+    def _wrap_task_handler(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        recorder = self
+
+        def create_task_handler(consumer: Any, *args: Any, **kwargs: Any) -> Any:
+            handler = original(consumer, *args, **kwargs)
+            name = worker_name(consumer.hostname)
+
+            def on_task_received(message: Any) -> Any:
+                recorder._on_delivered(name, message)
+                return handler(message)
+
+            return on_task_received
+
+        return create_task_handler
+
+    def _on_delivered(self, worker: str | None, message: Any) -> None:
+        message._simq_worker = worker
+        headers = message.headers or {}
+        if self.worker is None and headers.get(HEADER):
+            self._holders[headers[HEADER]] = worker
+        info = message.delivery_info or {}
+        self.sink.record("delivered", task_id=headers.get("id"),
+                         message_id=headers.get(HEADER), worker=worker,
+                         queue=info.get("routing_key"),
+                         redelivered=bool(info.get("redelivered")))
+
+    def _wrap_connect(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        recorder = self
+
+        def connect(consumer: Any) -> Any:
+            conn = original(consumer)
+            count = consumer.__dict__.get("_simq_connects", 0) + 1
+            consumer.__dict__["_simq_connects"] = count
+            if count > 1:
+                recorder.sink.record("connection-restored",
+                                     worker=worker_name(consumer.hostname) or recorder.worker)
+            return conn
+
+        return connect
+
+    def _on_worker_ready(self, sender: Any = None, **_: Any) -> None:
+        consumer = sender
+        controller = getattr(consumer, "controller", None)
+        queues = sorted(consumer.app.amqp.queues.consume_from or ())
+        self.sink.record("worker-online", worker=worker_name(consumer.hostname) or self.worker,
+                         concurrency=getattr(controller, "concurrency", None),
+                         queues=queues,
+                         prefetch_multiplier=getattr(consumer, "prefetch_multiplier", None))
+
+    def _wrap_disposition(self, action: str) -> Callable[[Any], Any]:
+        recorder = self
+
+        def make(original: Callable[..., Any]) -> Callable[..., Any]:
+            def disposition(message: Any, *args: Any, **kwargs: Any) -> Any:
+                headers = message.headers or {}
+                if action == "ack":
+                    kind, details = "acked", {}
+                else:
+                    requeue = True if action == "requeue" else bool(
+                        kwargs.get("requeue", args[0] if args else False))
+                    kind, details = "rejected", {"requeue": requeue}
+                where = {"task_id": headers.get("id"), "message_id": headers.get(HEADER),
+                         "worker": getattr(message, "_simq_worker", None) or recorder.worker}
+                try:
+                    result = original(message, *args, **kwargs)
+                except Exception:
+                    recorder.sink.record("ack-failed", **where, **details)
+                    raise
+                recorder.sink.record(kind, **where, **details)
+                return result
+
+            return disposition
+
+        return make
+
+    def _on_revoked(self, sender: Any = None, request: Any = None, terminated: bool = False,
+                    expired: bool = False, **_: Any) -> None:
+        message = getattr(request, "message", None)
+        headers = getattr(message, "headers", None) or {}
+        reason = "expired" if expired else "terminated" if terminated else "revoked"
+        self.sink.record("revoked", task_id=getattr(request, "id", None),
+                         message_id=headers.get(HEADER),
+                         worker=worker_name(getattr(request, "hostname", None)) or self.worker,
+                         reason=reason, expired=bool(expired), terminated=bool(terminated))
+
+    def _on_unknown(self, sender: Any = None, message: Any = None, name: str | None = None,
+                    id: str | None = None, **_: Any) -> None:
+        headers = getattr(message, "headers", None) or {}
+        self.sink.record("unregistered", task_id=id, message_id=headers.get(HEADER),
+                         worker=worker_name(getattr(sender, "hostname", None)) or self.worker,
+                         task=name)
+
+    def _wrap_on_failure(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        recorder = self
+
+        def on_failure(request: Any, exc_info: Any, *args: Any, **kwargs: Any) -> Any:
+            from billiard.exceptions import TimeLimitExceeded, WorkerLostError
+
+            exc = getattr(exc_info, "exception", None)
+            exc = getattr(exc, "exc", exc)  # ExceptionWithTraceback
+            lost = isinstance(exc, WorkerLostError) or (
+                isinstance(exc, SystemExit)
+                and not (request._already_cancelled or request._already_revoked))
+            if isinstance(exc, TimeLimitExceeded):
+                # 5.7 reaches on_failure before on_timeout for a hard limit: record the
+                # limit here, once, ahead of the FAILURE write it leads to.
+                recorder._timed_out(request, exc.args[0] if exc.args else None)
+            elif lost:
+                recorder.sink.record("child-lost", task_id=request.id,
+                                     message_id=request.message.headers.get(HEADER),
+                                     worker=worker_name(request.hostname) or recorder.worker,
+                                     exitcode=_exitcode(exc))
+            return original(request, exc_info, *args, **kwargs)
+
+        return on_failure
+
+    def _wrap_on_timeout(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        recorder = self
+
+        def on_timeout(request: Any, soft: bool, timeout: float) -> Any:
+            if soft:
+                recorder.sink.record("time-limit", **recorder._where(request), which="soft",
+                                     limit=timeout)
+            else:
+                recorder._timed_out(request, timeout)
+            return original(request, soft, timeout)
+
+        return on_timeout
+
+    def _timed_out(self, request: Any, limit: Any) -> None:
+        """``time-limit`` [hard] and ``failed`` for ``request``, once."""
+        if request.__dict__.get("_simq_timed_out"):
+            return
+        request.__dict__["_simq_timed_out"] = True
+        from billiard.exceptions import TimeLimitExceeded
+
+        where = self._where(request)
+        self.sink.record("time-limit", **where, which="hard", limit=limit)
+        self.sink.record("failed", **where, exception=encode_exception(TimeLimitExceeded(limit)))
+
+    def _where(self, request: Any) -> dict[str, Any]:
+        return {"task_id": request.id, "message_id": request.message.headers.get(HEADER),
+                "worker": worker_name(request.hostname) or self.worker}
+
+    def _wrap_cancel(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        recorder = self
+
+        def cancel(request: Any, *args: Any, **kwargs: Any) -> Any:
+            from celery.worker import state
+
+            # Celery cancels running tasks on a cold shutdown and, with
+            # worker_cancel_long_running_tasks_on_connection_loss, on connection loss.
+            reason = "shutdown" if state.should_terminate is not None else "connection-lost"
+            if not request._already_cancelled:
+                recorder.sink.record("cancelled", **recorder._where(request), reason=reason)
+            return original(request, *args, **kwargs)
+
+        return cancel
+
+    # -- the pool child: executing -----------------------------------------------------
+
+    def _on_prerun(self, sender: Any = None, task_id: str | None = None, task: Any = None,
+                   **_: Any) -> None:
+        request = task.request
+        self.sink.record("started", task_id=task_id, message_id=request.get(HEADER),
+                         worker=self._worker_of(request), task=task.name,
+                         retries=request.retries or 0)
+
+    def _on_postrun(self, sender: Any = None, task_id: str | None = None, task: Any = None,
+                    retval: Any = None, state: str | None = None, **_: Any) -> None:
+        kind = _OUTCOMES.get(state or "")
+        if kind is None:
+            return
+        details: dict[str, Any] = {}
+        if kind == "retried":
+            inner = getattr(retval, "exc", None)
+            when = getattr(retval, "when", None)
+            details = {"exception": _exception(inner) if inner is not None else None,
+                       "when": when if isinstance(when, int | float) or when is None
+                       else str(when)}
+        elif kind == "declined":
+            details = {"requeue": bool(getattr(retval, "requeue", False))}
+        elif kind != "succeeded":
+            details = {"exception": _exception(retval) if retval is not None else None}
+        request = task.request
+        self.sink.record(kind, task_id=task_id, message_id=request.get(HEADER),
+                         worker=self._worker_of(request), **details)
+
+    def _worker_of(self, request: Any) -> str | None:
+        """The worker running ``request`` (a task's context) in this process."""
+        hostname = str(getattr(request, "hostname", None) or "")
+        if "@" in hostname:
+            return worker_name(hostname)
+        message_id = request.get(HEADER) if hasattr(request, "get") else None
+        return self._holders.get(message_id or "") or self.worker
+
+    # -- the result backend ------------------------------------------------------------
+
+    def _wrap_store_result(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        recorder = self
+
+        def store_result(backend: Any, task_id: str, result: Any, state: str,
+                         traceback: Any = None, request: Any = None, **kwargs: Any) -> Any:
+            from celery.backends.base import BaseKeyValueStoreBackend
+
+            kind = "state"
+            if isinstance(backend, BaseKeyValueStoreBackend):
+                # Key-value backends drop any write after SUCCESS (G15): say so.
+                try:
+                    if backend._get_task_meta_for(task_id).get("status") == "SUCCESS":
+                        kind = "state-discarded"
+                except Exception:
+                    pass
+            stored = original(backend, task_id, result, state, traceback=traceback,
+                              request=request, **kwargs)
+            worker = recorder._worker_of(request) if request is not None else recorder.worker
+            recorder.sink.record(kind, task_id=task_id, worker=worker, state=state,
+                                 result=_safe(result))
+            return stored
+
+        return store_result

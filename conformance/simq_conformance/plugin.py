@@ -1,0 +1,177 @@
+"""The conformance suite's pytest plugin: ``pytest --conformance=ADAPTER``.
+
+Registered through the ``pytest11`` entry point ``simq_conformance``. Without
+``--conformance`` it does nothing: the suite is not collected and loading it patches
+nothing. With it, the suite (``simq_conformance/suite/``) is collected even when no test
+path is given, one test per guarantee and adapter, plus a differential test per real
+adapter when the simulator is selected too::
+
+    pytest --conformance=simq
+    pytest --conformance=simq,celery-redis --conformance-report=out/conformance
+    pytest --conformance=my_package.conformance:MyAdapter --conformance-url=amqp://...
+
+Skips name the adapter, the capability and the reason. Under ``CI=true`` an adapter
+whose broker is unreachable fails instead of skipping.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+__all__ = [
+    "CONFORMANCE_OPTION",
+    "EXAMPLES_OPTION",
+    "REPORT_OPTION",
+    "SEED_OPTION",
+    "SUITE",
+    "URL_OPTION",
+]
+
+CONFORMANCE_OPTION = "--conformance"
+URL_OPTION = "--conformance-url"
+REPORT_OPTION = "--conformance-report"
+EXAMPLES_OPTION = "--conformance-examples"
+SEED_OPTION = "--conformance-seed"
+
+#: The suite's test module, collected when ``--conformance`` is given.
+SUITE = Path(__file__).resolve().parent / "suite" / "test_guarantees.py"
+
+#: Examples per adapter without ``--conformance-examples``: a simulated run takes
+#: milliseconds, a real one seconds.
+SIMULATED_EXAMPLES = 30
+REAL_EXAMPLES = 5
+
+_STATE = pytest.StashKey["ConformanceSession"]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("simq", "simq deterministic simulation")
+    group.addoption(
+        CONFORMANCE_OPTION, action="append", default=[], dest="simq_conformance",
+        metavar="ADAPTER",
+        help="run the conformance suite against ADAPTER (repeatable or comma-separated): "
+             "simq, simq-redis, celery-redis, celery-rabbitmq, celery-memory, an entry "
+             "point of 'simq_conformance.adapters', or module:object",
+    )
+    group.addoption(URL_OPTION, dest="simq_conformance_url", default=None, metavar="URL",
+                    help="broker URL for the conformance adapters that take one")
+    group.addoption(REPORT_OPTION, dest="simq_conformance_report", default=None,
+                    metavar="PATH", help="write the conformance report to PATH.json and PATH.md")
+    group.addoption(EXAMPLES_OPTION, dest="simq_conformance_examples", type=int, default=None,
+                    metavar="N", help=f"generated workloads per adapter (default "
+                    f"{SIMULATED_EXAMPLES} simulated, {REAL_EXAMPLES} on a real broker)")
+    group.addoption(SEED_OPTION, dest="simq_conformance_seed", type=int, default=0,
+                    metavar="N", help="seed of workload generation (default 0)")
+
+
+def selected(config: pytest.Config) -> list[str]:
+    """The adapter names given to ``--conformance``, in order, without repeats."""
+    names: list[str] = []
+    for value in config.getoption("simq_conformance") or ():
+        for name in str(value).split(","):
+            name = name.strip()
+            if name and name not in names:
+                names.append(name)
+    return names
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    names = selected(config)
+    if not names:
+        return
+    from simq_conformance.registry import UnknownAdapter, resolve
+    from simq_conformance.session import ConformanceSession
+
+    url = config.getoption("simq_conformance_url")
+    try:
+        adapters = {name: resolve(name, url) for name in names}
+    except UnknownAdapter as exc:
+        raise pytest.UsageError(str(exc)) from None
+    examples = config.getoption("simq_conformance_examples")
+    if examples is not None and examples < 1:
+        raise pytest.UsageError(f"{EXAMPLES_OPTION} must be at least 1, got {examples}")
+    config.stash[_STATE] = ConformanceSession(
+        adapters, examples=examples, seed=config.getoption("simq_conformance_seed"),
+        ci=os.environ.get("CI", "").lower() in ("1", "true", "yes"),
+        defaults=(SIMULATED_EXAMPLES, REAL_EXAMPLES))
+    suite = str(SUITE)
+    # Collect the suite even when no path was named (testpaths would collect the
+    # project's own tests instead); with named paths, collect it as well.
+    if config.args_source is not pytest.Config.ArgsSource.ARGS:
+        config.args[:] = [suite]
+    elif not any(Path(a.split("::")[0]).resolve() == SUITE for a in config.args
+                 if Path(a.split("::")[0]).exists()):
+        config.args.append(suite)
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Without ``--conformance`` the suite is never collected."""
+    if _STATE not in config.stash and collection_path.resolve() in (SUITE, SUITE.parent):
+        return True
+    return None
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    state = config.stash.get(_STATE, None)
+    if state is None:
+        return None
+    return (f"simq_conformance: adapters={','.join(state.adapters)} "
+            f"seed={state.seed} examples={state.describe_examples()} "
+            f"({SEED_OPTION}=N, {EXAMPLES_OPTION}=N to change)")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    state = metafunc.config.stash.get(_STATE, None)
+    if "conformance_adapter" in metafunc.fixturenames:
+        names = list(state.adapters) if state else []
+        metafunc.parametrize("conformance_adapter", names, ids=names)
+    if "differential_adapter" in metafunc.fixturenames:
+        pairs = state.differential_names() if state else []
+        if pairs:
+            metafunc.parametrize("differential_adapter", pairs, ids=pairs)
+        else:
+            reason = ("differential: select the simulator (simq) and a real adapter on "
+                      "amqp or redis, e.g. --conformance=simq,celery-redis")
+            metafunc.parametrize("differential_adapter", [
+                pytest.param(None, marks=pytest.mark.skip(reason=reason))], ids=["none"])
+
+
+@pytest.fixture(scope="session")
+def conformance(pytestconfig: pytest.Config) -> Any:
+    """The conformance session: adapters, their campaigns, their verdicts."""
+    state = pytestconfig.stash.get(_STATE, None)
+    if state is None:
+        pytest.skip(f"the conformance suite runs with {CONFORMANCE_OPTION}=ADAPTER")
+    return state
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int,
+                            config: pytest.Config) -> None:
+    state = config.stash.get(_STATE, None)
+    if state is None or not state.campaigns:
+        return
+    from simq_conformance.report import to_markdown
+
+    terminalreporter.section("simq conformance")
+    table = to_markdown(list(state.campaigns.values())).split("\n## ")[0]
+    terminalreporter.write(table)
+    for path in state.written:
+        terminalreporter.write_line(f"report written: {path}")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    state = session.config.stash.get(_STATE, None)
+    if state is None:
+        return
+    state.teardown()
+    path = session.config.getoption("simq_conformance_report")
+    if path and state.campaigns:
+        from simq_conformance.report import write_report
+
+        state.written = list(write_report(path, list(state.campaigns.values())))

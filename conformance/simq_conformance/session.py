@@ -1,0 +1,132 @@
+"""The state of one ``pytest --conformance`` session: adapters, campaigns, verdicts.
+
+Each adapter's campaign runs once, on the first test that needs it, and every guarantee
+test of that adapter reads its verdict from it.
+"""
+
+from __future__ import annotations
+
+import traceback
+from typing import Any
+
+import pytest
+
+from simq_conformance.adapter import Adapter
+from simq_conformance.campaign import Campaign, run_campaign
+from simq_conformance.properties import FAIL, GUARANTEES, NOT_APPLICABLE
+from simq_conformance.report import describe_failure
+
+__all__ = ["ConformanceSession"]
+
+#: Transports the simulator models, for the differential check.
+_SIMULATED_TRANSPORTS = ("amqp", "redis")
+
+
+class ConformanceSession:
+    """Adapters by name and, once run, their campaigns."""
+
+    def __init__(self, adapters: dict[str, Adapter], *, examples: int | None, seed: int,
+                 ci: bool, defaults: tuple[int, int]) -> None:
+        self.adapters = adapters
+        self.examples = examples
+        self.seed = seed
+        self.ci = ci
+        self.defaults = defaults
+        self.campaigns: dict[str, Campaign] = {}
+        self.unavailable: dict[str, str] = {}
+        self.ready: list[str] = []
+        self.written: list[Any] = []
+
+    def examples_for(self, name: str) -> int:
+        if self.examples is not None:
+            return self.examples
+        simulated, real = self.defaults
+        return simulated if self.adapters[name].capabilities.simulated else real
+
+    def describe_examples(self) -> str:
+        return ",".join(f"{n}={self.examples_for(n)}" for n in self.adapters)
+
+    def differential_names(self) -> list[str]:
+        """Real adapters on a simulated transport, when a simulator is selected too."""
+        if not any(a.capabilities.simulated for a in self.adapters.values()):
+            return []
+        return [n for n, a in self.adapters.items() if not a.capabilities.simulated
+                and a.capabilities.transport in _SIMULATED_TRANSPORTS]
+
+    # -- running ---------------------------------------------------------------------
+
+    def campaign(self, name: str) -> Campaign:
+        """The adapter's campaign, run now if it has not run; skip/fail if unreachable."""
+        if name in self.unavailable:
+            self._unavailable(self.unavailable[name])
+        if name not in self.campaigns:
+            adapter = self.adapters[name]
+            setup = getattr(adapter, "setup", None)
+            if setup is not None:
+                try:
+                    setup()
+                except Exception as exc:
+                    self.unavailable[name] = (
+                        f"{name}: capability broker: unreachable or not set up "
+                        f"({type(exc).__name__}: {exc})")
+                    self._unavailable(self.unavailable[name])
+            self.ready.append(name)
+            reference = None
+            if name in self.differential_names():
+                from simq_conformance.adapters.simq_adapter import SimqAdapter
+
+                ref = SimqAdapter(transport=adapter.capabilities.transport)
+                reference = (ref.capabilities.adapter, ref)
+            self.campaigns[name] = run_campaign(
+                name, adapter, examples=self.examples_for(name), hypothesis_seed=self.seed,
+                reference=reference)
+        return self.campaigns[name]
+
+    def _unavailable(self, reason: str) -> None:
+        if self.ci:
+            pytest.fail(f"{reason}; under CI=true an unreachable broker is a failure",
+                        pytrace=False)
+        pytest.skip(reason)
+
+    def teardown(self) -> None:
+        for name in self.ready:
+            teardown = getattr(self.adapters[name], "teardown", None)
+            if teardown is not None:
+                try:
+                    teardown()
+                except Exception:  # a teardown error must not hide the verdicts
+                    traceback.print_exc()
+        self.ready.clear()
+
+    # -- verdicts --------------------------------------------------------------------
+
+    def check_guarantee(self, name: str, guarantee: str) -> None:
+        """Pass, skip (not applicable, with the reason) or fail (with the shortest history)."""
+        c = self.campaign(name)
+        if c.error:
+            pytest.fail(c.error, pytrace=False)
+        s = c.summaries[guarantee]
+        if s.status == NOT_APPLICABLE:
+            pytest.skip(s.reason)
+        if s.status == FAIL:
+            pytest.fail(describe_failure(c, guarantee), pytrace=False)
+        assert s.runs == c.runs, f"{guarantee} judged {s.runs} of {c.runs} runs"
+
+    def check_differential(self, name: str) -> None:
+        """Fail with each disagreement between the real adapter and the simulator."""
+        c = self.campaign(name)
+        if c.error:
+            pytest.fail(c.error, pytrace=False)
+        if not c.disagreements:
+            return
+        lines = [f"{name} and {c.reference} disagree on {len(c.disagreements)} point(s) over "
+                 f"{c.compared} workloads (hypothesis seed {c.hypothesis_seed}):"]
+        for d in c.disagreements:
+            g = GUARANTEES.get(d.topic)
+            lines += [f"- {d.message}", f"  title: {g.title if g else 'final states'}",
+                      f"  workload seed {d.workload.seed}: {d.workload!r}",
+                      f"  {name} history ({len(d.real_history)} events):"]
+            lines += ["    " + x for x in d.real_history.to_jsonl().splitlines()]
+            lines.append(f"  {c.reference} history ({len(d.reference_history)} events):")
+            lines += ["    " + x for x in d.reference_history.to_jsonl().splitlines()]
+        pytest.fail("\n".join(lines), pytrace=False)
