@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
-import fnmatch
 import random
-import re
 import sys
 import uuid
 import warnings
@@ -18,15 +16,17 @@ from collections.abc import Callable, Mapping
 from typing import Any, overload
 
 from simq import states
+from simq.autoretry import make_autoretry
 from simq.canvas import Signature, signature
 from simq.config import Settings
-from simq.exceptions import NoActiveSimulation, NotRegistered, QueueNotFound
+from simq.exceptions import NoActiveSimulation, NotRegistered
 from simq.message import Message
 from simq.rates import parse_rate
 from simq.result import AsyncResult
+from simq.routing import route
 from simq.runtime import Context, current_task, current_worker_task, encoded
 from simq.serialization import dumps
-from simq.task import Task, make_autoretry
+from simq.task import Task
 
 _Task = Task
 _AsyncResult = AsyncResult
@@ -464,83 +464,13 @@ class App:
 
     def _route(self, name: str, args: Any, kwargs: Any, options: dict[str, Any],
                task: Any, route_name: str | None) -> tuple[str, str, str]:
-        """Queue, exchange and routing key (options > task_routes > task_default_queue)."""
-        conf = self.conf
-        if (not conf.task_routes and conf.task_create_missing_queues
-                and not options.get("exchange") and not options.get("routing_key")):
-            queue = options.get("queue") or conf.task_default_queue
-            if not isinstance(queue, str):
-                queue = getattr(queue, "name", str(queue))
-            return queue, "", queue
-        route: dict[str, Any] = {}
-        for router in _routers(conf.task_routes):
-            found = router(route_name or name, args, kwargs, options, task)
-            if found:
-                route = {"queue": found} if isinstance(found, str) else dict(found)
-                break
-        merged = dict(route)
-        merged.update({k: v for k, v in options.items() if v is not None})
-        queue = merged.get("queue") or self.conf.task_default_queue
-        queue = queue if isinstance(queue, str) else getattr(queue, "name", str(queue))
-        declared = [self.conf.task_default_queue] + [
-            q if isinstance(q, str) else getattr(q, "name", "")
-            for q in self.conf.task_queues or ()
-        ]
-        if queue not in declared and not self.conf.task_create_missing_queues:
-            raise QueueNotFound(f"Queue {queue!r} missing from task_queues")
-        exchange = merged.get("exchange")
-        exchange = exchange if isinstance(exchange, str) else getattr(exchange, "name", None)
-        routing_key = merged.get("routing_key")
-        if not exchange and not routing_key:
-            return queue, "", queue
-        return queue, exchange or "", routing_key or queue
+        return route(self.conf, route_name or name, args, kwargs, options, task)
 
     def __repr__(self) -> str:
         return f"<App {self.main or '__main__'}>"
 
 
 Celery = App
-
-
-def _routers(routes: Any) -> list[Callable[..., Any]]:
-    if not routes:
-        return []
-    items = routes if isinstance(routes, list | tuple) else [routes]
-    out: list[Callable[..., Any]] = []
-    for item in items:
-        if callable(item):
-            out.append(_call_router(item))
-        elif isinstance(item, Mapping):
-            out.append(_map_router(item))
-        else:
-            raise TypeError(f"task_routes entries must be dicts or callables, got {item!r}")
-    return out
-
-
-def _call_router(fun: Callable[..., Any]) -> Callable[..., Any]:
-    def route(name: str, args: Any, kwargs: Any, options: Any, task: Any) -> Any:
-        return fun(name, args, kwargs, options, task=task)
-
-    return route
-
-
-def _map_router(table: Mapping[Any, Any]) -> Callable[..., Any]:
-    exact = {k: v for k, v in table.items() if isinstance(k, str) and "*" not in k}
-    patterns = [
-        (k if isinstance(k, re.Pattern) else re.compile(fnmatch.translate(k)), v)
-        for k, v in table.items()
-        if not (isinstance(k, str) and "*" not in k)
-    ]
-
-    def route(name: str, args: Any, kwargs: Any, options: Any, task: Any) -> Any:
-        if name in exact:
-            return exact[name]
-        for pattern, value in patterns:
-            if pattern.match(name):
-                return value
-        return None
-
-    return route
 
 
 def _sig_list(value: Any) -> list[Any] | None:

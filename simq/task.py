@@ -10,10 +10,11 @@ from __future__ import annotations
 import datetime as dt
 import inspect
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from simq import states
+from simq.arguments import NO_HEADER, header_from, merge_retry_arguments
 from simq.exceptions import (
     MaxRetriesExceededError,
     Reject,
@@ -228,9 +229,9 @@ class Task:
         cls = type(self)
         header = cls.__dict__.get("_simq_header")
         if header is None:
-            header = _header_from(self.run)
+            header = header_from(self.run)
             cls._simq_header = header  # type: ignore[attr-defined]
-        if header is not _NO_HEADER:
+        if header is not NO_HEADER:
             header(*(args or ()), **(kwargs or {}))
 
     def apply(
@@ -343,7 +344,7 @@ class Task:
         if not eta and countdown is None:
             countdown = self.default_retry_delay
 
-        args, kwargs = _merge_retry_arguments(self, request, args, kwargs)
+        args, kwargs = merge_retry_arguments(self, request, args, kwargs)
         sig = self.signature_from_request(
             request, args, kwargs, countdown=countdown, eta=eta, retries=retries, **options
         )
@@ -477,47 +478,6 @@ class Task:
         return f"<@task: {self.name} of {self.app.main if self.app else None}>"
 
 
-_NO_HEADER: Any = object()
-
-
-def _header_from(fun: Callable[..., Any]) -> Any:
-    """A no-op function with ``fun``'s signature: calling it checks arguments cheaply.
-
-    Python itself then raises the TypeError, with the message a user would see calling
-    the function (``add() missing 1 required positional argument: 'y'``), as Celery does.
-    """
-    try:
-        sig = inspect.signature(fun)
-    except (TypeError, ValueError):
-        return _NO_HEADER
-    namespace: dict[str, Any] = {}
-    parts: list[str] = []
-    star = False
-    params = list(sig.parameters.values())
-    for index, param in enumerate(params):
-        text = param.name
-        if param.kind is param.VAR_POSITIONAL:
-            text, star = f"*{param.name}", True
-        elif param.kind is param.VAR_KEYWORD:
-            text = f"**{param.name}"
-        elif param.kind is param.KEYWORD_ONLY and not star:
-            parts.append("*")
-            star = True
-        if param.default is not param.empty:
-            namespace[f"__simq_default_{index}"] = param.default
-            text += f"=__simq_default_{index}"
-        parts.append(text)
-        nxt = params[index + 1] if index + 1 < len(params) else None
-        if param.kind is param.POSITIONAL_ONLY and (nxt is None or nxt.kind is not
-                                                    param.POSITIONAL_ONLY):
-            parts.append("/")
-    name = getattr(fun, "__name__", "task")
-    if not name.isidentifier():
-        name = "task"
-    exec(f"def {name}({', '.join(parts)}):\n    return None\n", namespace)
-    return namespace[name]
-
-
 def _listify(value: Any) -> list[Any] | None:
     if value is None:
         return None
@@ -533,91 +493,3 @@ def _raise_with_context(exc: BaseException) -> None:
     if current is not None and current is not exc:
         raise exc from current
     raise exc
-
-
-def _merge_retry_arguments(task: Task, request: Context, args: Any, kwargs: Any
-                           ) -> tuple[Any, Any]:
-    """5.7's retry argument merging (issue #6494), §1.8 step 4."""
-    orig_args = list(request.args or ())
-    orig_kwargs = dict(request.kwargs or {})
-    if args is None and kwargs is None:
-        return orig_args, orig_kwargs
-    if args is not None and kwargs is not None:
-        return list(args), dict(kwargs)
-    if args is not None:
-        # Only args given: keep the original kwargs that the new positionals do not cover.
-        try:
-            names = [p.name for p in inspect.signature(task.run).parameters.values()
-                     if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-        except (TypeError, ValueError):
-            names = []
-        covered = set(names[: len(args)])
-        kept = {k: v for k, v in orig_kwargs.items() if k not in covered}
-        return list(args), kept
-    # Only kwargs given: they replace the original kwargs, and one naming an original
-    # positional replaces it in place, so positionals stay positional (Celery 5.7).
-    assert kwargs is not None
-    kwargs = dict(kwargs)
-    if not orig_args:
-        return orig_args, kwargs
-    try:
-        signature = inspect.signature(task.run)
-        bound = signature.bind_partial(*orig_args)
-    except (TypeError, ValueError):
-        return orig_args, kwargs
-    for name in list(kwargs):
-        if (name in bound.arguments
-                and signature.parameters[name].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD):
-            bound.arguments[name] = kwargs.pop(name)
-    return list(bound.args), {**bound.kwargs, **kwargs}
-
-
-def make_autoretry(task: Task) -> None:
-    """Wrap ``task.run`` to retry on ``autoretry_for`` exceptions (Celery's autoretry.py)."""
-    autoretry_for = tuple(task.autoretry_for or ())
-    if not autoretry_for or getattr(task, "_orig_run", None) is not None:
-        return
-    dont_autoretry_for = tuple(task.dont_autoretry_for or ())
-    retry_backoff = task.retry_backoff
-    retry_backoff_max = int(task.retry_backoff_max)
-    retry_jitter = task.retry_jitter
-    run = task.run
-
-    def run_with_autoretry(*args: Any, **kwargs: Any) -> Any:
-        from simq.exceptions import Ignore
-
-        try:
-            return run(*args, **kwargs)
-        except Ignore:
-            raise
-        except Retry:
-            raise
-        except dont_autoretry_for:
-            raise
-        except autoretry_for as exc:
-            retry_kwargs = dict(task.retry_kwargs or {})
-            if retry_backoff:
-                retry_kwargs["countdown"] = backoff_interval(
-                    factor=int(max(1.0, float(retry_backoff))),
-                    retries=task.request.retries,
-                    maximum=retry_backoff_max,
-                    full_jitter=retry_jitter,
-                    rng=task.jitter_random(),
-                )
-            if hasattr(task, "override_max_retries"):
-                retry_kwargs["max_retries"] = task.override_max_retries
-            ret = task.retry(exc=exc, **retry_kwargs)
-            raise ret from None
-
-    task._orig_run = run  # type: ignore[attr-defined]
-    task.run = run_with_autoretry  # type: ignore[method-assign]
-
-
-def backoff_interval(factor: int, retries: int, maximum: int, full_jitter: bool,
-                     rng: random.Random) -> int:
-    """Celery's ``get_exponential_backoff_interval``: ``min(max, factor*2**n)``, jittered."""
-    countdown: int = min(maximum, factor * (2 ** retries))
-    if full_jitter:
-        countdown = rng.randrange(countdown + 1)
-    return max(0, countdown)
-

@@ -16,13 +16,18 @@ _RECONNECT = frozenset({"connection-restored", "worker-online", "worker-crashed"
 
 
 def _comes_back(idx: Index, d: Delivery, i: int, g: str, fault: Event) -> list[Violation]:
-    """In a drained run, ``d``'s message is delivered again after index ``i`` (or lost)."""
+    """In a drained run, ``d``'s message went back to the queue after index ``i``.
+
+    Back means requeued by the broker or delivered again; an explicit ``lost`` (a broker
+    that keeps nothing across a restart) is reported, not silent, so it passes too.
+    """
     m = d.message_id
-    if idx.deliveries_after(m, i) or idx.lost_after(m, i):
+    requeued = any(j > i and e.kind == "requeued" for j, e in idx.returns.get(m, ()))
+    if requeued or idx.deliveries_after(m, i) or idx.lost_after(m, i):
         return []
     return [Violation(g, (
-        f"{d.label} was unacked on {d.worker} at the {fault.kind} at {when(fault)} and was "
-        "never delivered again although the run drained"), evidence(d.event, d.start, fault))]
+        f"{d.label} was unacked on {d.worker} at the {fault.kind} at {when(fault)} and never "
+        "went back to the queue although the run drained"), evidence(d.event, d.start, fault))]
 
 
 def check_g4(history: History | Index, config: CheckConfig) -> list[Violation]:

@@ -42,6 +42,8 @@ FAULTS = frozenset({
 
 Ref = tuple[int, Event]
 _CRASH = frozenset({"worker-crashed"})
+#: Outcomes recorded after the attempt's backend write (child-lost and revoked come first).
+_WRITES_BEFORE = frozenset({"succeeded", "failed", "retried", "ignored", "declined"})
 
 
 @attrs.define(eq=False)
@@ -212,6 +214,20 @@ class Index:
         return None
 
 
+def _latest(cands: list[Delivery], i: int) -> Delivery | None:
+    """The delivery with the last step before ``i``: its start, outcome or a mark (a
+    child-lost, hard time limit or cancel is followed by its write), or its revoke or
+    unknown-task notice at receipt."""
+    best: Delivery | None = None
+    best_at = -1
+    for d in cands:
+        for j in (d.start_at, d.revoked_at, d.unregistered_at, d.outcome_at,
+                  *(k for k, _ in d.marks)):
+            if j is not None and best_at < j < i:
+                best, best_at = d, j
+    return best
+
+
 def _key(event: Event) -> str:
     return event.message_id or f"task:{event.task_id}"
 
@@ -304,7 +320,11 @@ class _Builder:
             return d.start is not None or d.revoked is not None or d.unregistered is not None
 
         if released_first:
-            d = self.pick(cands, lambda d: d.release is not None and active(d),
+            # ack-failed: an attempt that ended after its channel closed; one that died
+            # with its crashed worker sends nothing.
+            d = self.pick(cands, lambda d: d.release is not None and d.outcome is not None
+                          and d.release.kind != "worker-crashed",
+                          lambda d: d.release is not None and active(d),
                           lambda d: d.release is not None, active, lambda d: True)
         else:
             d = self.pick(cands, lambda d: d.release is None and active(d),
@@ -340,6 +360,12 @@ class _Builder:
 
     def _outcome(self, i: int, e: Event) -> None:
         d = self._running(e)
+        if e.details.get("deduplicated"):
+            # G14's skip ends the attempt that just started, not an older one still
+            # running on a lost channel.
+            running = [x for x in self.candidates(e) if x.start_at is not None
+                       and x.outcome is None]
+            d = max(running, key=lambda x: x.start_at or 0, default=d)
         if d is None:
             self.idx.orphans.append((i, e))
             return
@@ -386,13 +412,15 @@ class _Builder:
     def _writer(self, i: int, e: Event) -> Delivery | None:
         if e.worker is None:
             return None
-        best: Delivery | None = None
-        best_at = -1
-        for d in self.idx.by_task_worker.get((e.task_id, e.worker), ()):
-            for j in (d.start_at, d.revoked_at, d.unregistered_at):
-                if j is not None and best_at < j < i:
-                    best, best_at = d, j
-        return best
+        cands = self.idx.by_task_worker.get((e.task_id, e.worker), [])
+        # An attempt that reported success, failure, retry, Ignore or Reject stored its
+        # state before that: a later write comes from another attempt still running
+        # (e.g. one left on a lost channel), if there is one.
+        live = [d for d in cands if not (d.outcome is not None and d.outcome_at is not None
+                                         and d.outcome_at < i
+                                         and d.outcome.kind in _WRITES_BEFORE
+                                         and not d.marks_of("time-limit", which="hard"))]
+        return _latest(live, i) or _latest(cands, i)
 
     def on_state(self, i: int, e: Event) -> None:
         self.idx.states[e.task_id or ""].append((i, e))

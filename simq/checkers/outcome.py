@@ -109,7 +109,9 @@ def _child_lost(idx: Index, d: Delivery, i: int, lost: Event,
         if late and not _settled(d, "acked"):
             bad(f"after the retry is published the message is acked, but it was "
                 f"{_settle_text(d)}", d.settle)
-    elif late and config.setting("reject_on_worker_lost", d.task):
+    elif late and config.setting("reject_on_worker_lost", d.task) and not (
+            config.setting("retry_on_worker_lost", d.task)):
+        # §3.1: once retry_on_worker_lost has no retries left, RoWL is not applied.
         if not _settled(d, "rejected", requeue=True):
             bad(f"with acks_late and reject_on_worker_lost the message is rejected with "
                 f"requeue, but it was {_settle_text(d)}", d.settle)

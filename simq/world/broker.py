@@ -112,8 +112,9 @@ class Queue:
             return 0
         priority = envelope.message.priority or 0
         if mode == "redis":
-            # kombu's redis transport: buckets [0, 3, 6, 9], each priority to the next step.
-            return min(step for step in (0, 3, 6, 9) if step >= min(max(priority, 0), 9))
+            # kombu's redis transport: lists for steps [0, 3, 6, 9]; a priority goes to the
+            # step at or below it (Channel.priority: steps[bisect(steps, n) - 1]).
+            return max(step for step in (0, 3, 6, 9) if step <= min(max(priority, 0), 9))
         # RabbitMQ: higher is more urgent, capped at the queue's x-max-priority.
         return -min(max(priority, 0), self.max_priority or 0)
 
