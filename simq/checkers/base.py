@@ -18,7 +18,7 @@ from simq.history import Event
 __all__ = ["TRANSPORTS", "CheckConfig", "Violation"]
 
 #: The transports a history can come from; they differ in how unacked messages return.
-TRANSPORTS = ("amqp", "redis", "sqs")
+TRANSPORTS = ("amqp", "redis", "sqs", "memory")
 
 #: kombu's visibility timeouts: ``kombu/transport/redis.py`` (3600 s), SQS (1800 s).
 _DEFAULT_VISIBILITY_TIMEOUT = {"redis": 3600.0, "sqs": 1800.0}
@@ -83,7 +83,9 @@ class CheckConfig:
     work the same way with worker names.
 
     Attributes:
-        transport: ``"amqp"``, ``"redis"`` or ``"sqs"``.
+        transport: ``"amqp"``, ``"redis"``, ``"sqs"`` or ``"memory"`` (kombu's
+            in-memory transport: messages come back when the channel closes, like amqp,
+            but a requeued message is not flagged redelivered).
         visibility_timeout: Seconds; None means kombu's default for the transport.
         prefetch: Worker name -> prefetch window (concurrency x multiplier; 0 unlimited).
             A worker not listed uses its ``worker-online`` event's numbers.

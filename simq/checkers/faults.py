@@ -22,7 +22,10 @@ def _comes_back(idx: Index, d: Delivery, i: int, g: str, fault: Event) -> list[V
     that keeps nothing across a restart) is reported, not silent, so it passes too.
     """
     m = d.message_id
-    requeued = any(j > i and e.kind == "requeued" for j, e in idx.returns.get(m, ()))
+    # A visibility-timeout copy restored from this very delivery already put it back.
+    requeued = any(e.kind == "requeued" and (j > i or (
+        j > d.at and e.details.get("copy") and e.worker == d.worker))
+        for j, e in idx.returns.get(m, ()))
     if requeued or idx.deliveries_after(m, i) or idx.lost_after(m, i):
         return []
     return [Violation(g, (
@@ -190,8 +193,10 @@ def check_g17(history: History | Index, config: CheckConfig) -> list[Violation]:
         warm = stop.details.get("warm", True) is not False
         w = stop.worker
         back = idx.next_fault(w, _BACK, i)
-        offline = idx.next_fault(w, frozenset({"worker-offline", "worker-crashed"}), i)
-        crashed = offline < len(idx.events) and idx.events[offline].kind == "worker-crashed"
+        # A later shutdown (a cold one escalating a warm one) or a crash takes over.
+        offline = idx.next_fault(w, frozenset({"worker-offline", "worker-crashed", "shutdown"}),
+                                 i)
+        crashed = offline < len(idx.events) and idx.events[offline].kind != "worker-offline"
         for d in idx.by_worker.get(w or "", []):
             if d.start is not None and d.start_at is not None and i < d.start_at < back:
                 out.append(Violation("G17", (
@@ -212,7 +217,9 @@ def check_g17(history: History | Index, config: CheckConfig) -> list[Violation]:
 def _warm(idx: Index, d: Delivery, i: int, stop: Event, offline: int, crashed: bool,
           config: CheckConfig) -> list[Violation]:
     out = []
-    for _, e in d.marks_of("cancelled"):
+    for j, e in d.marks_of("cancelled"):
+        if j > offline:
+            continue  # cancelled by what took over: a cold shutdown
         out.append(Violation("G17", (
             f"{d.label} was cancelled at {when(e)} by the warm shutdown of {d.worker} begun at "
             f"{when(stop)}; a warm shutdown lets running tasks finish"), evidence(stop, e)))

@@ -42,8 +42,9 @@ FAULTS = frozenset({
 
 Ref = tuple[int, Event]
 _CRASH = frozenset({"worker-crashed"})
-#: Outcomes recorded after the attempt's backend write (child-lost and revoked come first).
-_WRITES_BEFORE = frozenset({"succeeded", "failed", "retried", "ignored", "declined"})
+#: Outcomes recorded after the attempt's backend write (child-lost, revoked and declined
+#: come first: Reject(requeue=False) stores its FAILURE after the decline, in the parent).
+_WRITES_BEFORE = frozenset({"succeeded", "failed", "retried", "ignored"})
 
 
 @attrs.define(eq=False)
@@ -67,6 +68,7 @@ class Delivery:
     revoked_at: int | None = None
     unregistered: Event | None = None
     unregistered_at: int | None = None
+    died_at: int | None = None  # index of the crash of its worker while it ran
     marks: list[Ref] = attrs.field(factory=list)
     states: list[Ref] = attrs.field(factory=list)
     discarded: list[Ref] = attrs.field(factory=list)
@@ -119,6 +121,8 @@ class Delivery:
     def running_at(self, i: int) -> bool:
         """Started before index ``i`` and without an outcome or cancellation before it."""
         if self.start_at is None or self.start_at >= i or not _open(self.outcome_at, i):
+            return False
+        if self.died_at is not None and self.died_at < i:
             return False
         return not any(j < i for j, e in self.marks if e.kind == "cancelled")
 
@@ -176,6 +180,29 @@ class Index:
         return bool(self.started_after(message_id, i) or self.lost_after(message_id, i) or any(
             d.revoked is not None for d in self.deliveries_after(message_id, i)))
 
+    def consumed_at_end(self, queue: str | None) -> bool:
+        """Whether a worker is up, connected and consuming ``queue`` when the history ends."""
+        up: dict[str | None, tuple[bool, Any]] = {}
+        for _, e in self.faults:
+            queues = up.get(e.worker, (False, None))[1]
+            if e.kind == "worker-online":
+                up[e.worker] = (True, e.details.get("queues"))
+            elif e.kind == "connection-restored":
+                up[e.worker] = (True, queues)
+            elif e.kind in ("worker-crashed", "worker-offline", "connection-lost", "shutdown"):
+                up[e.worker] = (False, queues)
+        return any(on and (qs is None or queue is None or queue in qs) for on, qs in up.values())
+
+    def came_back(self, message_id: str, i: int) -> bool:
+        """Whether the message ran again after ``i`` (or was revoked at receipt, or lost),
+        or went back to a queue that no worker consumes at the end of the history."""
+        if self.returned_after(message_id, i):
+            return True
+        if not any(j > i for j, _ in self.returns.get(message_id, ())):
+            return False
+        pub = self.publications.get(message_id)
+        return not self.consumed_at_end(pub[1].details.get("queue") if pub else None)
+
     def deliveries_after(self, message_id: str, i: int) -> list[Delivery]:
         return [d for d in self.by_message.get(message_id, ()) if d.at > i]
 
@@ -221,11 +248,59 @@ def _latest(cands: list[Delivery], i: int) -> Delivery | None:
     best: Delivery | None = None
     best_at = -1
     for d in cands:
-        for j in (d.start_at, d.revoked_at, d.unregistered_at, d.outcome_at,
-                  *(k for k, _ in d.marks)):
-            if j is not None and best_at < j < i:
-                best, best_at = d, j
+        j = _last_step(d, i)
+        if j is not None and j > best_at:
+            best, best_at = d, j
     return best
+
+
+def _next_step(d: Delivery, i: int) -> float:
+    """Index of ``d``'s first outcome or mark after ``i`` (infinity if none)."""
+    steps = (d.outcome_at, d.died_at, *(k for k, _ in d.marks))
+    return min((j for j in steps if j is not None and j > i), default=float("inf"))
+
+
+def _last_step(d: Delivery, i: int) -> int | None:
+    """Index of ``d``'s last step before ``i`` (start, outcome, mark, receipt notice)."""
+    steps = (d.start_at, d.revoked_at, d.unregistered_at, d.outcome_at, *(k for k, _ in d.marks))
+    return max((j for j in steps if j is not None and j < i), default=None)
+
+
+def _reattribute(idx: Index, d: Delivery, field: str) -> None:
+    """Move backend writes the single pass gave the wrong attempt of one task and worker.
+
+    Processes of a real worker record in their own order: the REVOKED write of a
+    message revoked at receipt may come before its ``revoked`` event, and an attempt's
+    RETRY may land after a retry message was already refused there. A delivery revoked
+    at receipt writes only REVOKED; a started, unrevoked one writes no REVOKED when a
+    sibling revoked at receipt lacks its write.
+    """
+    writes: list[Ref] = getattr(d, field)
+    if not writes:
+        return
+    siblings = [x for x in idx.by_task_worker.get((d.task_id, d.worker), ()) if x is not d]
+    keep: list[Ref] = []
+    for j, e in writes:
+        revoked_write = e.details.get("state") == "REVOKED"
+        if d.start is None and d.revoked is not None and not revoked_write:
+            dest = [x for x in siblings if x.start_at is not None and x.start_at < j
+                    and (x.outcome_at is None or x.outcome_at >= j)]
+        elif d.start is not None and d.revoked is None and revoked_write:
+            dest = sorted((x for x in siblings if x.start is None and x.revoked_at is not None
+                           and not _stored_revoked(getattr(x, field))),
+                          key=lambda x: abs((x.revoked_at or 0) - j))
+        else:
+            dest = []
+        if dest:
+            getattr(dest[0], field).append((j, e))
+            getattr(dest[0], field).sort(key=lambda r: r[0])
+        else:
+            keep.append((j, e))
+    setattr(d, field, keep)
+
+
+def _stored_revoked(writes: list[Ref]) -> bool:
+    return any(e.details.get("state") == "REVOKED" for _, e in writes)
 
 
 def _key(event: Event) -> str:
@@ -236,6 +311,7 @@ class _Builder:
     def __init__(self, history: History) -> None:
         self.idx = Index(list(history))
         self.by_key: dict[tuple[str, str | None], list[Delivery]] = defaultdict(list)
+        self.pending: list[tuple[int, Event, list[Delivery]]] = []
 
     def candidates(self, event: Event) -> list[Delivery]:
         key = _key(event)
@@ -260,6 +336,14 @@ class _Builder:
             handler = getattr(self, "on_" + event.kind.replace("-", "_"), None)
             if handler is not None:
                 handler(i, event)
+        for i, e, running in self.pending:
+            d = min(running, key=lambda d: (_next_step(d, i), d.start_at or 0))
+            writes = d.states if e.kind == "state" else d.discarded
+            writes.append((i, e))
+            writes.sort(key=lambda r: r[0])
+        for d in self.idx.deliveries:
+            _reattribute(self.idx, d, "states")
+            _reattribute(self.idx, d, "discarded")
         return self.idx
 
     # -- broker side ------------------------------------------------------------------
@@ -291,6 +375,8 @@ class _Builder:
         self._release(self.candidates(e), i, e)
 
     def _release(self, cands: list[Delivery], i: int, e: Event) -> None:
+        if e.worker is None and any(d.settle is None and d.release is not None for d in cands):
+            return  # the broker restores a message whose holder is gone: no hold changes
         for d in cands:
             if d.settle is None and d.release is None:
                 d.release, d.release_at = e, i
@@ -314,7 +400,10 @@ class _Builder:
             d.task = e.details["task"]
 
     def _settle(self, i: int, e: Event, released_first: bool) -> None:
-        cands = [d for d in self.candidates(e) if d.settle is None]
+        # An ack follows the step that decided it (start, outcome, revoke at receipt): among
+        # copies of one message on one worker, the one with the latest step goes first.
+        cands = sorted((d for d in self.candidates(e) if d.settle is None),
+                       key=lambda d: -1 - (_last_step(d, i) or -1))
 
         def active(d: Delivery) -> bool:
             return d.start is not None or d.revoked is not None or d.unregistered is not None
@@ -391,9 +480,14 @@ class _Builder:
                 d.outcome, d.outcome_at = e, i
                 d.revoked, d.revoked_at = e, i
                 return
-        d = self.pick(cands, lambda d: d.start is None and d.revoked is None
-                      and d.settle is None and d.release is None,
-                      lambda d: d.start is None and d.revoked is None)
+        def waiting(d: Delivery) -> bool:
+            return (d.start is None and d.revoked is None and d.settle is None
+                    and d.release is None)
+
+        # Revoked on receipt: the copy received just now, not an older one on an ETA timer.
+        now = [x for x in cands if waiting(x) and x.event.time == e.time]
+        d = now[-1] if now else self.pick(cands, waiting,
+                                          lambda d: d.start is None and d.revoked is None)
         if d is None:
             d = self._running(e)
             if d is None:
@@ -420,7 +514,18 @@ class _Builder:
                                          and d.outcome_at < i
                                          and d.outcome.kind in _WRITES_BEFORE
                                          and not d.marks_of("time-limit", which="hard"))]
-        return _latest(live, i) or _latest(cands, i)
+        step = _latest(live, i)
+        if step is not None and step.start_at is not None and _last_step(step, i) == step.start_at:
+            running = [d for d in live if d.running_at(i)]
+            if len(running) > 1 and e.details.get("state") != "STARTED":
+                # Attempts of this task side by side here (visibility-timeout copies): the
+                # write belongs to the one that ends next, settled once the pass is done.
+                self.pending.append((i, e, running))
+                return None
+        # A real worker may record a revoke's write before its ``revoked`` event: then the
+        # delivery it received last is the writer.
+        return step or _latest(cands, i) or max(
+            (d for d in cands if d.at < i), key=lambda d: d.at, default=None)
 
     def on_state(self, i: int, e: Event) -> None:
         self.idx.states[e.task_id or ""].append((i, e))
@@ -444,6 +549,10 @@ class _Builder:
 
     def _fault(self, i: int, e: Event) -> None:
         self.idx.faults.append((i, e))
+        if e.kind == "worker-crashed":
+            for d in self.idx.by_worker.get(e.worker or "", ()):
+                if d.died_at is None and d.running_at(i):
+                    d.died_at = i
         if e.kind in WORKER_RELEASES:
             for d in self.idx.by_worker.get(e.worker or "", ()):
                 if d.settle is None and d.release is None:

@@ -118,7 +118,7 @@ def _child_lost(idx: Index, d: Delivery, i: int, lost: Event,
         for _, st in after:
             bad(f"a requeued attempt stores no state, yet {st.details.get('state')} was "
                 f"stored at {when(st)}", st)
-        if _landed(d) and config.complete and not idx.returned_after(d.message_id, i):
+        if _landed(d) and config.complete and not idx.came_back(d.message_id, i):
             bad("the requeued message never ran again although the run drained")
     else:
         if config.stores_errors(d.task) and not _stored(after, states.FAILURE, "WorkerLostError"):
@@ -187,7 +187,7 @@ def _reject_or_ignore(idx: Index, d: Delivery, o: Event, i: int,
             bad(f"raised Reject(requeue=True) at {when(o)}: the message is requeued, "
                 f"but it was {_settle_text(d)}", d.settle)
         elif _landed(d) and config.complete and not (idx.deliveries_after(d.message_id, i)
-                                      or idx.lost_after(d.message_id, i)):
+                                                     or idx.came_back(d.message_id, i)):
             bad(f"raised Reject(requeue=True) at {when(o)} and was never delivered "
                 "again although the run drained")
     else:
@@ -206,8 +206,10 @@ def _receipt_revoked(idx: Index, d: Delivery, reason: str, g: str,
     out: list[Violation] = []
     if d.start_at is not None and d.start_at < d.revoked_at:
         return out  # a revoke of a running task: G10
-    # A write the backend discarded counts: after SUCCESS it is the backend's call (G15).
-    writes = d.states_after(d.revoked_at) + [x for x in d.discarded if x[0] > d.revoked_at]
+    # Every write of a delivery that never started is its revoke's (a real worker may
+    # record it just before the revoked event); a discarded one counts, since after
+    # SUCCESS it is the backend's call (G15).
+    writes = d.states + d.discarded
     if config.stores_errors(d.task) and not _stored(writes, states.REVOKED, "TaskRevokedError"):
         out.append(Violation(g, (
             f"{d.label} was revoked ({reason}) by {d.worker} at {when(r)} without storing "
@@ -457,6 +459,6 @@ def _hard_limit(idx: Index, d: Delivery, j: int, e: Event,
         if not _settled(d, "rejected", requeue=True):
             bad(f"with acks_late and acks_on_timeout=False the message is rejected with "
                 f"requeue, but it was {_settle_text(d)}", d.settle)
-        elif _landed(d) and config.complete and not idx.returned_after(d.message_id, j):
+        elif _landed(d) and config.complete and not idx.came_back(d.message_id, j):
             bad("the requeued message never ran again although the run drained")
     return out

@@ -279,6 +279,13 @@ class Broker:
             envelope = q.pop()
             if envelope is None:
                 return
+            expires = envelope.message.expires
+            if expires is not None and self.transport == "amqp" and self.loop.now >= expires:
+                # RabbitMQ enforces the per-message TTL Celery sets from ``expires``
+                # (celery/app/amqp.py): the message is dropped in the broker, no worker
+                # sees it and its state stays PENDING (CELERY_SEMANTICS.md §3.2 G9).
+                self.lose(envelope, "expired")
+                continue
             envelope.move(MessageState.UNACKED)
             envelope.holder = consumer.name
             envelope.deliveries += 1

@@ -149,6 +149,11 @@ class Faults:
     def _restart_broker(self, down_for: float) -> None:
         # A worker in warm shutdown still holds its running tasks' channel: it closes too.
         online = [w for w in self.sim.workers.values() if w.alive and (w.online or w.stopping)]
+        # The broker is down: no consumer may take a requeued message while the
+        # connections drop one by one.
+        for worker in online:
+            for queue in worker.queues:
+                self.sim.broker.cancel(queue, worker)
         for worker in online:
             self.sim.record("connection-lost", worker=worker.name)
             _go_offline(worker, "broker-restart", kill_children=False, cancel_late=bool(

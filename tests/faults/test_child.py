@@ -1,0 +1,395 @@
+"""The pool child running a task dies: kill_child, os._exit, SystemExit, KeyboardInterrupt
+(G3 of CELERY_SEMANTICS.md §3.2 and the "child died" rows of §3.1)."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+import pytest
+
+from simq import states
+from simq.exceptions import UnknownTarget, WorkerLostError
+
+SIGKILL_LOST = "WorkerLostError('Worker exited prematurely: signal 9 (SIGKILL).')"
+
+
+def sleeper(app, **options):
+    """A task that records each attempt as (retries, redelivered), then sleeps 10 s."""
+    attempts = []
+
+    @app.task(bind=True, name="shop.sleeper", **options)
+    def sleeper_task(self):
+        attempts.append((self.request.retries, self.request.delivery_info["redelivered"]))
+        time.sleep(10)
+        return "done"
+
+    return sleeper_task, attempts
+
+
+def test_killed_child_of_an_early_ack_task_stores_failure(app, simulation, trail):
+    """By default the message was acked at start; FAILURE(WorkerLostError) is stored and
+    the task never runs again (§3.1, G3)."""
+    task, attempts = sleeper(app)
+    sim = simulation(app)
+    r = task.delay()
+    sim.kill_child(r.id, at=2)
+    with pytest.raises(
+        WorkerLostError, match=r"^Worker exited prematurely: signal 9 \(SIGKILL\)\.$"
+    ):
+        r.get()
+    sim.run()
+    assert trail(sim, r.id) == [
+        "0 published m1 retries=0",
+        "0 delivered m1 worker-1",
+        "0 started m1 worker-1 retries=0",
+        "0 acked m1",
+        "2 child-killed m1 exitcode=-9",
+        "2 child-lost m1 exitcode=-9",
+        f"2 state FAILURE {SIGKILL_LOST}",
+    ]
+    assert attempts == [(0, False)]
+    assert sim.check() == []
+
+
+@pytest.mark.parametrize(
+    ("exitcode", "message"),
+    [
+        (-9, "signal 9 (SIGKILL)"),
+        (-15, "signal 15 (SIGTERM)"),
+        (0, "exitcode 0"),
+        (3, "exitcode 3"),
+    ],
+)
+def test_the_exit_code_names_the_lost_worker(app, simulation, exitcode, message):
+    """A negative exit code is reported as the signal, a positive one as the exit code (G3)."""
+    task, _ = sleeper(app)
+    sim = simulation(app)
+    r = task.delay()
+    sim.kill_child(r.id, at=1, exitcode=exitcode)
+    with pytest.raises(
+        WorkerLostError, match=rf"^Worker exited prematurely: {re.escape(message)}\.$"
+    ):
+        r.get()
+
+
+def test_killed_child_is_acked_even_with_acks_late(app, simulation, trail):
+    """With acks_late alone the lost child's message is acked after FAILURE: one run (G3)."""
+    task, attempts = sleeper(app, acks_late=True)
+    sim = simulation(app)
+    r = task.delay()
+    sim.kill_child(r.id, at=2)
+    sim.run()
+    assert trail(sim, r.id)[-4:] == [
+        "2 child-killed m1 exitcode=-9",
+        "2 child-lost m1 exitcode=-9",
+        f"2 state FAILURE {SIGKILL_LOST}",
+        "2 acked m1",
+    ]
+    assert attempts == [(0, False)]
+    assert sim.check() == []
+
+
+def test_acks_late_without_acks_on_failure_rejects_the_lost_child(app, simulation, trail):
+    """With acks_late and acks_on_failure=False the lost child's message is rejected
+    without requeue after FAILURE is stored (§3.1)."""
+    task, attempts = sleeper(app, acks_late=True, acks_on_failure=False)
+    sim = simulation(app)
+    r = task.delay()
+    sim.kill_child(r.id, at=2)
+    sim.run()
+    assert trail(sim, r.id)[-2:] == [
+        f"2 state FAILURE {SIGKILL_LOST}",
+        "2 rejected m1 requeue=False",
+    ]
+    assert attempts == [(0, False)]
+
+
+def test_reject_on_worker_lost_requeues_and_runs_again(app, simulation, trail):
+    """acks_late + reject_on_worker_lost: rejected with requeue, nothing stored, and the
+    next run has the same request.retries (§3.1, G3 die_requeue)."""
+    task, attempts = sleeper(app, acks_late=True, reject_on_worker_lost=True)
+    sim = simulation(app)
+    r = task.delay()
+    sim.kill_child(r.id, at=2)
+    assert r.get() == "done"
+    assert trail(sim, r.id) == [
+        "0 published m1 retries=0",
+        "0 delivered m1 worker-1",
+        "0 started m1 worker-1 retries=0",
+        "2 child-killed m1 exitcode=-9",
+        "2 child-lost m1 exitcode=-9",
+        "2 rejected m1 requeue=True",
+        "2 delivered m1 worker-1 redelivered",
+        "2 started m1 worker-1 retries=0",
+        "12 state SUCCESS 'done'",
+        "12 succeeded m1",
+        "12 acked m1",
+    ]
+    assert attempts == [(0, False), (0, True)]
+    assert sim.check() == []
+
+
+def test_reject_on_worker_lost_setting_applies_to_acks_late_tasks(simulation):
+    """task_reject_on_worker_lost fills an unset reject_on_worker_lost (§1.2, G3)."""
+    import simq
+
+    app = simq.App("shop", task_reject_on_worker_lost=True, task_acks_late=True)
+    task, attempts = sleeper(app)
+    sim = simulation(app)
+    r = task.delay()
+    sim.kill_child(r.id, at=2)
+    assert r.get() == "done"
+    assert attempts == [(0, False), (0, True)]
+
+
+def test_reject_on_worker_lost_without_acks_late_has_no_effect(app, simulation):
+    """Without acks_late the message was acked at start: FAILURE, no second run (§3.1)."""
+    task, attempts = sleeper(app, reject_on_worker_lost=True)
+    sim = simulation(app)
+    r = task.delay()
+    sim.kill_child(r.id, at=2)
+    with pytest.raises(WorkerLostError):
+        r.get()
+    sim.run()
+    assert attempts == [(0, False)]
+    assert not sim.history.where(kind="rejected")
+
+
+@pytest.mark.parametrize("acks_late", [False, True])
+def test_retry_on_worker_lost_retries_then_fails_when_exhausted(app, simulation, trail, acks_late):
+    """retry_on_worker_lost publishes a retry (retries+1, eta now+default_retry_delay) and
+    stores RETRY; the second death with max_retries=1 is FAILURE: PENDING->RETRY->FAILURE
+    (§3.1, G3 die_retry, G18)."""
+    task, attempts = sleeper(
+        app, acks_late=acks_late, retry_on_worker_lost=True, max_retries=1, default_retry_delay=7
+    )
+    sim = simulation(app)
+    r = task.delay()
+    sim.kill_child(r.id, at=2)
+    sim.advance(10)
+    sim.kill_child(r.id, at=2)
+    sim.run()
+    first = [
+        "2 child-killed m1 exitcode=-9",
+        "2 child-lost m1 exitcode=-9",
+        "2 published m2 retries=1 eta=2030-01-01T00:00:09+00:00",
+        "2 delivered m2 worker-1",
+        f"2 state RETRY {SIGKILL_LOST}",
+    ]
+    second = [
+        "12 child-killed m2 exitcode=-9",
+        "12 child-lost m2 exitcode=-9",
+        f"12 state FAILURE {SIGKILL_LOST}",
+    ]
+    if acks_late:
+        assert trail(sim, r.id)[3:] == [
+            *first,
+            "2 acked m1",
+            "9 started m2 worker-1 retries=1",
+            *second,
+            "12 acked m2",
+        ]
+    else:
+        assert trail(sim, r.id)[4:] == [
+            *first,
+            "9 started m2 worker-1 retries=1",
+            "9 acked m2",
+            *second,
+        ]
+    assert attempts == [(0, False), (1, False)]
+    assert [e["state"] for e in sim.history.where(kind="state")] == [states.RETRY, states.FAILURE]
+    assert sim.check() == []
+
+
+def test_exhausted_retry_on_worker_lost_does_not_apply_reject_on_worker_lost(
+    app, simulation, trail
+):
+    """With retries exhausted, reject_on_worker_lost is not applied: ack and FAILURE (§3.1)."""
+    task, attempts = sleeper(
+        app, acks_late=True, retry_on_worker_lost=True, reject_on_worker_lost=True, max_retries=0
+    )
+    sim = simulation(app)
+    r = task.delay()
+    sim.kill_child(r.id, at=2)
+    sim.run()
+    assert trail(sim, r.id)[-3:] == [
+        "2 child-lost m1 exitcode=-9",
+        f"2 state FAILURE {SIGKILL_LOST}",
+        "2 acked m1",
+    ]
+    assert attempts == [(0, False)]
+    assert sim.check() == []
+
+
+def test_retry_on_worker_lost_stores_no_retry_when_the_result_is_ignored(app, simulation):
+    """With ignore_result the retry is still sent but RETRY is not stored (§3.1)."""
+    task, attempts = sleeper(
+        app, retry_on_worker_lost=True, ignore_result=True, default_retry_delay=1
+    )
+    sim = simulation(app)
+    r = task.delay()
+    sim.kill_child(r.id, at=2)
+    sim.run()
+    assert attempts == [(0, False), (1, False)]
+    assert not sim.history.where(kind="state")
+
+
+def test_a_child_lost_after_success_was_stored_keeps_success(app, simulation, trail):
+    """A child killed in after_return, after SUCCESS was stored, keeps SUCCESS: no FAILURE,
+    no errback, the acks_late message is acked (§3.1, 5.7)."""
+    errbacks = []
+
+    @app.task
+    def on_error(request, exc, traceback):
+        errbacks.append(exc)
+
+    class Lingering(app.Task):
+        def after_return(self, status, retval, task_id, args, kwargs, einfo):
+            time.sleep(5)
+
+    @app.task(base=Lingering, acks_late=True)
+    def finish():
+        return "stored"
+
+    sim = simulation(app)
+    r = finish.apply_async(link_error=on_error.s())
+    sim.kill_child(r.id, at=1)
+    sim.run()
+    assert trail(sim, r.id)[-5:] == [
+        "0 started m1 worker-1 retries=0",
+        "0 state SUCCESS 'stored'",
+        "1 child-killed m1 exitcode=-9",
+        "1 child-lost m1 exitcode=-9",
+        "1 acked m1",
+    ]
+    assert r.get() == "stored"
+    assert errbacks == []
+
+
+@pytest.mark.parametrize("hook", ["on_success", "after_return"])
+def test_a_hook_that_exits_the_child_after_success_keeps_success(app, simulation, hook):
+    """os._exit or SystemExit in on_success/after_return ends the child after SUCCESS was
+    stored; SUCCESS stays and the test process lives on (§3.1)."""
+
+    def die(self, *args):
+        raise SystemExit(2)
+
+    base = type("Dying", (app.Task,), {hook: die})
+
+    @app.task(base=base)
+    def finish():
+        return "stored"
+
+    sim = simulation(app)
+    r = finish.delay()
+    assert r.get() == "stored"
+    assert sim.history.where(kind="child-lost").first()["exitcode"] == 2
+    assert not sim.history.where(kind="state", state=states.FAILURE)
+
+
+@pytest.mark.parametrize(
+    ("exc", "message", "code"),
+    [
+        (SystemExit(3), "exitcode 3", 3),
+        (SystemExit(), "exitcode 0", 0),
+        (SystemExit("boom"), "exitcode 1", 1),
+        (KeyboardInterrupt(), "KeyboardInterrupt", 1),
+    ],
+)
+def test_a_task_raising_system_exit_or_keyboard_interrupt_is_a_dead_child(
+    app, simulation, exc, message, code
+):
+    """SystemExit and KeyboardInterrupt in the body end the child: WorkerLostError, and
+    the test process survives (G3, test_on_failure_exit_from_task_itself_is_worker_lost)."""
+
+    @app.task
+    def leave():
+        raise exc
+
+    sim = simulation(app)
+    r = leave.delay()
+    with pytest.raises(WorkerLostError, match=rf"^Worker exited prematurely: {message}\.$"):
+        r.get()
+    assert sim.history.where(kind="child-lost").first()["exitcode"] == code
+
+
+def test_os_exit_ends_the_child_where_it_stands(app, simulation, trail):
+    """os._exit(3) in a task ends only the simulated child: no code after it runs, not even
+    finally; FAILURE(WorkerLostError exitcode 3) (G3, exp3)."""
+    effects = []
+
+    @app.task
+    def bail():
+        effects.append("before")
+        try:
+            os._exit(3)
+            effects.append("after")
+        finally:
+            effects.append("finally")
+
+    sim = simulation(app)
+    r = bail.delay()
+    with pytest.raises(WorkerLostError, match=r"^Worker exited prematurely: exitcode 3\.$"):
+        r.get()
+    assert effects == ["before"]
+    assert trail(sim, r.id)[-3:] == [
+        "0 acked m1",
+        "0 child-lost m1 exitcode=3",
+        "0 state FAILURE WorkerLostError('Worker exited prematurely: exitcode 3.')",
+    ]
+
+
+def test_a_fresh_child_takes_the_slot_after_a_death(app, simulation):
+    """The dead child is replaced: the next task on that slot runs normally (G3, G12a)."""
+
+    @app.task
+    def die():
+        os._exit(1)
+
+    @app.task
+    def ok():
+        return "fine"
+
+    sim = simulation(app)
+    die.delay()
+    r = ok.delay()
+    assert r.get() == "fine"
+    assert sim.history.where(kind="started").kinds() == ["started", "started"]
+
+
+def test_the_killed_child_keeps_side_effects_made_before_the_kill(app, simulation):
+    """Effects before the kill stay; the code after the interrupted sleep never runs (G3)."""
+    effects = []
+
+    @app.task
+    def step():
+        effects.append("charged")
+        time.sleep(10)
+        effects.append("shipped")
+
+    sim = simulation(app)
+    r = step.delay()
+    sim.kill_child(r.id, at=5)
+    sim.run()
+    assert effects == ["charged"]
+
+
+def test_killing_a_task_that_is_not_running_names_the_running_ones(app, simulation):
+    """kill_child on a task no child runs is an UnknownTarget listing the running tasks."""
+    task, _ = sleeper(app)
+    sim = simulation(app, workers=0)
+    waiting = task.delay()
+    with pytest.raises(
+        UnknownTarget, match=rf"^no child is running task '{waiting.id}'; running now: none$"
+    ):
+        sim.kill_child(waiting.id)
+    sim.add_worker()
+    sim.advance(1)
+    running = sim.history.where(kind="started").first().task_id
+    other = task.delay()
+    with pytest.raises(
+        UnknownTarget, match=rf"^no child is running task '{other.id}'; running now: {running}$"
+    ):
+        sim.kill_child(other.id)

@@ -1,0 +1,384 @@
+"""Checkers of delivery and ack, G1 G2 G5 G6 (CELERY_SEMANTICS.md §3.2), on doctored histories."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from checker_support import Story, edited, kinds, only
+
+import simq
+from simq.checkers import CheckConfig, check_g1, check_g2, check_g5, check_g6, config_from
+from simq.history import Event, History
+
+AMQP = CheckConfig()
+LATE = CheckConfig(acks_late={"*": True})
+
+
+def early_run() -> Story:
+    s = Story().online("w1").publish("m1", "t1").deliver("m1")
+    return s.run_ok("m1")
+
+
+def late_run() -> Story:
+    s = Story().online("w1").publish("m1", "t1").deliver("m1")
+    return s.run_ok("m1", late=True)
+
+
+# -- G1 ------------------------------------------------------------------------------
+
+
+def test_g1_passes_an_ack_at_start() -> None:
+    """An early-ack task acked right after it starts keeps G1 (§3.2 G1)."""
+    assert check_g1(early_run().history, AMQP) == []
+
+
+def test_g1_fails_a_started_task_that_is_never_acked() -> None:
+    """A started early-ack task whose attempt ended without an ack breaks G1 (§3.2 G1)."""
+    history = edited(early_run().history, drop=lambda e: e.kind == "acked")
+    v = only(check_g1(history, AMQP), "G1")
+    assert v.message == (
+        "shop.add[t1] message m1 started on w1 at 2030-01-01T00:00:00.000Z "
+        "and was never acked; early ack happens when the task starts"
+    )
+    assert kinds(v) == ["delivered", "started", "succeeded"]
+
+
+def test_g1_fails_an_ack_at_receipt() -> None:
+    """Acking a message before it starts, off the revoke path, breaks G1 (§3.2 G1)."""
+    s = Story().online("w1").publish("m1", "t1").deliver("m1").ack("m1").at(1)
+    s.start("m1").state("t1", "SUCCESS", 1).succeeded("m1")
+    v = only(check_g1(s.history, AMQP), "G1")
+    assert "was acked by w1 at 2030-01-01T00:00:00.000Z before it started" in v.message
+    assert kinds(v) == ["delivered", "acked"]
+
+
+def test_g1_passes_an_ack_at_receipt_of_a_revoked_task() -> None:
+    """A revoked task is acked without starting: the revoke path keeps G1 (§3.2 G1)."""
+    s = Story().online("w1").publish("m1", "t1").deliver("m1")
+    s.outcome("revoked", "m1", reason="revoked", expired=False, terminated=False).ack("m1")
+    assert check_g1(s.history, AMQP) == []
+
+
+def test_g1_fails_a_reject_after_start() -> None:
+    """An early-ack task rejected instead of acked at start breaks G1: reject is a no-op then."""
+    s = Story().online("w1").publish("m1", "t1").deliver("m1").start("m1")
+    s.outcome("declined", "m1", requeue=True).reject("m1", requeue=True)
+    v = only(check_g1(s.history, AMQP), "G1")
+    assert v.message.endswith(
+        "after it started; an early-ack task is acked when it starts, "
+        "so a later reject is a no-op (§3.1)"
+    )
+
+
+def test_g1_fails_a_second_settle_of_one_delivery() -> None:
+    """A reject after the ack at start settles a delivery twice, which breaks G1 (§3.2 G1)."""
+    s = Story().online("w1").publish("m1", "t1").deliver("m1").start("m1").ack("m1")
+    s.outcome("declined", "m1", requeue=True).reject("m1", requeue=True)
+    v = only(check_g1(s.history, AMQP), "G1")
+    assert v.message == (
+        "shop.add[t1] message m1 was rejected by w1 at "
+        "2030-01-01T00:00:00.000Z but had no unsettled delivery there "
+        "(already acked or rejected, or never delivered)"
+    )
+
+
+def test_g1_fails_an_ack_after_the_attempt_ended() -> None:
+    """An early-ack task acked only after it succeeded acks late, breaking G1 (§3.2 G1)."""
+    s = Story().online("w1").publish("m1", "t1").deliver("m1").start("m1").at(2)
+    s.state("t1", "SUCCESS", 1).succeeded("m1").ack("m1")
+    v = only(check_g1(s.history, AMQP), "G1")
+    assert "after its attempt ended with succeeded at 2030-01-01T00:00:02.000Z" in v.message
+
+
+def test_g1_fails_a_redelivery_nothing_returned() -> None:
+    """A second delivery without a reject, requeue or lost holder breaks G1 (§3.2 G1)."""
+    s = early_run().at(5).deliver("m1", redelivered=True).run_ok("m1")
+    found = check_g1(s.history, AMQP)
+    assert [v.guarantee for v in found] == ["G1", "G1"]
+    assert "had gone back to the queue only 0 time(s)" in found[0].message
+    assert "started again on w1 at 2030-01-01T00:00:05.000Z" in found[1].message
+
+
+def test_g1_fails_an_unflagged_redelivery_on_amqp_only() -> None:
+    """A requeued message delivered again must be flagged redelivered on amqp, not on sqs."""
+    s = Story().online("w1").publish("m1", "t1").deliver("m1").at(1)
+    s.fault("connection-lost").requeued("m1", reason="connection-lost")
+    s.fault("connection-restored").at(2).deliver("m1").run_ok("m1")
+    v = only(check_g1(s.history, AMQP), "G1")
+    assert v.message.endswith(
+        "without the redelivered flag (amqp sets it on every message that returns to the queue)"
+    )
+    assert check_g1(s.history, CheckConfig(transport="sqs")) == []
+
+
+def test_g1_tolerates_a_visibility_copy_starting_again_on_redis() -> None:
+    """A visibility-timeout copy may run after the original was acked on redis (§3.2 G1, G6)."""
+    s = Story().online("w1").online("w2").publish("m1", "t1", eta=100).deliver("m1").at(50)
+    s.requeued("m1", reason="visibility-timeout", copy=True)
+    s.deliver("m1", "w2", redelivered=True, copy=True).at(100).run_ok("m1").run_ok("m1", "w2")
+    assert check_g1(s.history, CheckConfig(transport="redis", visibility_timeout=50)) == []
+
+
+def test_g1_fails_a_start_without_a_delivery() -> None:
+    """A start that no delivery explains breaks G1's delivery rules (§3.2 G1)."""
+    s = Story().online("w1").publish("m1", "t1").start("m1")
+    v = only(check_g1(s.history, AMQP), "G1")
+    assert "without a delivery of that message to that worker" in v.message
+
+
+def test_g1_fails_a_real_run_with_its_ack_moved_after_the_outcome() -> None:
+    """A real run edited to ack after the task succeeded breaks G1 (§3.2 G1)."""
+    app = simq.App("shop")
+
+    @app.task(name="shop.add")
+    def add(x, y):
+        return x + y
+
+    with simq.Simulation(app, seed=1) as sim:
+        add.delay(1, 2).get()
+        config = config_from(sim)
+    history = sim.history
+    assert check_g1(history, config) == []
+    ack = next(e for e in history if e.kind == "acked")
+    moved = History([e for e in history if e is not ack] + [ack])
+    assert "after its attempt ended with succeeded" in only(check_g1(moved, config), "G1").message
+
+
+# -- G2 ------------------------------------------------------------------------------
+
+
+def test_g2_passes_an_ack_after_success() -> None:
+    """An acks_late task acked after SUCCESS is stored keeps G2 (§3.2 G2)."""
+    assert check_g2(late_run().history, LATE) == []
+
+
+def test_g2_fails_an_ack_while_running() -> None:
+    """An acks_late task acked before its attempt ended breaks G2 (§3.2 G2)."""
+    s = Story().online("w1").publish("m1", "t1").deliver("m1").start("m1").ack("m1").at(1)
+    s.state("t1", "SUCCESS", 1).succeeded("m1")
+    v = only(check_g2(s.history, LATE), "G2")
+    assert "was acked at 2030-01-01T00:00:00.000Z while its attempt" in v.message
+
+
+def test_g2_fails_a_state_stored_after_the_ack() -> None:
+    """A backend write after the late ack breaks G2: the ack follows the stored state."""
+    s = Story().online("w1").publish("m1", "t1").deliver("m1").start("m1").succeeded("m1")
+    s.ack("m1").state("t1", "SUCCESS", 1)
+    v = only(check_g2(s.history, LATE), "G2")
+    assert "SUCCESS was stored at 2030-01-01T00:00:00.000Z, after the message was acked" in (
+        v.message
+    )
+
+
+@pytest.mark.parametrize(
+    ("aof", "settle", "ok"),
+    [
+        (True, "ack", True),
+        (True, "reject", False),
+        (False, "reject", True),
+        (False, "ack", False),
+    ],
+)
+def test_g2_judges_a_failure_by_acks_on_failure(aof: bool, settle: str, ok: bool) -> None:
+    """A failed acks_late task is acked, or rejected without requeue when AoF is off (§3.1)."""
+    s = Story().online("w1").publish("m1", "t1").deliver("m1").start("m1")
+    s.state("t1", "FAILURE", None).failed("m1")
+    s.ack("m1") if settle == "ack" else s.reject("m1", requeue=False)
+    config = CheckConfig(acks_late={"*": True}, acks_on_failure={"*": aof})
+    found = check_g2(s.history, config)
+    assert found == [] if ok else "(acks_on_failure=" in only(found, "G2").message
+
+
+def test_g2_fails_a_success_that_is_rejected() -> None:
+    """A succeeded acks_late task is acked, never rejected (§3.1)."""
+    s = Story().online("w1").publish("m1", "t1").deliver("m1").start("m1")
+    s.state("t1", "SUCCESS", 1).succeeded("m1").reject("m1", requeue=True)
+    v = [v for v in check_g2(s.history, LATE) if "ended with succeeded" in v.message]
+    assert "rejected(requeue=True)" in only(v, "G2").message
+
+
+def test_g2_fails_a_drained_run_that_never_acks() -> None:
+    """An acks_late attempt left unacked in a drained run breaks G2; a cut run does not."""
+    history = edited(late_run().history, drop=lambda e: e.kind == "acked")
+    v = only(check_g2(history, CheckConfig(acks_late={"*": True}, complete=True)), "G2")
+    assert "never acked or rejected although the run drained" in v.message
+    assert check_g2(history, LATE) == []
+
+
+def test_g2_requires_a_rerun_after_a_crash_mid_task() -> None:
+    """An acks_late task running when its worker crashed runs again (§3.2 G2)."""
+    s = Story().online("w1").online("w2").publish("m1", "t1").deliver("m1").start("m1").at(1)
+    s.fault("worker-crashed").requeued("m1", reason="worker-crashed")
+    config = CheckConfig(acks_late={"*": True}, complete=True)
+    v = only(check_g2(s.history, config), "G2")
+    assert "when the worker crashed at 2030-01-01T00:00:01.000Z, and never ran again" in v.message
+    s.deliver("m1", "w2", redelivered=True).run_ok("m1", "w2", late=True)
+    assert check_g2(s.history, config) == []
+
+
+def test_g2_fails_a_real_run_with_ack_and_state_swapped() -> None:
+    """A real acks_late run edited to ack before SUCCESS is stored breaks G2 (§3.2 G2)."""
+    app = simq.App("shop")
+
+    @app.task(name="shop.slow", acks_late=True)
+    def slow():
+        time.sleep(1)
+        return 1
+
+    with simq.Simulation(app, seed=2) as sim:
+        slow.delay().get()
+        config = config_from(sim)
+    events = list(sim.history)
+    assert check_g2(sim.history, config) == []
+    ack = next(i for i, e in enumerate(events) if e.kind == "acked")
+    events.insert(ack - 2, events.pop(ack))  # before state SUCCESS and succeeded
+    assert only(check_g2(History(events), config), "G2").message.endswith(
+        "with acks_late the ack comes after the attempt ends"
+    )
+
+
+# -- G5 ------------------------------------------------------------------------------
+
+
+def held(window_multiplier: int = 1, concurrency: int = 1) -> Story:
+    s = Story().online("w1", concurrency=concurrency, prefetch_multiplier=window_multiplier)
+    return s.publish("m1", "t1").publish("m2", "t2").deliver("m1")
+
+
+def test_g5_fails_a_delivery_beyond_the_window() -> None:
+    """A worker with window 1 holding an unacked message is sent no other (§3.2 G5)."""
+    s = held().deliver("m2")
+    v = only(check_g5(s.history, AMQP), "G5")
+    assert v.message == (
+        "w1 was sent shop.add[t2] message m2 at 2030-01-01T00:00:00.000Z "
+        "while it held 1 unacked non-ETA message(s) (m1); its prefetch "
+        "window is 1"
+    )
+    assert kinds(v) == ["delivered", "delivered"]
+
+
+def test_g5_passes_a_delivery_after_the_ack() -> None:
+    """Once the held message is acked at start, the window has room again (§3.2 G5)."""
+    s = held().start("m1").ack("m1").deliver("m2")
+    assert check_g5(s.history, AMQP) == []
+
+
+def test_g5_does_not_count_eta_messages() -> None:
+    """A message waiting for its ETA sits outside the prefetch window (§3.2 G5)."""
+    s = Story().online("w1", prefetch_multiplier=1).publish("m1", "t1", eta=60)
+    s.publish("m2", "t2").deliver("m1").deliver("m2")
+    assert check_g5(s.history, AMQP) == []
+
+
+def test_g5_fails_beyond_the_eta_task_limit() -> None:
+    """With worker_eta_task_limit, ETA-held messages are bounded too (§3.2 G5)."""
+    s = Story().online("w1").publish("m1", "t1", eta=60).publish("m2", "t2", eta=60)
+    s.deliver("m1").deliver("m2")
+    assert check_g5(s.history, AMQP) == []
+    v = only(check_g5(s.history, CheckConfig(eta_task_limit=1)), "G5")
+    assert v.message.endswith("worker_eta_task_limit is 1")
+
+
+def test_g5_takes_the_window_from_the_config_first() -> None:
+    """config.prefetch overrides the worker-online numbers; 0 means unlimited (§3.2 G5)."""
+    s = held(window_multiplier=1).deliver("m2")
+    assert check_g5(s.history, CheckConfig(prefetch={"w1": 2})) == []
+    assert check_g5(s.history, CheckConfig(prefetch={"*": 0})) == []
+    assert check_g5(held(window_multiplier=0).deliver("m2").history, AMQP) == []
+
+
+def test_g5_starts_a_fresh_window_after_a_connection_loss() -> None:
+    """Deliveries on a closed channel no longer count against the window (§3.2 G5, G7)."""
+    s = held().at(1).fault("connection-lost").requeued("m1", reason="connection-lost")
+    s.fault("connection-restored").deliver("m2")
+    assert check_g5(s.history, AMQP) == []
+
+
+def test_g5_fails_a_real_run_with_an_ack_removed() -> None:
+    """A real prefetch-1 run edited to drop an ack overfills the window (§3.2 G5)."""
+    app = simq.App("shop")
+
+    @app.task(name="shop.work")
+    def work(x):
+        time.sleep(1)
+        return x
+
+    with simq.Simulation(app, seed=0, prefetch_multiplier=1) as sim:
+        for x in range(3):
+            work.delay(x)
+        sim.run()
+        config = config_from(sim)
+    assert check_g5(sim.history, config) == []
+    history = edited(sim.history, drop=lambda e: e.kind == "acked" and e.message_id == "m1")
+    assert "its prefetch window is 1" in check_g5(history, config)[0].message
+
+
+# -- G6 ------------------------------------------------------------------------------
+
+REDIS = CheckConfig(transport="redis", visibility_timeout=10)
+
+
+def copied(after: float) -> Story:
+    s = Story().online("w1").online("w2").publish("m1", "t1", eta=30).deliver("m1").at(after)
+    s.requeued("m1", reason="visibility-timeout", copy=True)
+    return s.deliver("m1", "w2", redelivered=True, copy=True)
+
+
+def test_g6_passes_a_restore_at_the_visibility_timeout() -> None:
+    """On redis an ETA message unacked for the visibility timeout is restored (§3.2 G6)."""
+    s = copied(after=10).at(30).run_ok("m1").run_ok("m1", "w2")
+    assert check_g6(s.history, REDIS) == []
+
+
+def test_g6_fails_any_visibility_restore_on_amqp() -> None:
+    """amqp has no visibility timeout: neither a restore nor a copy may happen (§3.2 G6)."""
+    found = check_g6(copied(after=10).history, AMQP)
+    assert [v.guarantee for v in found] == ["G6", "G6"]
+    assert found[0].message.endswith("amqp has no visibility timeout")
+    assert found[1].message.endswith("amqp never duplicates a delivery")
+
+
+def test_g6_fails_a_restore_before_the_visibility_timeout() -> None:
+    """A restore sooner than the visibility timeout after the delivery breaks G6."""
+    v = only(check_g6(copied(after=4).history, REDIS), "G6")
+    assert "4 s after its delivery to w1; the visibility timeout is 10 s" in v.message
+
+
+def test_g6_fails_a_restore_of_an_acked_message() -> None:
+    """Only unacked messages are restored (§3.2 G6)."""
+    s = Story().online("w1").publish("m1", "t1").deliver("m1").start("m1").at(2).ack("m1")
+    s.at(20).requeued("m1", reason="visibility-timeout")
+    v = only(check_g6(s.history, REDIS), "G6")
+    assert "although it was acked at 2030-01-01T00:00:02.000Z" in v.message
+
+
+def test_g6_fails_a_drained_run_where_a_long_unacked_message_never_returns() -> None:
+    """In a drained redis run, a delivery unacked past the timeout must be restored (§3.2 G6)."""
+    s = Story().online("w1").publish("m1", "t1", eta=30).deliver("m1").at(30)
+    s.run_ok("m1")
+    config = CheckConfig(transport="redis", visibility_timeout=10, complete=True)
+    v = only(check_g6(s.history, config), "G6")
+    assert "longer than the visibility timeout (10 s), and was never restored" in v.message
+    assert check_g6(s.history, REDIS) == []
+
+
+def test_g6_fails_a_real_redis_run_with_its_restore_removed() -> None:
+    """A real redis duplicate edited to hide the restore breaks G6 (§3.2 G6)."""
+    app = simq.App("shop", broker_transport_options={"visibility_timeout": 5})
+
+    @app.task(name="shop.later")
+    def later():
+        return 1
+
+    with simq.Simulation(app, seed=0, transport="redis") as sim:
+        later.apply_async(countdown=8)
+        sim.run()
+        config = config_from(sim)
+    assert check_g6(sim.history, config) == []
+
+    def drop(e: Event) -> bool:
+        return e.kind == "requeued" or (e.kind == "delivered" and e.details.get("copy"))
+
+    v = check_g6(edited(sim.history, drop=drop), config)
+    assert "was never restored" in v[0].message
