@@ -108,6 +108,7 @@ class Faults:
         slot.replace_child()
         worker._child_lost(request, Outcome(LOST, exitcode=exitcode))
         worker._schedule_pump()
+        worker.maybe_idle()
 
     # -- G7: the broker connection drops -----------------------------------------------
 
@@ -198,8 +199,10 @@ class Faults:
 
     def _finish_shutdown(self, worker: Worker) -> None:
         if any(slot.request is not None for slot in worker.slots):
-            self.sim.loop.call_later(1.0, self._finish_shutdown, worker)
+            # Offline as soon as the last running task ends (the worker calls back).
+            worker.on_idle = lambda: self._finish_shutdown(worker)
             return
+        worker.on_idle = None
         if worker.alive:
             worker.alive = False
             self.sim.record("worker-offline", worker=worker.name, reason="shutdown")

@@ -263,6 +263,7 @@ class Worker:
         self.online = False  # consuming: up and connected
         self.alive = True  # the process exists (False after a crash)
         self.stopping = False  # warm shutdown in progress
+        self.on_idle: Callable[[], None] | None = None  # called when no child is busy
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -500,6 +501,13 @@ class Worker:
                 self._finish(request, result)
         if self.reserved and not self._pumping:
             self._pump()
+        if self.on_idle is not None:
+            self.maybe_idle()
+
+    def maybe_idle(self) -> None:
+        """Tell a shutdown waiting for the running tasks that the last one ended."""
+        if self.on_idle is not None and all(slot.request is None for slot in self.slots):
+            self.on_idle()
 
     # -- time limits (G11, G12) --------------------------------------------------------
 
@@ -519,6 +527,7 @@ class Worker:
         self._timed_out(request, TimeLimitExceeded(limit))
         if self.reserved:
             self._schedule_pump()
+        self.maybe_idle()
 
     def _timed_out(self, request: Request, exc: TimeLimitExceeded) -> None:
         """Celery 5.7's hard-timeout path, run in the parent (§1.11, G12)."""

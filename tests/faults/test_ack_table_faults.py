@@ -65,8 +65,8 @@ def run(app, simulation, options, how, script, call):
         sim.add_worker("w2")
     elif script == "revoke":
         sim.revoke(r.id, at=1)
-    elif script == "expire":
-        sim.crash_worker("w1", at=1, restart_after=9)
+    # "expire": the message waits reserved on w1 (already delivered, so RabbitMQ's TTL
+    # cannot drop it) and has expired when the blocker frees the slot.
     elif script == "kill":
         sim.kill_child(r.id, at=2)
     elif script == "kill-after-success":
@@ -107,11 +107,6 @@ REVOKED_AT_START = [
 EXPIRED_AT_RECEIPT = [
     "0 published m2 retries=0",
     "0 delivered m2 w1",
-    "1 worker-crashed w1",
-    "1 requeued m2 worker-crashed",
-    "1 worker-offline w1",
-    "10 worker-online w1",
-    "10 delivered m2 w1 redelivered",
     "10 revoked m2 expired",
     "10 state REVOKED TaskRevokedError('expired')",
     "10 acked m2",

@@ -63,7 +63,7 @@ def test_warm_shutdown_returns_unstarted_messages_and_finishes_running_tasks(
     acked, then the worker goes offline (G17)."""
     sim, results, effects = load(app, simulation, warm=True)
     history = trail(sim)
-    offline = history.pop(history.index("11 worker-offline w1"))
+    offline = history.pop(history.index("10.5 worker-offline w1"))
     assert history == [
         *HEAD,
         "2 shutdown w1 warm",
@@ -86,7 +86,7 @@ def test_warm_shutdown_returns_unstarted_messages_and_finishes_running_tasks(
         "15 state SUCCESS 4",
         "15 succeeded m4",
     ]
-    assert offline == "11 worker-offline w1"
+    assert offline == "10.5 worker-offline w1"
     assert [r.state for r in results] == [states.SUCCESS] * 4
     assert effects.count(("end", 1)) == 1
     assert sim.check() == []
