@@ -93,12 +93,11 @@ def test_warm_shutdown_returns_unstarted_messages_and_finishes_running_tasks(
 
 
 def test_warm_shutdown_goes_offline_only_after_the_last_task_ends(app, simulation):
-    """The worker goes offline after its running tasks finished, within the simulator's
-    1 s shutdown poll, never before (G17)."""
+    """The worker goes offline the moment its last running task ends, never before (G17)."""
     sim, _, _ = load(app, simulation, warm=True)
     last_end = sim.history.where(kind="succeeded", worker="w1").last().time
     offline = sim.history.where(kind="worker-offline", worker="w1").first().time
-    assert last_end <= offline < last_end + 1
+    assert offline == last_end
 
 
 def test_cold_shutdown_cancels_running_tasks(app, simulation, trail):
