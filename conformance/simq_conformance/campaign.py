@@ -1,11 +1,11 @@
 """A campaign: Hypothesis runs generated workloads on one adapter and judges every run.
 
 One campaign per adapter serves all eighteen guarantee tests: each example runs once
-and is judged on every guarantee. A failing guarantee raises its own exception type,
-so Hypothesis shrinks each broken guarantee to its own minimal workload; the campaign
-keeps, per guarantee, the shortest failing history it saw. With a ``reference`` adapter
-(the simulator on the same transport) each workload also runs there, and the two runs
-must agree on every guarantee (the differential check).
+and is judged on every guarantee. Then, for a simulated adapter, each broken guarantee
+is hunted alone with the same seed and Hypothesis shrinks its failure to a minimal
+workload; the campaign keeps, per guarantee, the shortest failing history it saw. With
+a ``reference`` adapter (the simulator on the same transport) each workload also runs
+there, and the two runs must agree on every guarantee (the differential check).
 """
 
 from __future__ import annotations
@@ -34,12 +34,11 @@ __all__ = ["Campaign", "Failure", "GuaranteeFailed", "Summary", "run_campaign"]
 
 
 class GuaranteeFailed(AssertionError):
-    """A run broke a guarantee (one subclass per guarantee, so Hypothesis tells them apart)."""
+    """A run broke the guarantee being shrunk (one subclass per guarantee)."""
 
 
 _FAILED: dict[str, type[GuaranteeFailed]] = {
-    name: type(f"{name}Failed", (GuaranteeFailed,), {"__module__": __name__})
-    for name in GUARANTEES
+    name: type(f"{name}Failed", (GuaranteeFailed,), {"__module__": __name__}) for name in GUARANTEES
 }
 
 
@@ -94,9 +93,15 @@ class Campaign:
             summary.exercised += verdict.exercised
             if verdict.status == FAIL:
                 summary.status = FAIL
-                failure = Failure(verdict, workload, result.complete)
-                if summary.failure is None or failure.size < summary.failure.size:
-                    summary.failure = failure
+                self.shrunk(workload, result, verdict)
+
+    def shrunk(self, workload: Workload, result: RunResult, verdict: Verdict) -> None:
+        """A run of the shrinking pass: keep it if it fails with a shorter history."""
+        if verdict.failed:
+            summary = self.summaries[verdict.guarantee]
+            failure = Failure(verdict, workload, result.complete)
+            if summary.failure is None or failure.size < summary.failure.size:
+                summary.failure = failure
 
     def disagree(self, found: list[Disagreement]) -> None:
         self.compared += 1
@@ -116,6 +121,7 @@ def run_campaign(
     hypothesis_seed: int = 0,
     shrink: bool | None = None,
     reference: tuple[str, Adapter] | None = None,
+    shrink_only: frozenset[str] | None = None,
 ) -> Campaign:
     """Run ``examples`` generated workloads on ``adapter`` and judge each on every guarantee.
 
@@ -128,59 +134,96 @@ def run_campaign(
             on a real broker each shrink step is a real run).
         reference: ``(name, adapter)`` of the simulator on the same transport: each
             workload runs there too and the verdicts must agree.
+        shrink_only: Shrink only these guarantees' failures (default: all).
     """
     caps = adapter.capabilities
-    campaign = Campaign(name, caps, hypothesis_seed, examples,
-                        reference=reference[0] if reference else None)
+    campaign = Campaign(
+        name, caps, hypothesis_seed, examples, reference=reference[0] if reference else None
+    )
     for g_name, g in GUARANTEES.items():
         reason = applicability(g, caps)
         campaign.summaries[g_name] = (
-            Summary(g_name, NOT_APPLICABLE, reason) if reason else Summary(g_name))
+            Summary(g_name, NOT_APPLICABLE, reason) if reason else Summary(g_name)
+        )
     if shrink is None:
         shrink = caps.simulated
-    phases = [Phase.explicit, Phase.reuse, Phase.generate, Phase.target]
-    if shrink:
-        phases.append(Phase.shrink)
     started = time.monotonic()
+    # Every example is judged on every guarantee; nothing is raised, so a failure does
+    # not end the exploration of the others.
+    _explore(campaign, name, adapter, examples, reference, raise_on=None)
+    if shrink:
+        # Then each broken guarantee is hunted alone with the same seed (the same
+        # workloads, in the same order) and Hypothesis shrinks its first failure.
+        for g_name in [
+            g
+            for g, s in campaign.summaries.items()
+            if s.status == FAIL and (shrink_only is None or g in shrink_only)
+        ]:
+            _explore(campaign, name, adapter, examples, None, raise_on=g_name)
+    campaign.elapsed = time.monotonic() - started
+    return campaign
 
-    @settings(max_examples=examples, deadline=None, database=None, phases=phases,
-              suppress_health_check=list(HealthCheck), report_multiple_bugs=True,
-              print_blob=False, verbosity=Verbosity.quiet)
-    @seed(hypothesis_seed)
-    @given(workloads(caps))
+
+def _explore(
+    campaign: Campaign,
+    name: str,
+    adapter: Adapter,
+    examples: int,
+    reference: tuple[str, Adapter] | None,
+    raise_on: str | None,
+) -> None:
+    phases = [Phase.explicit, Phase.reuse, Phase.generate, Phase.target]
+    if raise_on is not None:
+        phases.append(Phase.shrink)
+
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        phases=phases,
+        suppress_health_check=list(HealthCheck),
+        report_multiple_bugs=False,
+        print_blob=False,
+        verbosity=Verbosity.quiet,
+    )
+    @seed(campaign.hypothesis_seed)
+    @given(workloads(campaign.capabilities))
     def explore(workload: Workload) -> None:
         if campaign.error is not None:
             return
-        try:
-            result = adapter.run(workload)
-        except Exception:
-            campaign.error = (f"{name}: run(workload) raised for {workload!r}\n"
-                              + traceback.format_exc())
+        result = _run(campaign, name, adapter, workload)
+        if result is None:
             return
         verdicts = check_run(result)
-        campaign.record(workload, result, verdicts)
+        if raise_on is None:
+            campaign.record(workload, result, verdicts)
+        else:
+            campaign.shrunk(workload, result, verdicts[raise_on])
         if reference is not None:
-            try:
-                ref_result = reference[1].run(workload)
-            except Exception:
-                campaign.error = (f"{reference[0]}: run(workload) raised for {workload!r}\n"
-                                  + traceback.format_exc())
-                return
-            campaign.disagree(compare(result, verdicts, ref_result, check_run(ref_result)))
-        failing = [v for v in verdicts.values() if v.failed]
-        if failing:
-            first = failing[0]
-            raise _FAILED[first.guarantee](
-                f"{name} broke {first.guarantee} (workload seed {workload.seed})")
+            ref_result = _run(campaign, reference[0], reference[1], workload)
+            if ref_result is not None:
+                campaign.disagree(compare(result, verdicts, ref_result, check_run(ref_result)))
+        if raise_on is not None and verdicts[raise_on].failed:
+            raise _FAILED[raise_on](f"{name} broke {raise_on} (workload seed {workload.seed})")
 
     try:
         explore()
     except Exception as exc:  # the failures are recorded; anything else is an error
         if not _expected(exc) and campaign.error is None:
             campaign.error = f"{name}: the campaign failed\n" + "".join(
-                traceback.format_exception(type(exc), exc, exc.__traceback__))
-    campaign.elapsed = time.monotonic() - started
-    return campaign
+                traceback.format_exception(type(exc), exc, exc.__traceback__)
+            )
+
+
+def _run(campaign: Campaign, name: str, adapter: Adapter, workload: Workload) -> RunResult | None:
+    """``adapter.run(workload)``; None (and the campaign's error set) if it raised."""
+    try:
+        return adapter.run(workload)
+    except Exception:
+        campaign.error = f"{name}: run(workload) raised for {workload!r}\n" + (
+            traceback.format_exc()
+        )
+        return None
 
 
 def _expected(exc: BaseException) -> bool:
@@ -191,4 +234,5 @@ def _expected(exc: BaseException) -> bool:
     if inner:
         return all(_expected(e) for e in inner)
     return type(exc).__name__ in ("Flaky", "FlakyFailure") and isinstance(
-        exc.__cause__ or exc.__context__, GuaranteeFailed | type(None))
+        exc.__cause__ or exc.__context__, GuaranteeFailed | type(None)
+    )

@@ -80,8 +80,12 @@ def outcomes(result: RunResult) -> dict[str, tuple[str, int]]:
     return {key: (final.get(tid, "PENDING"), runs[tid]) for key, tid in ids.items()}
 
 
-def compare(real: RunResult, real_verdicts: dict[str, Verdict], reference: RunResult,
-            reference_verdicts: dict[str, Verdict]) -> list[Disagreement]:
+def compare(
+    real: RunResult,
+    real_verdicts: dict[str, Verdict],
+    reference: RunResult,
+    reference_verdicts: dict[str, Verdict],
+) -> list[Disagreement]:
     """How ``real`` and ``reference`` (same workload) disagree; empty when they agree."""
     out: list[Disagreement] = []
     names = (real.capabilities.adapter, reference.capabilities.adapter)
@@ -96,8 +100,11 @@ def compare(real: RunResult, real_verdicts: dict[str, Verdict], reference: RunRe
         if mine.status != theirs.status:
             broken = mine if mine.failed else theirs
             who = names[0] if mine.failed else names[1]
-            differ(name, f"{name}: {names[0]} {mine.status}, {names[1]} {theirs.status}; "
-                         f"{who}: " + "; ".join(str(v) for v in broken.violations[:3]))
+            differ(
+                name,
+                f"{name}: {names[0]} {mine.status}, {names[1]} {theirs.status}; "
+                f"{who}: " + "; ".join(str(v) for v in broken.violations[:3]),
+            )
     if _race_free(real.workload) and real.complete and reference.complete:
         mine_out, theirs_out = outcomes(real), outcomes(reference)
         count_runs = "started" in real.capabilities.observes
@@ -108,7 +115,8 @@ def compare(real: RunResult, real_verdicts: dict[str, Verdict], reference: RunRe
                 probe = next((c for c in real.workload.calls if c.key == key), None)
                 diffs["outcome"].append(
                     f"{key} ({probe.probe if probe else '?'}): {names[0]} {state} after "
-                    f"{runs} run(s), {names[1]} {ref_state} after {ref_runs}")
+                    f"{runs} run(s), {names[1]} {ref_state} after {ref_runs}"
+                )
         for lines in diffs.values():
             differ("outcome", "outcome: " + "; ".join(lines))
     return out

@@ -51,21 +51,46 @@ _STATE = pytest.StashKey["ConformanceSession"]()
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("simq", "simq deterministic simulation")
     group.addoption(
-        CONFORMANCE_OPTION, action="append", default=[], dest="simq_conformance",
+        CONFORMANCE_OPTION,
+        action="append",
+        default=[],
+        dest="simq_conformance",
         metavar="ADAPTER",
         help="run the conformance suite against ADAPTER (repeatable or comma-separated): "
-             "simq, simq-redis, celery-redis, celery-rabbitmq, celery-memory, an entry "
-             "point of 'simq_conformance.adapters', or module:object",
+        "simq, simq-redis, celery-redis, celery-rabbitmq, celery-memory, an entry "
+        "point of 'simq_conformance.adapters', or module:object",
     )
-    group.addoption(URL_OPTION, dest="simq_conformance_url", default=None, metavar="URL",
-                    help="broker URL for the conformance adapters that take one")
-    group.addoption(REPORT_OPTION, dest="simq_conformance_report", default=None,
-                    metavar="PATH", help="write the conformance report to PATH.json and PATH.md")
-    group.addoption(EXAMPLES_OPTION, dest="simq_conformance_examples", type=int, default=None,
-                    metavar="N", help=f"generated workloads per adapter (default "
-                    f"{SIMULATED_EXAMPLES} simulated, {REAL_EXAMPLES} on a real broker)")
-    group.addoption(SEED_OPTION, dest="simq_conformance_seed", type=int, default=0,
-                    metavar="N", help="seed of workload generation (default 0)")
+    group.addoption(
+        URL_OPTION,
+        dest="simq_conformance_url",
+        default=None,
+        metavar="URL",
+        help="broker URL for the conformance adapters that take one",
+    )
+    group.addoption(
+        REPORT_OPTION,
+        dest="simq_conformance_report",
+        default=None,
+        metavar="PATH",
+        help="write the conformance report to PATH.json and PATH.md",
+    )
+    group.addoption(
+        EXAMPLES_OPTION,
+        dest="simq_conformance_examples",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"generated workloads per adapter (default "
+        f"{SIMULATED_EXAMPLES} simulated, {REAL_EXAMPLES} on a real broker)",
+    )
+    group.addoption(
+        SEED_OPTION,
+        dest="simq_conformance_seed",
+        type=int,
+        default=0,
+        metavar="N",
+        help="seed of workload generation (default 0)",
+    )
 
 
 def selected(config: pytest.Config) -> list[str]:
@@ -96,16 +121,22 @@ def pytest_configure(config: pytest.Config) -> None:
     if examples is not None and examples < 1:
         raise pytest.UsageError(f"{EXAMPLES_OPTION} must be at least 1, got {examples}")
     config.stash[_STATE] = ConformanceSession(
-        adapters, examples=examples, seed=config.getoption("simq_conformance_seed"),
+        adapters,
+        examples=examples,
+        seed=config.getoption("simq_conformance_seed"),
         ci=os.environ.get("CI", "").lower() in ("1", "true", "yes"),
-        defaults=(SIMULATED_EXAMPLES, REAL_EXAMPLES))
+        defaults=(SIMULATED_EXAMPLES, REAL_EXAMPLES),
+    )
     suite = str(SUITE)
     # Collect the suite even when no path was named (testpaths would collect the
     # project's own tests instead); with named paths, collect it as well.
     if config.args_source is not pytest.Config.ArgsSource.ARGS:
         config.args[:] = [suite]
-    elif not any(Path(a.split("::")[0]).resolve() == SUITE for a in config.args
-                 if Path(a.split("::")[0]).exists()):
+    elif not any(
+        Path(a.split("::")[0]).resolve() == SUITE
+        for a in config.args
+        if Path(a.split("::")[0]).exists()
+    ):
         config.args.append(suite)
 
 
@@ -120,9 +151,11 @@ def pytest_report_header(config: pytest.Config) -> str | None:
     state = config.stash.get(_STATE, None)
     if state is None:
         return None
-    return (f"simq_conformance: adapters={','.join(state.adapters)} "
-            f"seed={state.seed} examples={state.describe_examples()} "
-            f"({SEED_OPTION}=N, {EXAMPLES_OPTION}=N to change)")
+    return (
+        f"simq_conformance: adapters={','.join(state.adapters)} "
+        f"seed={state.seed} examples={state.describe_examples()} "
+        f"({SEED_OPTION}=N, {EXAMPLES_OPTION}=N to change)"
+    )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -135,10 +168,29 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         if pairs:
             metafunc.parametrize("differential_adapter", pairs, ids=pairs)
         else:
-            reason = ("differential: select the simulator (simq) and a real adapter on "
-                      "amqp or redis, e.g. --conformance=simq,celery-redis")
-            metafunc.parametrize("differential_adapter", [
-                pytest.param(None, marks=pytest.mark.skip(reason=reason))], ids=["none"])
+            reason = (
+                "differential: select the simulator (simq) and a real adapter on "
+                "amqp or redis, e.g. --conformance=simq,celery-redis"
+            )
+            metafunc.parametrize(
+                "differential_adapter",
+                [pytest.param(None, marks=pytest.mark.skip(reason=reason))],
+                ids=["none"],
+            )
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    state = config.stash.get(_STATE, None)
+    if state is None:
+        return
+    # Only the guarantees selected (e.g. with -k) are worth shrinking.
+    selected: dict[str, set[str]] = {}
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if "conformance_adapter" in params and "guarantee" in params:
+            selected.setdefault(params["conformance_adapter"], set()).add(params["guarantee"])
+    state.selected = selected
 
 
 @pytest.fixture(scope="session")
@@ -150,8 +202,7 @@ def conformance(pytestconfig: pytest.Config) -> Any:
     return state
 
 
-def pytest_terminal_summary(terminalreporter: Any, exitstatus: int,
-                            config: pytest.Config) -> None:
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     state = config.stash.get(_STATE, None)
     if state is None or not state.campaigns:
         return

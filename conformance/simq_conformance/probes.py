@@ -76,7 +76,7 @@ def reset_attempts(app: Any) -> None:
     app.__dict__.pop(_MEMORY_ATTR, None)
 
 
-def _predicates(app: Any) -> tuple[type[BaseException], type[BaseException]]:
+def _predicates(app: Any) -> tuple[Any, Any]:
     """(Reject, Ignore) of the app's own framework: the worker only knows its own."""
     import simq
 
@@ -109,8 +109,13 @@ def register_probes(app: Any) -> dict[str, Any]:
     def ret(value: Any) -> Any:
         return value
 
-    @app.task(name="probes.fail_n", bind=True, autoretry_for=(ValueError,),
-              retry_kwargs={"countdown": FAIL_N_COUNTDOWN}, **options)
+    @app.task(
+        name="probes.fail_n",
+        bind=True,
+        autoretry_for=(ValueError,),
+        retry_kwargs={"countdown": FAIL_N_COUNTDOWN},
+        **options,
+    )
     def fail_n(self: Any, key: str, n: int, value: Any) -> Any:
         # Celery's autoretry reads override_max_retries for this attempt: n + 1 keeps
         # the n planned failures from exhausting the retries.
@@ -160,6 +165,15 @@ def register_probes(app: Any) -> dict[str, Any]:
     def fail(message: str) -> None:
         raise ValueError(message)
 
-    defined = {"ret": ret, "fail_n": fail_n, "retry": retry, "sleep": sleep, "die": die,
-               "exceed": exceed, "reject": reject, "ignore": ignore, "fail": fail}
+    defined = {
+        "ret": ret,
+        "fail_n": fail_n,
+        "retry": retry,
+        "sleep": sleep,
+        "die": die,
+        "exceed": exceed,
+        "reject": reject,
+        "ignore": ignore,
+        "fail": fail,
+    }
     return {probe: defined[probe] for probe in PROBES}

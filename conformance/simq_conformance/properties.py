@@ -20,7 +20,7 @@ from typing import Any
 
 import attrs
 
-from simq.checkers import CHECKS, CheckConfig, Violation
+from simq.checkers import CHECKS, TRANSPORTS, CheckConfig, Violation
 from simq.checkers.index import Index, index_of
 from simq.history import History
 from simq_conformance.adapter import Capabilities, RunResult, Workload
@@ -42,9 +42,9 @@ PASS = "pass"
 FAIL = "fail"
 NOT_APPLICABLE = "not-applicable"
 
-#: The transports the checkers know; an adapter's other transports read as amqp (their
-#: unacked messages return when the channel closes, never by timeout).
-_CHECKER_TRANSPORTS = ("amqp", "redis", "sqs")
+#: An adapter's transport the checkers do not know reads as amqp (its unacked messages
+#: return when the channel closes, never by timeout).
+_CHECKER_TRANSPORTS = TRANSPORTS
 
 
 def probe_task(probe: str) -> str:
@@ -62,7 +62,8 @@ def _kinds(*kinds: str) -> Exercised:
 
 def _started(late: bool) -> Exercised:
     return lambda idx, config: any(
-        d.start is not None and config.late(d.task) == late for d in idx.deliveries)
+        d.start is not None and config.late(d.task) == late for d in idx.deliveries
+    )
 
 
 def _expiring(idx: Index, config: CheckConfig) -> bool:
@@ -88,7 +89,8 @@ class Guarantee:
     Attributes:
         name: ``"G1"`` ... ``"G18"``.
         title: What it promises, in a few words.
-        faults: The adapter must support at least one of these faults.
+        faults: To be exercised, a run needs one of these faults or of ``probes``.
+        probes: See ``faults``: the probes that exercise it.
         observes: Event kinds its histories must contain.
         time_limits: The adapter must enforce time limits.
         transports: The transports it applies to (None: all).
@@ -98,6 +100,7 @@ class Guarantee:
     name: str
     title: str
     faults: tuple[str, ...] = ()
+    probes: tuple[str, ...] = ()
     observes: tuple[str, ...] = ()
     time_limits: bool = False
     transports: tuple[str, ...] | None = None
@@ -112,44 +115,109 @@ class Guarantee:
 _DLV = ("delivered", "started", "acked")
 
 #: §3.2's guarantees, in order.
-GUARANTEES: dict[str, Guarantee] = {g.name: g for g in (
-    Guarantee("G1", "early ack at execution start", observes=_DLV,
-              exercised=_started(False)),
-    Guarantee("G2", "late ack after the attempt", observes=(*_DLV, "state"),
-              exercised=_started(True)),
-    Guarantee("G3", "a dead child is not redelivered", observes=("child-lost", "state"),
-              exercised=_kinds("child-lost")),
-    Guarantee("G4", "worker loss redelivers unacked messages", faults=("kill_worker",),
-              observes=(*_DLV, "worker-crashed"), exercised=_kinds("worker-crashed")),
-    Guarantee("G5", "prefetch bound", observes=("delivered", "acked"),
-              exercised=_kinds("delivered")),
-    Guarantee("G6", "visibility timeout", observes=("delivered",),
-              transports=_CHECKER_TRANSPORTS, exercised=_kinds("delivered")),
-    Guarantee("G7", "connection loss redelivers unacked messages",
-              faults=("cut_connection", "restart_broker"),
-              observes=(*_DLV, "connection-lost"), exercised=_kinds("connection-lost")),
-    Guarantee("G8", "Reject and Ignore", observes=("started", "ignored", "declined", "state"),
-              exercised=_kinds("ignored", "declined")),
-    Guarantee("G9", "expiry revokes", observes=("published", "revoked", "state"),
-              exercised=_expiring),
-    Guarantee("G10", "revoke and terminate", faults=("revoke", "terminate"),
-              observes=("revoke", "revoked", "state"), exercised=_kinds("revoke")),
-    Guarantee("G11", "soft time limit", time_limits=True, observes=("time-limit", "state"),
-              exercised=_kinds("time-limit")),
-    Guarantee("G12", "hard time limit", time_limits=True, observes=("time-limit", "state"),
-              exercised=_kinds("time-limit")),
-    Guarantee("G13", "retry publishes before RETRY and the ack",
-              observes=("published", "retried", "state"), exercised=_kinds("retried")),
-    Guarantee("G14", "deduplicating successful tasks (opt-in)", observes=("started", "state"),
-              exercised=_redelivered_success),
-    Guarantee("G15", "SUCCESS is terminal", observes=("state",), exercised=_kinds("state")),
-    Guarantee("G16", "ETA is a lower bound", observes=("published", "started"),
-              exercised=_eta),
-    Guarantee("G17", "warm and cold shutdown", faults=("warm_shutdown", "cold_shutdown"),
-              observes=("shutdown", "started"), exercised=_kinds("shutdown")),
-    Guarantee("G18", "monotonic retry counter", observes=("published", "started"),
-              exercised=_retried_twice),
-)}
+GUARANTEES: dict[str, Guarantee] = {
+    g.name: g
+    for g in (
+        Guarantee("G1", "early ack at execution start", observes=_DLV, exercised=_started(False)),
+        Guarantee(
+            "G2", "late ack after the attempt", observes=(*_DLV, "state"), exercised=_started(True)
+        ),
+        Guarantee(
+            "G3",
+            "a dead child is not redelivered",
+            faults=("kill_child",),
+            probes=("die",),
+            observes=("child-lost", "state"),
+            exercised=_kinds("child-lost"),
+        ),
+        Guarantee(
+            "G4",
+            "worker loss redelivers unacked messages",
+            faults=("kill_worker",),
+            observes=(*_DLV, "worker-crashed"),
+            exercised=_kinds("worker-crashed"),
+        ),
+        Guarantee(
+            "G5", "prefetch bound", observes=("delivered", "acked"), exercised=_kinds("delivered")
+        ),
+        Guarantee(
+            "G6",
+            "visibility timeout",
+            observes=("delivered",),
+            transports=_CHECKER_TRANSPORTS,
+            exercised=_kinds("delivered"),
+        ),
+        Guarantee(
+            "G7",
+            "connection loss redelivers unacked messages",
+            faults=("cut_connection", "restart_broker"),
+            observes=(*_DLV, "connection-lost"),
+            exercised=_kinds("connection-lost"),
+        ),
+        Guarantee(
+            "G8",
+            "Reject and Ignore",
+            probes=("reject", "ignore"),
+            observes=("started", "ignored", "declined", "state"),
+            exercised=_kinds("ignored", "declined"),
+        ),
+        Guarantee(
+            "G9", "expiry revokes", observes=("published", "revoked", "state"), exercised=_expiring
+        ),
+        Guarantee(
+            "G10",
+            "revoke and terminate",
+            faults=("revoke", "terminate"),
+            observes=("revoke", "revoked", "state"),
+            exercised=_kinds("revoke"),
+        ),
+        Guarantee(
+            "G11",
+            "soft time limit",
+            probes=("exceed",),
+            time_limits=True,
+            observes=("time-limit", "state"),
+            exercised=_kinds("time-limit"),
+        ),
+        Guarantee(
+            "G12",
+            "hard time limit",
+            probes=("exceed",),
+            time_limits=True,
+            observes=("time-limit", "state"),
+            exercised=_kinds("time-limit"),
+        ),
+        Guarantee(
+            "G13",
+            "retry publishes before RETRY and the ack",
+            probes=("retry", "fail_n"),
+            observes=("published", "retried", "state"),
+            exercised=_kinds("retried"),
+        ),
+        Guarantee(
+            "G14",
+            "deduplicating successful tasks (opt-in)",
+            observes=("started", "state"),
+            exercised=_redelivered_success,
+        ),
+        Guarantee("G15", "SUCCESS is terminal", observes=("state",), exercised=_kinds("state")),
+        Guarantee("G16", "ETA is a lower bound", observes=("published", "started"), exercised=_eta),
+        Guarantee(
+            "G17",
+            "warm and cold shutdown",
+            faults=("warm_shutdown", "cold_shutdown"),
+            observes=("shutdown", "started"),
+            exercised=_kinds("shutdown"),
+        ),
+        Guarantee(
+            "G18",
+            "monotonic retry counter",
+            probes=("retry", "fail_n"),
+            observes=("published", "started"),
+            exercised=_retried_twice,
+        ),
+    )
+}
 
 
 @attrs.frozen
@@ -185,13 +253,20 @@ def applicability(guarantee: Guarantee, caps: Capabilities) -> str | None:
     if deviation is not None:
         return f"{caps.adapter}: documented deviation from {guarantee.name}: {deviation.reason}"
     if guarantee.transports is not None and caps.transport not in guarantee.transports:
-        return (f"{caps.adapter}: transport {caps.transport!r}: {guarantee.name} applies to "
-                f"{', '.join(guarantee.transports)}")
-    if guarantee.faults and all(caps.missing(faults=(f,)) for f in guarantee.faults):
-        if len(guarantee.faults) == 1:
-            return caps.missing(faults=guarantee.faults)
-        return (f"{caps.adapter}: capability fault "
-                f"{' or '.join(repr(f) for f in guarantee.faults)} not supported")
+        return (
+            f"{caps.adapter}: transport {caps.transport!r}: {guarantee.name} applies to "
+            f"{', '.join(guarantee.transports)}"
+        )
+    reasons = [caps.missing(faults=(f,)) for f in guarantee.faults] + [
+        caps.missing(probes=(p,)) for p in guarantee.probes
+    ]
+    if reasons and all(reasons):
+        if len(reasons) == 1:
+            return reasons[0]
+        needs = [f"fault {f!r}" for f in guarantee.faults] + [
+            f"probe {p!r}" for p in guarantee.probes
+        ]
+        return f"{caps.adapter}: capability {' or '.join(needs)} not supported"
     return caps.missing(observes=guarantee.observes, time_limits=guarantee.time_limits)
 
 
@@ -238,14 +313,16 @@ def config_for(result: RunResult) -> CheckConfig:
         eta_task_limit=conf.get("worker_eta_task_limit"),
         deduplicate_successful_tasks=bool(conf.get("worker_deduplicate_successful_tasks")),
         cancel_long_running_tasks_on_connection_loss=bool(
-            conf.get("worker_cancel_long_running_tasks_on_connection_loss")),
+            conf.get("worker_cancel_long_running_tasks_on_connection_loss")
+        ),
         complete=result.complete,
         slack=caps.slack,
     )
 
 
-def check_run(result: RunResult,
-              guarantees: Mapping[str, Guarantee] | None = None) -> dict[str, Verdict]:
+def check_run(
+    result: RunResult, guarantees: Mapping[str, Guarantee] | None = None
+) -> dict[str, Verdict]:
     """Every guarantee's :class:`Verdict` on one run, in §3.2's order."""
     guarantees = GUARANTEES if guarantees is None else guarantees
     caps = result.capabilities
@@ -261,8 +338,9 @@ def check_run(result: RunResult,
         violations = tuple(g.check(idx, config))
         exercised = bool(g.exercised(idx, config))
         if violations:
-            out[name] = Verdict(name, FAIL, violations=violations, seed=seed,
-                                history=result.history, exercised=True)
+            out[name] = Verdict(
+                name, FAIL, violations=violations, seed=seed, history=result.history, exercised=True
+            )
         else:
             out[name] = Verdict(name, PASS, seed=seed, exercised=exercised)
     return out

@@ -1,4 +1,4 @@
-"""Adapters by name: the built-ins, the ``simq_conformance.adapters`` entry points, ``module:object``.
+"""Adapters by name: built-ins, ``simq_conformance.adapters`` entry points, ``module:object``.
 
 ``pytest --conformance=NAME`` resolves ``NAME`` here, in this order:
 

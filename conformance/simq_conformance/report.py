@@ -31,9 +31,13 @@ def report_paths(path: str | Path) -> tuple[Path, Path]:
 def _caps(c: Campaign) -> dict[str, Any]:
     caps = c.capabilities
     return {
-        "adapter": caps.adapter, "transport": caps.transport, "faults": sorted(caps.faults),
-        "time_limits": caps.time_limits, "observes": sorted(caps.observes),
-        "visibility_timeout": caps.visibility_timeout, "slack": caps.slack,
+        "adapter": caps.adapter,
+        "transport": caps.transport,
+        "faults": sorted(caps.faults),
+        "time_limits": caps.time_limits,
+        "observes": sorted(caps.observes),
+        "visibility_timeout": caps.visibility_timeout,
+        "slack": caps.slack,
         "simulated": caps.simulated,
         "deviations": [{"guarantee": d.guarantee, "reason": d.reason} for d in caps.deviations],
     }
@@ -45,8 +49,9 @@ def _failure(f: Failure) -> dict[str, Any]:
         "seed": f.workload.seed,
         "workload": repr(f.workload),
         "complete": f.complete,
-        "violations": [{"message": x.message, "events": [e.to_dict() for e in x.events]}
-                       for x in v.violations],
+        "violations": [
+            {"message": x.message, "events": [e.to_dict() for e in x.events]} for x in v.violations
+        ],
         "history": [e.to_dict() for e in v.history or ()],
     }
 
@@ -61,10 +66,14 @@ def _summary(s: Summary) -> dict[str, Any]:
 
 
 def _disagreement(d: Disagreement) -> dict[str, Any]:
-    return {"topic": d.topic, "message": d.message, "seed": d.workload.seed,
-            "workload": repr(d.workload),
-            "history": [e.to_dict() for e in d.real_history],
-            "reference_history": [e.to_dict() for e in d.reference_history]}
+    return {
+        "topic": d.topic,
+        "message": d.message,
+        "seed": d.workload.seed,
+        "workload": repr(d.workload),
+        "history": [e.to_dict() for e in d.real_history],
+        "reference_history": [e.to_dict() for e in d.reference_history],
+    }
 
 
 def to_json(campaigns: Sequence[Campaign]) -> dict[str, Any]:
@@ -72,16 +81,21 @@ def to_json(campaigns: Sequence[Campaign]) -> dict[str, Any]:
     adapters: dict[str, Any] = {}
     for c in campaigns:
         entry: dict[str, Any] = {
-            "capabilities": _caps(c), "hypothesis_seed": c.hypothesis_seed,
-            "examples": c.examples, "runs": c.runs, "seconds": round(c.elapsed, 2),
+            "capabilities": _caps(c),
+            "hypothesis_seed": c.hypothesis_seed,
+            "examples": c.examples,
+            "runs": c.runs,
+            "seconds": round(c.elapsed, 2),
             "guarantees": {g: _summary(s) for g, s in c.summaries.items()},
         }
         if c.error:
             entry["error"] = c.error
         if c.reference:
             entry["differential"] = {
-                "reference": c.reference, "compared": c.compared,
-                "disagreements": [_disagreement(d) for d in c.disagreements]}
+                "reference": c.reference,
+                "compared": c.compared,
+                "disagreements": [_disagreement(d) for d in c.disagreements],
+            }
         adapters[c.adapter] = entry
     return {"guarantees": {g.name: g.title for g in GUARANTEES.values()}, "adapters": adapters}
 
@@ -93,8 +107,10 @@ def _cell(c: Campaign, s: Summary) -> str:
         reason = s.reason.split(": ", 1)[-1] if s.reason.startswith(c.adapter + ":") else s.reason
         return f"n/a: {reason}"
     if s.status == FAIL and s.failure is not None:
-        return (f"**FAIL** (seed {s.failure.workload.seed}, "
-                f"[{s.failure.size} events](#{_anchor(c.adapter, s.guarantee)}))")
+        return (
+            f"**FAIL** (seed {s.failure.workload.seed}, "
+            f"[{s.failure.size} events](#{_anchor(c.adapter, s.guarantee)}))"
+        )
     return f"pass ({s.exercised}/{s.runs})"
 
 
@@ -110,19 +126,30 @@ def to_markdown(campaigns: Sequence[Campaign]) -> str:
     ]
     for name, g in GUARANTEES.items():
         cells = [_cell(c, c.summaries[name]) for c in campaigns]
-        lines.append(f"| {name} {g.title} | " + " | ".join(c.replace("|", "/") for c in cells)
-                     + " |")
-    lines += ["", "pass (k/n): no violation in n runs, k of which exercised the guarantee.",
-              "", "| Adapter | transport | examples | runs | seconds | seed |",
-              "| --- | --- | --- | --- | --- | --- |"]
+        lines.append(
+            f"| {name} {g.title} | " + " | ".join(c.replace("|", "/") for c in cells) + " |"
+        )
+    lines += [
+        "",
+        "pass (k/n): no violation in n runs, k of which exercised the guarantee.",
+        "",
+        "| Adapter | transport | examples | runs | seconds | seed |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for c in campaigns:
-        lines.append(f"| {c.adapter} | {c.capabilities.transport} | {c.examples} | {c.runs} "
-                     f"| {c.elapsed:.1f} | {c.hypothesis_seed} |")
+        lines.append(
+            f"| {c.adapter} | {c.capabilities.transport} | {c.examples} | {c.runs} "
+            f"| {c.elapsed:.1f} | {c.hypothesis_seed} |"
+        )
     diffs = [c for c in campaigns if c.reference]
     if diffs:
-        lines += ["", "## Differential check", "",
-                  "| Adapter | reference | workloads compared | disagreements |",
-                  "| --- | --- | --- | --- |"]
+        lines += [
+            "",
+            "## Differential check",
+            "",
+            "| Adapter | reference | workloads compared | disagreements |",
+            "| --- | --- | --- | --- |",
+        ]
         for c in diffs:
             found = "; ".join(d.message for d in c.disagreements).replace("|", "/") or "none"
             lines.append(f"| {c.adapter} | {c.reference} | {c.compared} | {found} |")
@@ -131,9 +158,15 @@ def to_markdown(campaigns: Sequence[Campaign]) -> str:
         lines += ["", "## Failures"]
     for c, s in failures:
         assert s.failure is not None
-        lines += ["", f'<a id="{_anchor(c.adapter, s.guarantee)}"></a>',
-                  f"### {s.guarantee} on {c.adapter}", "", "```text",
-                  describe_failure(c, s.guarantee), "```"]
+        lines += [
+            "",
+            f'<a id="{_anchor(c.adapter, s.guarantee)}"></a>',
+            f"### {s.guarantee} on {c.adapter}",
+            "",
+            "```text",
+            describe_failure(c, s.guarantee),
+            "```",
+        ]
     errors = [c for c in campaigns if c.error]
     for c in errors:
         lines += ["", f"## {c.adapter}: error", "", "```text", c.error or "", "```"]
@@ -166,7 +199,8 @@ def write_report(path: str | Path, campaigns: Sequence[Campaign]) -> tuple[Path,
     """Write the JSON and Markdown reports; return their paths."""
     json_path, md_path = report_paths(path)
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(to_json(campaigns), indent=1, default=repr) + "\n",
-                         encoding="utf-8")
+    json_path.write_text(
+        json.dumps(to_json(campaigns), indent=1, default=repr) + "\n", encoding="utf-8"
+    )
     md_path.write_text(to_markdown(campaigns), encoding="utf-8")
     return json_path, md_path

@@ -25,8 +25,15 @@ _SIMULATED_TRANSPORTS = ("amqp", "redis")
 class ConformanceSession:
     """Adapters by name and, once run, their campaigns."""
 
-    def __init__(self, adapters: dict[str, Adapter], *, examples: int | None, seed: int,
-                 ci: bool, defaults: tuple[int, int]) -> None:
+    def __init__(
+        self,
+        adapters: dict[str, Adapter],
+        *,
+        examples: int | None,
+        seed: int,
+        ci: bool,
+        defaults: tuple[int, int],
+    ) -> None:
         self.adapters = adapters
         self.examples = examples
         self.seed = seed
@@ -36,6 +43,8 @@ class ConformanceSession:
         self.unavailable: dict[str, str] = {}
         self.ready: list[str] = []
         self.written: list[Any] = []
+        #: Guarantees whose tests were collected, by adapter (None: not known yet).
+        self.selected: dict[str, set[str]] | None = None
 
     def examples_for(self, name: str) -> int:
         if self.examples is not None:
@@ -50,8 +59,11 @@ class ConformanceSession:
         """Real adapters on a simulated transport, when a simulator is selected too."""
         if not any(a.capabilities.simulated for a in self.adapters.values()):
             return []
-        return [n for n, a in self.adapters.items() if not a.capabilities.simulated
-                and a.capabilities.transport in _SIMULATED_TRANSPORTS]
+        return [
+            n
+            for n, a in self.adapters.items()
+            if not a.capabilities.simulated and a.capabilities.transport in _SIMULATED_TRANSPORTS
+        ]
 
     # -- running ---------------------------------------------------------------------
 
@@ -68,24 +80,35 @@ class ConformanceSession:
                 except Exception as exc:
                     self.unavailable[name] = (
                         f"{name}: capability broker: unreachable or not set up "
-                        f"({type(exc).__name__}: {exc})")
+                        f"({type(exc).__name__}: {exc})"
+                    )
                     self._unavailable(self.unavailable[name])
             self.ready.append(name)
             reference = None
             if name in self.differential_names():
                 from simq_conformance.adapters.simq_adapter import SimqAdapter
 
-                ref = SimqAdapter(transport=adapter.capabilities.transport)
+                caps = adapter.capabilities
+                ref = SimqAdapter(
+                    transport=caps.transport, visibility_timeout=caps.visibility_timeout
+                )
                 reference = (ref.capabilities.adapter, ref)
+            only = None if self.selected is None else frozenset(self.selected.get(name, ()))
             self.campaigns[name] = run_campaign(
-                name, adapter, examples=self.examples_for(name), hypothesis_seed=self.seed,
-                reference=reference)
+                name,
+                adapter,
+                examples=self.examples_for(name),
+                hypothesis_seed=self.seed,
+                reference=reference,
+                shrink_only=only,
+            )
         return self.campaigns[name]
 
     def _unavailable(self, reason: str) -> None:
         if self.ci:
-            pytest.fail(f"{reason}; under CI=true an unreachable broker is a failure",
-                        pytrace=False)
+            pytest.fail(
+                f"{reason}; under CI=true an unreachable broker is a failure", pytrace=False
+            )
         pytest.skip(reason)
 
     def teardown(self) -> None:
@@ -119,13 +142,18 @@ class ConformanceSession:
             pytest.fail(c.error, pytrace=False)
         if not c.disagreements:
             return
-        lines = [f"{name} and {c.reference} disagree on {len(c.disagreements)} point(s) over "
-                 f"{c.compared} workloads (hypothesis seed {c.hypothesis_seed}):"]
+        lines = [
+            f"{name} and {c.reference} disagree on {len(c.disagreements)} point(s) over "
+            f"{c.compared} workloads (hypothesis seed {c.hypothesis_seed}):"
+        ]
         for d in c.disagreements:
             g = GUARANTEES.get(d.topic)
-            lines += [f"- {d.message}", f"  title: {g.title if g else 'final states'}",
-                      f"  workload seed {d.workload.seed}: {d.workload!r}",
-                      f"  {name} history ({len(d.real_history)} events):"]
+            lines += [
+                f"- {d.message}",
+                f"  title: {g.title if g else 'final states'}",
+                f"  workload seed {d.workload.seed}: {d.workload!r}",
+                f"  {name} history ({len(d.real_history)} events):",
+            ]
             lines += ["    " + x for x in d.real_history.to_jsonl().splitlines()]
             lines.append(f"  {c.reference} history ({len(d.reference_history)} events):")
             lines += ["    " + x for x in d.reference_history.to_jsonl().splitlines()]

@@ -58,20 +58,30 @@ class Sink:
         self._fd: int | None = None
         self._seq: Iterator[int] = itertools.count()
 
-    def record(self, kind: str, task_id: str | None = None, message_id: str | None = None,
-               worker: str | None = None, *, at: float | None = None, **details: Any) -> None:
+    def record(
+        self,
+        kind: str,
+        task_id: str | None = None,
+        message_id: str | None = None,
+        worker: str | None = None,
+        *,
+        at: float | None = None,
+        **details: Any,
+    ) -> None:
         """Append one event, stamped ``at`` (epoch seconds) or now (``time.time()``)."""
         fd = self._descriptor()
-        line = _dumps({
-            "kind": kind,
-            "time": time.time() if at is None else at,
-            "task_id": task_id,
-            "message_id": message_id,
-            "worker": worker,
-            "details": details,
-            "pid": self._pid,
-            "seq": next(self._seq),
-        })
+        line = _dumps(
+            {
+                "kind": kind,
+                "time": time.time() if at is None else at,
+                "task_id": task_id,
+                "message_id": message_id,
+                "worker": worker,
+                "details": details,
+                "pid": self._pid,
+                "seq": next(self._seq),
+            }
+        )
         os.write(fd, (line + "\n").encode())
 
     def _descriptor(self) -> int:
@@ -146,8 +156,15 @@ class SinkReader:
             event = record.event
             if event.kind != kind:
                 continue
-            if all((getattr(event, key) if key in ("task_id", "message_id", "worker")
-                    else event.details.get(key)) == want for key, want in criteria.items()):
+            if all(
+                (
+                    getattr(event, key)
+                    if key in ("task_id", "message_id", "worker")
+                    else event.details.get(key)
+                )
+                == want
+                for key, want in criteria.items()
+            ):
                 out.append(record)
         return out
 
@@ -155,9 +172,14 @@ class SinkReader:
 def _parse(path: Path, raw: bytes) -> Record:
     try:
         data = json.loads(raw)
-        event = Event(kind=data["kind"], time=data["time"], task_id=data["task_id"],
-                      message_id=data["message_id"], worker=data["worker"],
-                      details=data["details"])
+        event = Event(
+            kind=data["kind"],
+            time=data["time"],
+            task_id=data["task_id"],
+            message_id=data["message_id"],
+            worker=data["worker"],
+            details=data["details"],
+        )
         return Record(pid=int(data["pid"]), seq=int(data["seq"]), event=event)
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{path}: not a sink line ({exc}): {raw[:200]!r}") from exc

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from simq_conformance.adapter import (
     FAULTS,
+    PROBES,
     Capabilities,
     Fault,
     ProbeCall,
@@ -85,11 +86,17 @@ def _options(draw: Any) -> dict[str, Any]:
     return options
 
 
+def _probes(capabilities: Capabilities) -> list[str]:
+    """The probes the adapter runs (``exceed`` only where time limits are enforced)."""
+    return [
+        p
+        for p in PROBES
+        if p in capabilities.probes and (p != "exceed" or capabilities.time_limits)
+    ]
+
+
 @st.composite
-def _call(draw: Any, key: str, time_limits: bool) -> ProbeCall:
-    probes = ["ret", "fail_n", "retry", "sleep", "die", "reject", "ignore", "fail"]
-    if time_limits:
-        probes.append("exceed")
+def _call(draw: Any, key: str, probes: list[str]) -> ProbeCall:
     probe = draw(st.sampled_from(probes))
     options = _options(draw)
     args: tuple[Any, ...]
@@ -121,12 +128,16 @@ def _call(draw: Any, key: str, time_limits: bool) -> ProbeCall:
 def probe_calls(
     capabilities: Capabilities, *, max_calls: int = 4
 ) -> st.SearchStrategy[tuple[ProbeCall, ...]]:
-    """1 to ``max_calls`` probe calls keyed ``c1``, ``c2``, ...; ``exceed`` needs time limits."""
+    """1 to ``max_calls`` calls of the adapter's probes, keyed ``c1``, ``c2``, ...
+
+    ``exceed`` is drawn only where time limits are enforced.
+    """
+    probes = _probes(capabilities)
 
     @st.composite
     def calls(draw: Any) -> tuple[ProbeCall, ...]:
         n = draw(st.integers(1, max_calls))
-        return tuple(draw(_call(f"c{i}", capabilities.time_limits)) for i in range(1, n + 1))
+        return tuple(draw(_call(f"c{i}", probes)) for i in range(1, n + 1))
 
     return calls()
 
@@ -156,7 +167,8 @@ def faults(
         return Fault(kind, at, target)
 
     return st.lists(one(), max_size=max_faults).map(
-        lambda fs: tuple(sorted(fs, key=lambda f: f.at)))
+        lambda fs: tuple(sorted(fs, key=lambda f: f.at))
+    )
 
 
 def workloads(

@@ -7,6 +7,12 @@ import re
 
 import pytest
 
+# Imported here so pytester's in-process runs reuse them instead of importing (and
+# assertion-rewriting) them again each run.
+import simq_conformance.adapters.simq_adapter
+import simq_conformance.session
+import simq_conformance.suite.test_guarantees  # noqa: F401
+
 pytest_plugins = ("pytester",)
 
 #: A module of adapters for the tests below: broken, limited and unreachable ones.
@@ -63,9 +69,13 @@ def test_help_lists_the_options(pytester: pytest.Pytester) -> None:
     """``pytest --help`` shows every conformance option in the simq group."""
     result = pytester.runpytest("--help")
     out = result.stdout.str()
-    for option in ("--conformance=ADAPTER", "--conformance-url=URL",
-                   "--conformance-report=PATH", "--conformance-examples=N",
-                   "--conformance-seed=N"):
+    for option in (
+        "--conformance=ADAPTER",
+        "--conformance-url=URL",
+        "--conformance-report=PATH",
+        "--conformance-examples=N",
+        "--conformance-seed=N",
+    ):
         assert option in out
 
 
@@ -73,20 +83,26 @@ def test_unknown_adapter_names_the_closest_match(pytester: pytest.Pytester) -> N
     """An unknown adapter name is a usage error listing the names and the closest one."""
     result = pytester.runpytest("--conformance=simq-rdis")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.re_match_lines([
-        r"^ERROR: unknown conformance adapter 'simq-rdis'; did you mean 'simq-redis'\? "
-        r"available: simq, simq-redis, celery-redis, celery-rabbitmq, celery-memory "
-        r"\(or module:object for your own\)$"])
+    result.stderr.re_match_lines(
+        [
+            r"^ERROR: unknown conformance adapter 'simq-rdis'; did you mean 'simq-redis'\? "
+            r"available: simq, simq-redis, celery-redis, celery-rabbitmq, celery-memory "
+            r"\(or module:object for your own\)$"
+        ]
+    )
 
 
 def test_module_object_that_is_no_adapter_is_refused(adapters: pytest.Pytester) -> None:
     """``module:object`` naming something without run() and capabilities is a usage error."""
     result = adapters.runpytest("--conformance=adapters_mod:NotAnAdapter")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.re_match_lines([
-        r"^ERROR: conformance adapter 'adapters_mod:NotAnAdapter' is <adapters_mod"
-        r"\.NotAnAdapter object at 0x[0-9a-f]+>, not an adapter: it needs a `capabilities` "
-        r"attribute and a `run\(workload\)` method \(see simq_conformance\.Adapter\)$"])
+    result.stderr.re_match_lines(
+        [
+            r"^ERROR: conformance adapter 'adapters_mod:NotAnAdapter' is <adapters_mod"
+            r"\.NotAnAdapter object at 0x[0-9a-f]+>, not an adapter: it needs a `capabilities` "
+            r"attribute and a `run\(workload\)` method \(see simq_conformance\.Adapter\)$"
+        ]
+    )
 
 
 def test_without_the_option_the_suite_is_not_collected(pytester: pytest.Pytester) -> None:
@@ -104,18 +120,22 @@ def test_simq_runs_alone_and_passes(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\ntestpaths = .\n")
     result = pytester.runpytest("--conformance=simq", "--conformance-examples=5", "-rs")
     result.assert_outcomes(passed=18, skipped=1)
-    result.stdout.re_match_lines([
-        r"^simq_conformance: adapters=simq seed=0 examples=simq=5 "
-        r"\(--conformance-seed=N, --conformance-examples=N to change\)$",
-        r"^\| G4 worker loss redelivers unacked messages \| pass \(\d+/5\) \|$",
-    ])
+    result.stdout.re_match_lines(
+        [
+            r"^simq_conformance: adapters=simq seed=0 examples=simq=5 "
+            r"\(--conformance-seed=N, --conformance-examples=N to change\)$",
+            r"^\| G4 worker loss redelivers unacked messages \| pass \(\d+/5\) \|$",
+        ]
+    )
     assert "test_mine" not in result.stdout.str()
 
 
 def test_adapters_are_repeatable_and_comma_separated(pytester: pytest.Pytester) -> None:
     """Repeating --conformance and separating names with commas select the same adapters."""
-    for args in (["--conformance=simq,simq-redis"],
-                 ["--conformance=simq", "--conformance", "simq-redis"]):
+    for args in (
+        ["--conformance=simq,simq-redis"],
+        ["--conformance=simq", "--conformance", "simq-redis"],
+    ):
         result = pytester.runpytest(*args, "--co", "-q")
         out = result.stdout.str()
         assert "test_guarantee[simq-G1]" in out and "test_guarantee[simq-redis-G18]" in out
@@ -124,50 +144,60 @@ def test_adapters_are_repeatable_and_comma_separated(pytester: pytest.Pytester) 
 
 def test_a_broken_adapter_fails_with_seed_and_history(adapters: pytest.Pytester) -> None:
     """An adapter that loses its acks fails G1, printing the seed and the shortest history."""
-    result = adapters.runpytest("--conformance=adapters_mod:Forgetful",
-                                "--conformance-examples=10", "-k", "G1]")
+    result = adapters.runpytest(
+        "--conformance=adapters_mod:Forgetful", "--conformance-examples=10", "-k", "G1]"
+    )
     result.assert_outcomes(failed=1, deselected=18)
-    result.stdout.re_match_lines([
-        r"^E?\s*G1 \(early ack at execution start\) fails on adapters_mod:Forgetful$",
-        r"^E?\s*workload seed: \d+; hypothesis seed: 0$",
-        r"^E?\s*reproduce: pytest --conformance=adapters_mod:Forgetful --conformance-seed=0 "
-        r"--conformance-examples=10 -k G1$",
-        r"^E?\s*G1: probes\.\w+\[[0-9a-f-]+\] message m\d+ started on worker-\d at .* and "
-        r"was never acked; early ack happens when the task starts$",
-        r"^E?\s*shortest failing history \(\d+ events, complete=True\):$",
-    ])
+    result.stdout.re_match_lines(
+        [
+            r"^E?\s*G1 \(early ack at execution start\) fails on adapters_mod:Forgetful$",
+            r"^E?\s*workload seed: \d+; hypothesis seed: 0$",
+            r"^E?\s*reproduce: pytest --conformance=adapters_mod:Forgetful --conformance-seed=0 "
+            r"--conformance-examples=10 -k G1$",
+            r"^E?\s*G1: probes\.\w+\[[0-9a-f-]+\] message m\d+ started on worker-\d at .* and "
+            r"was never acked; early ack happens when the task starts$",
+            r"^E?\s*shortest failing history \(\d+ events, complete=True\):$",
+        ]
+    )
 
 
 def test_missing_capabilities_skip_with_adapter_and_reason(adapters: pytest.Pytester) -> None:
     """A guarantee needing a capability the adapter lacks is skipped, naming both."""
-    result = adapters.runpytest("--conformance=adapters_mod:limited",
-                                "--conformance-examples=3", "-rs")
+    result = adapters.runpytest(
+        "--conformance=adapters_mod:limited", "--conformance-examples=3", "-rs"
+    )
     result.assert_outcomes(passed=12, skipped=7)
-    result.stdout.re_match_lines_random([
-        r"^SKIPPED \[1\] .*: limited: capability fault 'kill_worker' not supported$",
-        r"^SKIPPED \[1\] .*: limited: capability fault 'cut_connection' or 'restart_broker' "
-        r"not supported$",
-        r"^SKIPPED \[2\] .*: limited: capability time_limits not supported$",
-    ])
+    result.stdout.re_match_lines_random(
+        [
+            r"^SKIPPED \[1\] .*: limited: capability fault 'kill_worker' not supported$",
+            r"^SKIPPED \[1\] .*: limited: capability fault 'cut_connection' or fault "
+            r"'restart_broker' not supported$",
+            r"^SKIPPED \[2\] .*: limited: capability time_limits not supported$",
+        ]
+    )
 
 
 @pytest.mark.parametrize(("ci", "outcome"), [("true", "failed"), ("", "skipped")])
 def test_an_unreachable_broker_fails_only_under_ci(
-        adapters: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, ci: str,
-        outcome: str) -> None:
+    adapters: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, ci: str, outcome: str
+) -> None:
     """An adapter whose setup cannot reach its broker fails under CI=true, else skips."""
     monkeypatch.setenv("CI", ci)
     result = adapters.runpytest("--conformance=adapters_mod:Unreachable", "-rsf", "-k", "G1]")
     result.assert_outcomes(**{outcome: 1}, deselected=18)
-    result.stdout.re_match_lines([
-        r".*adapters_mod:Unreachable: capability broker: unreachable or not set up "
-        r"\(ConnectionError: connection refused at 127\.0\.0\.1:1\)"])
+    result.stdout.re_match_lines(
+        [
+            r".*adapters_mod:Unreachable: capability broker: unreachable or not set up "
+            r"\(ConnectionError: connection refused at 127\.0\.0\.1:1\)"
+        ]
+    )
 
 
 def test_the_report_is_written_as_json_and_markdown(pytester: pytest.Pytester) -> None:
     """--conformance-report writes PATH.json and PATH.md with the guarantee table."""
-    result = pytester.runpytest("--conformance=simq", "--conformance-examples=3",
-                                "--conformance-report=out/report.json")
+    result = pytester.runpytest(
+        "--conformance=simq", "--conformance-examples=3", "--conformance-report=out/report.json"
+    )
     result.assert_outcomes(passed=18, skipped=1)
     data = json.loads((pytester.path / "out" / "report.json").read_text())
     simq = data["adapters"]["simq"]
@@ -181,11 +211,20 @@ def test_the_report_is_written_as_json_and_markdown(pytester: pytest.Pytester) -
 
 def test_a_failure_lands_in_the_report(adapters: pytest.Pytester) -> None:
     """A failing guarantee's report cell carries the seed and its history follows the table."""
-    adapters.runpytest("--conformance=adapters_mod:Forgetful", "--conformance-examples=5",
-                       "--conformance-report=rep")
+    adapters.runpytest(
+        "--conformance=adapters_mod:Forgetful",
+        "--conformance-examples=5",
+        "--conformance-report=rep",
+        "-k",
+        "G1]",
+    )
     markdown = (adapters.path / "rep.md").read_text()
-    assert re.search(r"^\| G1 early ack at execution start \| \*\*FAIL\*\* \(seed \d+, "
-                     r"\[\d+ events\]\(#g1-adapters-mod:forgetful\)\) \|$", markdown, re.M)
+    assert re.search(
+        r"^\| G1 early ack at execution start \| \*\*FAIL\*\* \(seed \d+, "
+        r"\[\d+ events\]\(#g1-adapters-mod:forgetful\)\) \|$",
+        markdown,
+        re.M,
+    )
     assert "### G1 on adapters_mod:Forgetful" in markdown
     data = json.loads((adapters.path / "rep.json").read_text())
     failure = data["adapters"]["adapters_mod:Forgetful"]["guarantees"]["G1"]["failure"]

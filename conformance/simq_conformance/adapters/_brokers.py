@@ -24,6 +24,7 @@ __all__ = [
     "amqp_check",
     "amqp_delete_queue",
     "amqp_ensure_vhost",
+    "amqp_queue_depth",
     "isolation_id",
     "port_of",
     "redis_check",
@@ -88,15 +89,16 @@ def redis_cut(url: str, client_name: str) -> int:
         client.close()
 
 
-def redis_purge(url: str, queue: str, task_ids: list[str]) -> None:
-    """Remove what a run left in its Redis database: queue, unacked entries, results."""
+def redis_purge(url: str, run_id: str, queue: str, task_ids: list[str]) -> None:
+    """Remove what a run left in its Redis database: every key naming the run (its
+    queue, its unacked index), its results, its entries in the shared unacked hash."""
     client = _redis(url)
     try:
-        keys = list(client.scan_iter(match=f"*{queue}*", count=500))
+        keys = list(client.scan_iter(match=f"*{run_id}*", count=500))
         keys += [f"celery-task-meta-{tid}" for tid in task_ids]
         if keys:
             client.delete(*keys)
-        # kombu keeps unacked messages of every queue in one hash per database.
+        # By default kombu keeps unacked messages of every queue in one hash.
         for tag, raw in client.hgetall("unacked").items():
             try:
                 routing_key = json.loads(raw)[2]
@@ -116,11 +118,14 @@ def _rabbitmqctl(*args: str, timeout: float = 30.0) -> str:
     exe = shutil.which("rabbitmqctl")
     if exe is None:
         raise RuntimeError("rabbitmqctl is not on PATH")
-    done = subprocess.run([exe, *args], capture_output=True, text=True, timeout=timeout,
-                          check=False)
+    done = subprocess.run(
+        [exe, *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
     if done.returncode != 0:
-        raise RuntimeError(f"rabbitmqctl {args[0]} failed ({done.returncode}): "
-                           f"{(done.stderr or done.stdout).strip()}")
+        raise RuntimeError(
+            f"rabbitmqctl {args[0]} failed ({done.returncode}): "
+            f"{(done.stderr or done.stdout).strip()}"
+        )
     return done.stdout
 
 
@@ -184,8 +189,7 @@ def tcp_cut(pid: int, port: int) -> int:
             for line in f:
                 fields = line.split()
                 local, remote, state, inode = fields[1], fields[2], fields[3], fields[9]
-                if (inode in inodes and state == "01"
-                        and int(remote.rsplit(":", 1)[1], 16) == port):
+                if inode in inodes and state == "01" and int(remote.rsplit(":", 1)[1], 16) == port:
                     local_ports.append(int(local.rsplit(":", 1)[1], 16))
     if not local_ports:
         return 0
@@ -193,11 +197,26 @@ def tcp_cut(pid: int, port: int) -> int:
     if exe is None:
         raise RuntimeError("ss (iproute2) is not on PATH; it is needed to cut connections")
     sources = " or ".join(f"sport = :{p}" for p in local_ports)
-    done = subprocess.run([exe, "-K", "-t", "-n", f"dport = :{port} and ( {sources} )"],
-                          capture_output=True, text=True, timeout=10, check=False)
+    done = subprocess.run(
+        [exe, "-K", "-t", "-n", f"dport = :{port} and ( {sources} )"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"ss -K failed ({done.returncode}): {done.stderr.strip()}")
     return len(local_ports)
+
+
+def amqp_queue_depth(url: str, queue: str) -> int:
+    """How many ready messages ``queue`` holds (a passive declare)."""
+    conn = _amqp_connect(url)
+    try:
+        _, count, _ = conn.default_channel.queue_declare(queue, passive=True)
+        return int(count)
+    finally:
+        conn.release()
 
 
 def amqp_delete_queue(url: str, queue: str) -> None:

@@ -13,6 +13,7 @@ hook                                       process           events
                                                              message)
 ``Consumer.create_task_handler`` wrapper   worker parent     ``delivered`` [redelivered]
 ``Consumer.connect`` wrapper               worker parent     ``connection-restored``
+``Tasks.shutdown`` (task channel closes)   worker parent     ``worker-offline`` [shutdown]
 ``worker_ready`` signal                    worker parent     ``worker-online``
 ``task_prerun`` signal                     pool child        ``started``
 ``task_postrun`` signal (its ``state``)    pool child        ``succeeded`` ``failed``
@@ -25,7 +26,8 @@ kombu ``Message.ack/reject/requeue``       worker parent     ``acked`` ``rejecte
 ``Request.on_failure`` (WorkerLostError)   worker parent     ``child-lost`` [exitcode]
 ``Request.on_timeout`` / ``on_failure``    worker parent     ``time-limit`` (+ ``failed``)
 ``Request.cancel``                         worker parent     ``cancelled`` [reason]
-``task_revoked`` / ``task_unknown``        worker parent     ``revoked`` / ``unregistered``
+``Request._announce_revoked``              worker parent     ``revoked`` [reason]
+``task_unknown`` signal                    worker parent     ``unregistered``
 =========================================  ================  ===========================
 
 Signals and class patches are process-wide, so a process has at most one recorder
@@ -37,6 +39,7 @@ it afterwards.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -49,8 +52,13 @@ __all__ = ["HEADER", "CeleryRecorder", "worker_name"]
 #: The message header carrying simq's message id (one per publication).
 HEADER = "simq_message_id"
 
-_OUTCOMES = {"SUCCESS": "succeeded", "FAILURE": "failed", "RETRY": "retried",
-             "IGNORED": "ignored", "REJECTED": "declined"}
+_OUTCOMES = {
+    "SUCCESS": "succeeded",
+    "FAILURE": "failed",
+    "RETRY": "retried",
+    "IGNORED": "ignored",
+    "REJECTED": "declined",
+}
 _EXIT = re.compile(r"(exitcode|signal) (-?\d+)")
 
 _installed: CeleryRecorder | None = None
@@ -74,7 +82,16 @@ def _exception(exc: Any) -> Any:
     return encode_exception(exc) if isinstance(exc, BaseException) else _safe(exc)
 
 
-def _exitcode(exc: BaseException) -> int | None:
+def _message_id(request: Any) -> str | None:
+    """The simq message id of a worker Request (its message) or a task Context."""
+    headers = getattr(getattr(request, "message", None), "headers", None)
+    if headers:
+        return headers.get(HEADER)  # type: ignore[no-any-return]
+    get = getattr(request, "get", None)
+    return get(HEADER) if callable(get) else None
+
+
+def _exitcode(exc: Any) -> int | None:
     if isinstance(exc, SystemExit):
         return exc.code if isinstance(exc.code, int) else 1
     found = _EXIT.search(str(exc))
@@ -103,6 +120,7 @@ class CeleryRecorder:
         # message id -> worker it was delivered to: an in-process pool's request knows
         # only the machine's hostname, not the worker's node name.
         self._holders: dict[str, str | None] = {}
+        self._cancelling: str | None = None
         self._signals: list[tuple[Any, Callable[..., Any]]] = []
 
     # -- install / uninstall -----------------------------------------------------------
@@ -145,13 +163,13 @@ class CeleryRecorder:
     def _install_worker_hooks(self, signals: Any) -> None:
         from celery.backends.base import Backend
         from celery.worker.consumer.consumer import Consumer
+        from celery.worker.consumer.tasks import Tasks
         from celery.worker.request import Request
         from kombu.message import Message
 
         self._connect(signals.worker_ready, self._on_worker_ready)
         self._connect(signals.task_prerun, self._on_prerun)
         self._connect(signals.task_postrun, self._on_postrun)
-        self._connect(signals.task_revoked, self._on_revoked)
         self._connect(signals.task_unknown, self._on_unknown)
         self._patch(Consumer, "create_task_handler", self._wrap_task_handler)
         self._patch(Consumer, "connect", self._wrap_connect)
@@ -159,27 +177,42 @@ class CeleryRecorder:
         self._patch(Request, "on_failure", self._wrap_on_failure)
         self._patch(Request, "on_timeout", self._wrap_on_timeout)
         self._patch(Request, "cancel", self._wrap_cancel)
+        self._patch(Request, "_announce_revoked", self._wrap_announce_revoked)
+        self._patch(Consumer, "cancel_active_requests", self._wrap_cancel_active)
+        self._patch(Tasks, "shutdown", self._wrap_consumer_shutdown)
         self._patch(Message, "ack", self._wrap_disposition("ack"))
         self._patch(Message, "reject", self._wrap_disposition("reject"))
         self._patch(Message, "requeue", self._wrap_disposition("requeue"))
 
     # -- publishing --------------------------------------------------------------------
 
-    def _on_publish(self, sender: Any = None, headers: dict[str, Any] | None = None,
-                    routing_key: str | None = None, properties: dict[str, Any] | None = None,
-                    **_: Any) -> None:
+    def _on_publish(
+        self,
+        sender: Any = None,
+        headers: dict[str, Any] | None = None,
+        routing_key: str | None = None,
+        properties: dict[str, Any] | None = None,
+        **_: Any,
+    ) -> None:
         if headers is None or not str(headers.get("task", "")).startswith("probes."):
             return
         from kombu.utils.uuid import uuid
 
         # A retry copies the request's headers: give every publication its own id.
         message_id = headers[HEADER] = uuid()
-        self.sink.record("published", task_id=headers.get("id"), message_id=message_id,
-                         task=headers.get("task"), queue=routing_key,
-                         retries=headers.get("retries") or 0, eta=headers.get("eta"),
-                         expires=headers.get("expires"),
-                         priority=(properties or {}).get("priority"),
-                         parent_id=headers.get("parent_id"), root_id=headers.get("root_id"))
+        self.sink.record(
+            "published",
+            task_id=headers.get("id"),
+            message_id=message_id,
+            task=headers.get("task"),
+            queue=routing_key,
+            retries=headers.get("retries") or 0,
+            eta=headers.get("eta"),
+            expires=headers.get("expires"),
+            priority=(properties or {}).get("priority"),
+            parent_id=headers.get("parent_id"),
+            root_id=headers.get("root_id"),
+        )
 
     # -- the worker parent: consuming --------------------------------------------------
 
@@ -204,10 +237,14 @@ class CeleryRecorder:
         if self.worker is None and headers.get(HEADER):
             self._holders[headers[HEADER]] = worker
         info = message.delivery_info or {}
-        self.sink.record("delivered", task_id=headers.get("id"),
-                         message_id=headers.get(HEADER), worker=worker,
-                         queue=info.get("routing_key"),
-                         redelivered=bool(info.get("redelivered")))
+        self.sink.record(
+            "delivered",
+            task_id=headers.get("id"),
+            message_id=headers.get(HEADER),
+            worker=worker,
+            queue=info.get("routing_key"),
+            redelivered=bool(info.get("redelivered")),
+        )
 
     def _wrap_connect(self, original: Callable[..., Any]) -> Callable[..., Any]:
         recorder = self
@@ -217,20 +254,42 @@ class CeleryRecorder:
             count = consumer.__dict__.get("_simq_connects", 0) + 1
             consumer.__dict__["_simq_connects"] = count
             if count > 1:
-                recorder.sink.record("connection-restored",
-                                     worker=worker_name(consumer.hostname) or recorder.worker)
+                recorder.sink.record(
+                    "connection-restored", worker=worker_name(consumer.hostname) or recorder.worker
+                )
             return conn
 
         return connect
+
+    def _wrap_consumer_shutdown(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        recorder = self
+
+        def shutdown(step: Any, consumer: Any) -> Any:
+            # The task channel closes here at shutdown, after running tasks finished
+            # (warm) or were cancelled (cold): the broker takes back what the worker
+            # still holds (amqp at channel close, redis by restore_at_shutdown), so the
+            # worker is offline from now on, though its process lives a little longer.
+            if consumer.task_consumer is not None:
+                recorder.sink.record(
+                    "worker-offline",
+                    worker=worker_name(consumer.hostname) or recorder.worker,
+                    reason="shutdown",
+                )
+            return original(step, consumer)
+
+        return shutdown
 
     def _on_worker_ready(self, sender: Any = None, **_: Any) -> None:
         consumer = sender
         controller = getattr(consumer, "controller", None)
         queues = sorted(consumer.app.amqp.queues.consume_from or ())
-        self.sink.record("worker-online", worker=worker_name(consumer.hostname) or self.worker,
-                         concurrency=getattr(controller, "concurrency", None),
-                         queues=queues,
-                         prefetch_multiplier=getattr(consumer, "prefetch_multiplier", None))
+        self.sink.record(
+            "worker-online",
+            worker=worker_name(consumer.hostname) or self.worker,
+            concurrency=getattr(controller, "concurrency", None),
+            queues=queues,
+            prefetch_multiplier=getattr(consumer, "prefetch_multiplier", None),
+        )
 
     def _wrap_disposition(self, action: str) -> Callable[[Any], Any]:
         recorder = self
@@ -238,42 +297,68 @@ class CeleryRecorder:
         def make(original: Callable[..., Any]) -> Callable[..., Any]:
             def disposition(message: Any, *args: Any, **kwargs: Any) -> Any:
                 headers = message.headers or {}
-                if action == "ack":
-                    kind, details = "acked", {}
-                else:
-                    requeue = True if action == "requeue" else bool(
-                        kwargs.get("requeue", args[0] if args else False))
+                kind = "acked"
+                details: dict[str, Any] = {}
+                if action != "ack":
+                    requeue = action == "requeue" or bool(
+                        kwargs.get("requeue", args[0] if args else False)
+                    )
                     kind, details = "rejected", {"requeue": requeue}
-                where = {"task_id": headers.get("id"), "message_id": headers.get(HEADER),
-                         "worker": getattr(message, "_simq_worker", None) or recorder.worker}
+                where: dict[str, Any] = {
+                    "task_id": headers.get("id"),
+                    "message_id": headers.get(HEADER),
+                    "worker": getattr(message, "_simq_worker", None) or recorder.worker,
+                }
+                # Stamped when issued: once the broker has it back, another worker may
+                # record the redelivery before this call returns.
+                issued = time.time()
                 try:
                     result = original(message, *args, **kwargs)
                 except Exception:
                     recorder.sink.record("ack-failed", **where, **details)
                     raise
-                recorder.sink.record(kind, **where, **details)
+                recorder.sink.record(kind, **where, at=issued, **details)
                 return result
 
             return disposition
 
         return make
 
-    def _on_revoked(self, sender: Any = None, request: Any = None, terminated: bool = False,
-                    expired: bool = False, **_: Any) -> None:
-        message = getattr(request, "message", None)
-        headers = getattr(message, "headers", None) or {}
-        reason = "expired" if expired else "terminated" if terminated else "revoked"
-        self.sink.record("revoked", task_id=getattr(request, "id", None),
-                         message_id=headers.get(HEADER),
-                         worker=worker_name(getattr(request, "hostname", None)) or self.worker,
-                         reason=reason, expired=bool(expired), terminated=bool(terminated))
+    def _wrap_announce_revoked(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        recorder = self
 
-    def _on_unknown(self, sender: Any = None, message: Any = None, name: str | None = None,
-                    id: str | None = None, **_: Any) -> None:
+        def announce_revoked(
+            request: Any, reason: str, terminated: bool, signum: Any, expired: bool
+        ) -> Any:
+            # Recorded on entry: Celery stores REVOKED and acks before its task_revoked
+            # signal, and with an eager ack the signal would come after the ack.
+            recorder.sink.record(
+                "revoked",
+                **recorder._where(request),
+                reason="expired" if expired else reason,
+                expired=bool(expired),
+                terminated=bool(terminated),
+            )
+            return original(request, reason, terminated, signum, expired)
+
+        return announce_revoked
+
+    def _on_unknown(
+        self,
+        sender: Any = None,
+        message: Any = None,
+        name: str | None = None,
+        id: str | None = None,
+        **_: Any,
+    ) -> None:
         headers = getattr(message, "headers", None) or {}
-        self.sink.record("unregistered", task_id=id, message_id=headers.get(HEADER),
-                         worker=worker_name(getattr(sender, "hostname", None)) or self.worker,
-                         task=name)
+        self.sink.record(
+            "unregistered",
+            task_id=id,
+            message_id=headers.get(HEADER),
+            worker=worker_name(getattr(sender, "hostname", None)) or self.worker,
+            task=name,
+        )
 
     def _wrap_on_failure(self, original: Callable[..., Any]) -> Callable[..., Any]:
         recorder = self
@@ -285,16 +370,20 @@ class CeleryRecorder:
             exc = getattr(exc, "exc", exc)  # ExceptionWithTraceback
             lost = isinstance(exc, WorkerLostError) or (
                 isinstance(exc, SystemExit)
-                and not (request._already_cancelled or request._already_revoked))
+                and not (request._already_cancelled or request._already_revoked)
+            )
             if isinstance(exc, TimeLimitExceeded):
                 # 5.7 reaches on_failure before on_timeout for a hard limit: record the
                 # limit here, once, ahead of the FAILURE write it leads to.
                 recorder._timed_out(request, exc.args[0] if exc.args else None)
             elif lost:
-                recorder.sink.record("child-lost", task_id=request.id,
-                                     message_id=request.message.headers.get(HEADER),
-                                     worker=worker_name(request.hostname) or recorder.worker,
-                                     exitcode=_exitcode(exc))
+                recorder.sink.record(
+                    "child-lost",
+                    task_id=request.id,
+                    message_id=_message_id(request),
+                    worker=worker_name(request.hostname) or recorder.worker,
+                    exitcode=_exitcode(exc),
+                )
             return original(request, exc_info, *args, **kwargs)
 
         return on_failure
@@ -304,8 +393,9 @@ class CeleryRecorder:
 
         def on_timeout(request: Any, soft: bool, timeout: float) -> Any:
             if soft:
-                recorder.sink.record("time-limit", **recorder._where(request), which="soft",
-                                     limit=timeout)
+                recorder.sink.record(
+                    "time-limit", **recorder._where(request), which="soft", limit=timeout
+                )
             else:
                 recorder._timed_out(request, timeout)
             return original(request, soft, timeout)
@@ -324,35 +414,65 @@ class CeleryRecorder:
         self.sink.record("failed", **where, exception=encode_exception(TimeLimitExceeded(limit)))
 
     def _where(self, request: Any) -> dict[str, Any]:
-        return {"task_id": request.id, "message_id": request.message.headers.get(HEADER),
-                "worker": worker_name(request.hostname) or self.worker}
+        return {
+            "task_id": request.id,
+            "message_id": _message_id(request),
+            "worker": worker_name(request.hostname) or self.worker,
+        }
 
     def _wrap_cancel(self, original: Callable[..., Any]) -> Callable[..., Any]:
         recorder = self
 
         def cancel(request: Any, *args: Any, **kwargs: Any) -> Any:
-            from celery.worker import state
-
-            # Celery cancels running tasks on a cold shutdown and, with
-            # worker_cancel_long_running_tasks_on_connection_loss, on connection loss.
-            reason = "shutdown" if state.should_terminate is not None else "connection-lost"
+            # Celery cancels running tasks on a cold shutdown (cancel_active_requests)
+            # and, with worker_cancel_long_running_tasks_on_connection_loss, when the
+            # connection is lost.
             if not request._already_cancelled:
-                recorder.sink.record("cancelled", **recorder._where(request), reason=reason)
+                recorder.sink.record(
+                    "cancelled",
+                    **recorder._where(request),
+                    reason=recorder._cancelling or "connection-lost",
+                )
             return original(request, *args, **kwargs)
 
         return cancel
 
+    def _wrap_cancel_active(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        recorder = self
+
+        def cancel_active_requests(consumer: Any, *args: Any, **kwargs: Any) -> Any:
+            recorder._cancelling = "shutdown"
+            try:
+                return original(consumer, *args, **kwargs)
+            finally:
+                recorder._cancelling = None
+
+        return cancel_active_requests
+
     # -- the pool child: executing -----------------------------------------------------
 
-    def _on_prerun(self, sender: Any = None, task_id: str | None = None, task: Any = None,
-                   **_: Any) -> None:
+    def _on_prerun(
+        self, sender: Any = None, task_id: str | None = None, task: Any = None, **_: Any
+    ) -> None:
         request = task.request
-        self.sink.record("started", task_id=task_id, message_id=request.get(HEADER),
-                         worker=self._worker_of(request), task=task.name,
-                         retries=request.retries or 0)
+        self.sink.record(
+            "started",
+            task_id=task_id,
+            message_id=request.get(HEADER),
+            worker=self._worker_of(request),
+            task=task.name,
+            retries=request.retries or 0,
+        )
 
-    def _on_postrun(self, sender: Any = None, task_id: str | None = None, task: Any = None,
-                    retval: Any = None, state: str | None = None, **_: Any) -> None:
+    def _on_postrun(
+        self,
+        sender: Any = None,
+        task_id: str | None = None,
+        task: Any = None,
+        retval: Any = None,
+        state: str | None = None,
+        **_: Any,
+    ) -> None:
         kind = _OUTCOMES.get(state or "")
         if kind is None:
             return
@@ -360,16 +480,22 @@ class CeleryRecorder:
         if kind == "retried":
             inner = getattr(retval, "exc", None)
             when = getattr(retval, "when", None)
-            details = {"exception": _exception(inner) if inner is not None else None,
-                       "when": when if isinstance(when, int | float) or when is None
-                       else str(when)}
+            details = {
+                "exception": _exception(inner) if inner is not None else None,
+                "when": when if isinstance(when, int | float) or when is None else str(when),
+            }
         elif kind == "declined":
             details = {"requeue": bool(getattr(retval, "requeue", False))}
         elif kind != "succeeded":
             details = {"exception": _exception(retval) if retval is not None else None}
         request = task.request
-        self.sink.record(kind, task_id=task_id, message_id=request.get(HEADER),
-                         worker=self._worker_of(request), **details)
+        self.sink.record(
+            kind,
+            task_id=task_id,
+            message_id=request.get(HEADER),
+            worker=self._worker_of(request),
+            **details,
+        )
 
     def _worker_of(self, request: Any) -> str | None:
         """The worker running ``request`` (a task's context) in this process."""
@@ -384,8 +510,15 @@ class CeleryRecorder:
     def _wrap_store_result(self, original: Callable[..., Any]) -> Callable[..., Any]:
         recorder = self
 
-        def store_result(backend: Any, task_id: str, result: Any, state: str,
-                         traceback: Any = None, request: Any = None, **kwargs: Any) -> Any:
+        def store_result(
+            backend: Any,
+            task_id: str,
+            result: Any,
+            state: str,
+            traceback: Any = None,
+            request: Any = None,
+            **kwargs: Any,
+        ) -> Any:
             from celery.backends.base import BaseKeyValueStoreBackend
 
             kind = "state"
@@ -396,11 +529,15 @@ class CeleryRecorder:
                         kind = "state-discarded"
                 except Exception:
                     pass
-            stored = original(backend, task_id, result, state, traceback=traceback,
-                              request=request, **kwargs)
-            worker = recorder._worker_of(request) if request is not None else recorder.worker
-            recorder.sink.record(kind, task_id=task_id, worker=worker, state=state,
-                                 result=_safe(result))
+            stored = original(
+                backend, task_id, result, state, traceback=traceback, request=request, **kwargs
+            )
+            # No request: a write outside any attempt (a revoke command marking REVOKED),
+            # which simq records without a worker too.
+            worker = recorder._worker_of(request) if request is not None else None
+            recorder.sink.record(
+                kind, task_id=task_id, worker=worker, state=state, result=_safe(result)
+            )
             return stored
 
         return store_result

@@ -14,9 +14,12 @@ as the reference adapter does.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,14 +27,15 @@ from typing import TYPE_CHECKING, Any
 from simq_conformance.adapters import _brokers
 
 if TYPE_CHECKING:
-    from simq_conformance.adapters.celery_adapter import _Run
+    from simq_conformance.adapters._celery_run import Run
 
 __all__ = ["InProcessWorkers", "ProcessWorkers"]
+
 
 class _Workers:
     """What both kinds share: slots, names, the client app."""
 
-    def __init__(self, run: _Run) -> None:
+    def __init__(self, run: Run) -> None:
         self.run = run
         self.names: list[str] = []
         self._count = 0
@@ -57,19 +61,34 @@ class _Workers:
 
     def revoke(self, task_id: str, terminate: bool) -> None:
         signal_name = "SIGTERM" if terminate else None
-        self.run.sink.record("revoke", task_id=task_id, terminate=terminate,
-                             signal=signal_name, workers=self.online_names())
-        self.client().control.revoke(task_id, terminate=terminate,
-                                     signal=signal_name or "SIGTERM")
+        self.run.sink.record(
+            "revoke",
+            task_id=task_id,
+            terminate=terminate,
+            signal=signal_name,
+            workers=self.online_names(),
+        )
+        self.client().control.revoke(task_id, terminate=terminate, signal=signal_name or "SIGTERM")
 
     def online_names(self) -> list[str]:
         return list(self.names)
+
+    # Faults: only process workers have a process to signal (capabilities say which).
+
+    def kill(self, slot: int | str | None, restart_after: float | None) -> None:
+        raise NotImplementedError(f"{type(self).__name__} cannot kill a worker")
+
+    def cut(self, slot: int | str | None) -> None:
+        raise NotImplementedError(f"{type(self).__name__} cannot cut a connection")
+
+    def shutdown(self, slot: int | str | None, warm: bool, replace_after: float) -> None:
+        raise NotImplementedError(f"{type(self).__name__} cannot shut a worker down")
 
 
 class ProcessWorkers(_Workers):
     """Real ``celery worker`` processes, one process group each."""
 
-    def __init__(self, run: _Run) -> None:
+    def __init__(self, run: Run) -> None:
         super().__init__(run)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.generation: dict[str, int] = {}
@@ -81,8 +100,6 @@ class ProcessWorkers(_Workers):
 
     def start_slot(self, slot: int, name: str | None = None) -> str:
         """Start the worker of ``slot`` (a fresh name unless ``name`` is given)."""
-        from simq_conformance.adapters.celery_adapter import worker_command, worker_env
-
         name = name or self.new_name()
         if slot < len(self.names):
             self.names[slot] = name
@@ -93,8 +110,13 @@ class ProcessWorkers(_Workers):
         with open(f"{stem}.out", "ab") as out:
             self.procs[name] = subprocess.Popen(
                 worker_command(self.run, name, Path(f"{stem}.log")),
-                env=worker_env(self.run, name, slot), stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, cwd=self.run.directory, start_new_session=True)
+                env=worker_env(self.run, name, slot),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.run.directory,
+                start_new_session=True,
+            )
         self._awaiting.add(name)
         return name
 
@@ -112,11 +134,15 @@ class ProcessWorkers(_Workers):
             for name in self._awaiting:
                 code = self.procs[name].poll()
                 if code is not None:
-                    raise RuntimeError(f"{name} exited with {code} before it was ready:\n"
-                                       + "\n".join(self.log_tails(name)))
+                    raise RuntimeError(
+                        f"{name} exited with {code} before it was ready:\n"
+                        + "\n".join(self.log_tails(name))
+                    )
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{', '.join(sorted(self._awaiting))} not ready after "
-                                   f"{timeout} s:\n" + "\n".join(self.log_tails()))
+                raise RuntimeError(
+                    f"{', '.join(sorted(self._awaiting))} not ready after "
+                    f"{timeout} s:\n" + "\n".join(self.log_tails())
+                )
             time.sleep(0.05)
 
     def tick(self) -> None:
@@ -129,7 +155,10 @@ class ProcessWorkers(_Workers):
         for name, proc in list(self._stopping.items()):
             if proc.poll() is not None:
                 del self._stopping[name]
-                self.run.sink.record("worker-offline", worker=name, reason="shutdown")
+                # The worker says so itself when its task channel closes; if it died
+                # before that, say it now.
+                if not self.run.reader.find("worker-offline", worker=name):
+                    self.run.sink.record("worker-offline", worker=name, reason="shutdown")
 
     def settled(self) -> bool:
         """No replacement pending, none starting, no shutdown in progress."""
@@ -207,13 +236,13 @@ class ProcessWorkers(_Workers):
         return any(p.pid == ppid and p.poll() is None for p in self.procs.values())
 
     def online_names(self) -> list[str]:
-        return [n for n in self.names if self.procs[n].poll() is None
-                and n not in self._stopping]
+        return [n for n in self.names if self.procs[n].poll() is None and n not in self._stopping]
 
     def log_tails(self, only: str | None = None, lines: int = 15) -> list[str]:
         tails = []
         for path in sorted(self.run.directory.glob("*.log")) + sorted(
-                self.run.directory.glob("*.out")):
+            self.run.directory.glob("*.out")
+        ):
             if only is not None and not path.name.startswith(f"{only}."):
                 continue
             text = path.read_text(errors="replace").splitlines()[-lines:]
@@ -223,38 +252,63 @@ class ProcessWorkers(_Workers):
 
 
 class InProcessWorkers(_Workers):
-    """Embedded workers in the test process (``celery.contrib.testing``), for memory://."""
+    """Embedded workers in the test process (``celery.contrib.testing``), for memory://.
 
-    def __init__(self, run: _Run) -> None:
+    Each is a ``TestWorkController`` on its own thread, as ``start_worker`` makes them,
+    but without its logging setup (it reconfigures the test run's root logger) and
+    stopped with ``WorkController.stop`` (``start_worker`` takes 3.5 s to stop).
+    """
+
+    def __init__(self, run: Run) -> None:
         from celery import _state
 
         super().__init__(run)
-        self._stack = contextlib.ExitStack()
-        # start_worker makes the run's app the default and current app: undone at stop.
+        self._workers: list[tuple[Any, threading.Thread]] = []
+        # An in-process pool runs tasks in the *default* app (trace_task_ret uses
+        # current_app, and the worker thread has no current app of its own): the run's
+        # app is made the default while it runs, and the previous one put back after.
         self._apps = (_state.default_app, getattr(_state._tls, "current_app", None))
 
     def start_slot(self, slot: int, name: str | None = None) -> str:
-        from celery.contrib.testing.worker import start_worker
+        from celery.contrib.testing.worker import TestWorkController
 
         settings = self.run.workload.settings
         name = name or self.new_name()
         self.names.append(name)
         app = self.client()
-        app.conf.worker_hijack_root_logger = False
-        self._stack.enter_context(start_worker(
-            app, concurrency=settings.concurrency,
+        app.finalize()
+        app.set_default()
+        app.set_current()
+        worker = TestWorkController(
+            app=app,
+            hostname=f"{name}@simq",
+            concurrency=settings.concurrency,
             pool="solo" if settings.concurrency == 1 else "threads",
-            loglevel="WARNING", perform_ping_check=False, shutdown_timeout=10.0,
-            hostname=f"{name}@simq", prefetch_multiplier=settings.prefetch_multiplier,
-            queues=[self.run.queue]))
+            prefetch_multiplier=settings.prefetch_multiplier,
+            queues=[self.run.queue],
+            loglevel="WARNING",
+            ready_callback=None,
+            without_heartbeat=True,
+            without_mingle=True,
+            without_gossip=True,
+        )
+        thread = threading.Thread(target=worker.start, name=f"simq-{name}", daemon=True)
+        thread.start()
+        self._workers.append((worker, thread))
+        if not worker._on_started.wait(self.run.adapter.startup_timeout):
+            raise RuntimeError(f"{name} (in process) did not start consuming")
         # The embedded worker does not send worker_ready (the CLI worker does).
-        self.run.sink.record("worker-online", worker=name, concurrency=settings.concurrency,
-                             queues=[self.run.queue],
-                             prefetch_multiplier=settings.prefetch_multiplier)
+        self.run.sink.record(
+            "worker-online",
+            worker=name,
+            concurrency=settings.concurrency,
+            queues=[self.run.queue],
+            prefetch_multiplier=settings.prefetch_multiplier,
+        )
         return name
 
     def wait_online(self, timeout: float) -> None:
-        """start_worker returns once the worker consumes."""
+        """start_slot returns once the worker consumes."""
 
     def tick(self) -> None:
         """Nothing happens behind the run's back in process."""
@@ -263,16 +317,63 @@ class InProcessWorkers(_Workers):
         return True
 
     def stop_all(self) -> None:
+        for worker, _ in self._workers:
+            with contextlib.suppress(Exception):
+                worker.stop(in_sighandler=False)
+        for _, thread in self._workers:
+            thread.join(10.0)
+        stuck = [t.name for _, t in self._workers if t.is_alive()]
+        if stuck:
+            self.run.notes.append(f"in-process workers still running: {', '.join(stuck)}")
         from celery import _state
 
-        try:
-            self._stack.close()
-        finally:
-            _state.default_app, _state._tls.current_app = self._apps
-            self.close_client()
+        _state.default_app, _state._tls.current_app = self._apps
+        self.close_client()
 
     def is_child(self, pid: int) -> bool:
         return False
 
     def log_tails(self, only: str | None = None, lines: int = 15) -> list[str]:
         return []
+
+
+def worker_command(run: Run, name: str, log: Path) -> list[str]:
+    """The ``celery worker`` command line of worker ``name``."""
+    settings = run.workload.settings
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "simq_conformance.adapters._worker_boot",
+        "worker",
+        "-P",
+        "prefork",
+        "-c",
+        str(settings.concurrency),
+        "--prefetch-multiplier",
+        str(settings.prefetch_multiplier),
+        "-n",
+        f"{name}@%h",
+        "-Q",
+        run.queue,
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+        "-l",
+        "warning",
+        "--logfile",
+        str(log),
+    ]
+
+
+def worker_env(run: Run, name: str, slot: int) -> dict[str, str]:
+    """The environment of worker ``name``: the run's settings as JSON."""
+    config = {"conf": run.worker_conf(slot), "sink": str(run.directory), "worker": name}
+    try:
+        payload = json.dumps(config)
+    except TypeError as exc:
+        raise ValueError(
+            f"the workload's settings must be JSON values to reach a worker process: {exc}"
+        ) from exc
+    return {**os.environ, "SIMQ_CONFORMANCE_WORKER": payload}

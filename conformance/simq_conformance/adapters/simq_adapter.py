@@ -29,13 +29,40 @@ from simq_conformance.adapter import (
 __all__ = ["OBSERVES", "SimqAdapter"]
 
 #: Every event kind simq records (simq.history's vocabulary).
-OBSERVES = frozenset({
-    "published", "delivered", "acked", "rejected", "requeued", "ack-failed", "lost",
-    "started", "succeeded", "failed", "retried", "ignored", "declined", "revoked",
-    "unregistered", "time-limit", "child-lost", "child-killed", "cancelled", "state",
-    "state-discarded", "forgotten", "worker-online", "worker-crashed", "worker-offline",
-    "shutdown", "connection-lost", "connection-restored", "broker-restarted", "revoke",
-})
+OBSERVES = frozenset(
+    {
+        "published",
+        "delivered",
+        "acked",
+        "rejected",
+        "requeued",
+        "ack-failed",
+        "lost",
+        "started",
+        "succeeded",
+        "failed",
+        "retried",
+        "ignored",
+        "declined",
+        "revoked",
+        "unregistered",
+        "time-limit",
+        "child-lost",
+        "child-killed",
+        "cancelled",
+        "state",
+        "state-discarded",
+        "forgotten",
+        "worker-online",
+        "worker-crashed",
+        "worker-offline",
+        "shutdown",
+        "connection-lost",
+        "connection-restored",
+        "broker-restarted",
+        "revoke",
+    }
+)
 
 #: Seconds until a crashed worker, a lost connection, a restarted broker or a shut-down
 #: worker is back, so the work it held can finish within the run.
@@ -52,10 +79,14 @@ class SimqAdapter(BaseAdapter):
     Args:
         transport: ``"amqp"`` (default) or ``"redis"`` / ``"sqs"``: how the simulated
             broker returns unacked messages (``Simulation(transport=...)``).
+        visibility_timeout: redis/sqs: seconds before an unacked message is restored,
+            unless the workload's ``broker_transport_options`` say otherwise (default:
+            kombu's). The differential check matches the real adapter's.
     """
 
-    def __init__(self, transport: str = "amqp") -> None:
+    def __init__(self, transport: str = "amqp", visibility_timeout: float | None = None) -> None:
         self.transport = transport
+        self.visibility_timeout = visibility_timeout
         name = "simq" if transport == "amqp" else f"simq-{transport}"
         self.capabilities = Capabilities(
             adapter=name,
@@ -63,20 +94,28 @@ class SimqAdapter(BaseAdapter):
             faults=frozenset(FAULTS),
             time_limits=True,
             observes=OBSERVES,
-            visibility_timeout=None,
+            visibility_timeout=visibility_timeout,
             slack=0.0,
             simulated=True,
         )
 
     def __repr__(self) -> str:
-        return f"SimqAdapter(transport={self.transport!r})"
+        vt = self.visibility_timeout
+        return f"SimqAdapter(transport={self.transport!r}" + (
+            f", visibility_timeout={vt!r})" if vt is not None else ")"
+        )
 
     def run(self, workload: Workload) -> RunResult:
         """Publish the calls, inject the faults at their times, run until idle."""
         from simq_conformance.probes import register_probes
 
         settings = workload.settings
-        app = simq.App("probes", **dict(settings.conf))
+        conf = dict(settings.conf)
+        if self.visibility_timeout is not None:
+            options = dict(conf.get("broker_transport_options") or {})
+            options.setdefault("visibility_timeout", self.visibility_timeout)
+            conf["broker_transport_options"] = options
+        app = simq.App("probes", **conf)
         tasks = register_probes(app)
         with simq.Simulation(
             app,
@@ -89,7 +128,8 @@ class SimqAdapter(BaseAdapter):
             t0 = sim.time()
             ids = {call.key: _publish(tasks, call) for call in workload.calls}
             _Injector(sim, ids, settings.concurrency, settings.prefetch_multiplier).run(
-                t0, workload.faults)
+                t0, workload.faults
+            )
             complete = _drain(sim, t0 + HORIZON)
         return RunResult(
             history=sim.history,
@@ -121,8 +161,9 @@ def _drain(sim: simq.Simulation, deadline: float) -> bool:
 class _Injector:
     """Applies a fault plan: runs the simulation to each fault's time, then injects it."""
 
-    def __init__(self, sim: simq.Simulation, ids: dict[str, str], concurrency: int,
-                 multiplier: int) -> None:
+    def __init__(
+        self, sim: simq.Simulation, ids: dict[str, str], concurrency: int, multiplier: int
+    ) -> None:
         self.sim = sim
         self.ids = ids
         self.concurrency = concurrency
@@ -180,8 +221,9 @@ class _Injector:
         self.sim.shutdown_worker(name, warm=warm)
 
         def replace() -> None:
-            new = self.sim.add_worker(concurrency=self.concurrency,
-                                      prefetch_multiplier=self.multiplier)
+            new = self.sim.add_worker(
+                concurrency=self.concurrency, prefetch_multiplier=self.multiplier
+            )
             self.names[index] = new.name
 
         self.later(self.sim.time() + RECOVERY, replace)
