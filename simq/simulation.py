@@ -22,7 +22,7 @@ from typing import Any
 
 from simq import states
 from simq.engine.fibers import current_fiber
-from simq.engine.loop import Loop
+from simq.engine.loop import Loop, relaxed_gc
 from simq.engine.rng import Streams
 from simq.engine.vtime import VirtualTime
 from simq.exceptions import (
@@ -97,6 +97,7 @@ class Simulation:
         self.loop = Loop(self.started_at)
         self.streams = Streams(seed)
         self.history = History()
+        self._append = self.history.append
         options = app.conf.broker_transport_options or {}
         self.transport = transport
         self.broker = Broker(self.record, self.loop, transport=transport,
@@ -138,6 +139,8 @@ class Simulation:
             )
         self.app.refresh_tasks()
         self.vtime.start()
+        self._gc = relaxed_gc()
+        self._gc.__enter__()
         self._real_exit: Callable[[int], Any] = os._exit
         os._exit = self._os_exit  # type: ignore[assignment]
         self.app._world = self
@@ -154,6 +157,7 @@ class Simulation:
                 self.app._world = None
             os._exit = self._real_exit  # type: ignore[assignment]
             self.vtime.stop()
+            self._gc.__exit__(None, None, None)
         self._closed = True
 
     def __enter__(self) -> Simulation:
@@ -235,11 +239,11 @@ class Simulation:
         """Run until nothing is left to do, or until the virtual datetime ``until``."""
         self._require_active("run()")
         loop = self.loop
-        if until is None:
+        deadline = None if until is None else _epoch(until, "until")
+        if deadline is None:
             while loop.step():
                 pass
             return self
-        deadline = _epoch(until, "until")
         while True:
             nxt = loop.next_time()
             if nxt is None or nxt > deadline:
@@ -306,7 +310,7 @@ class Simulation:
 
     def record(self, kind: str, task_id: str | None = None, message_id: str | None = None,
                worker: str | None = None, **details: Any) -> None:
-        self.history.append(Event(kind, self.loop.now, task_id, message_id, worker, details))
+        self._append(Event(kind, self.loop.now, task_id, message_id, worker, details))
 
     # -- the world, as the API layer sees it -------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import gc
 import random
 import time
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from simq.engine import vtime
 def _simq_sanity() -> Iterator[None]:
     """Fail a test that leaves time patched, runs off the main greenlet or uses global random."""
     random_state = random.getstate()
+    thresholds = gc.get_threshold()
     originals = (time.sleep, time.monotonic, datetime.datetime)
     yield
     problems = []
@@ -30,6 +32,9 @@ def _simq_sanity() -> Iterator[None]:
         problems.append("time.time() and datetime.now() disagree: a clock patch leaked")
     if greenlet.getcurrent().parent is not None:
         problems.append("the test ended inside a fiber, not on the main greenlet")
+    if gc.get_threshold() != thresholds:
+        gc.set_threshold(*thresholds)
+        problems.append("the garbage collector's thresholds were not restored")
     if random.getstate() != random_state:
         problems.append("the global random module was used (simq must use seeded streams)")
     if problems:

@@ -394,6 +394,8 @@ def _early_restore(idx: Index, j: int, e: Event, vt: float, slack: float, used: 
             evidence(open_[-1].event, wipe[1], e))]
     if not open_:
         d = before[-1]
+        if idx.twins(d):
+            return []  # copies held side by side: which one was acked cannot be told
         how = f"{d.settle.kind} at {when(d.settle)}" if d.settle else "restored already"
         return [Violation("G6", (
             f"{d.label} was restored at {when(e)} although it was {how}; only unacked "
@@ -402,6 +404,8 @@ def _early_restore(idx: Index, j: int, e: Event, vt: float, slack: float, used: 
     if ripe:
         used.add(ripe[0].at)
         return []
+    if any(idx.twins(x) for x in before if e.time - x.event.time >= vt - slack):
+        return []  # an old enough copy held side by side may be the one restored
     d = open_[0]
     return [Violation("G6", (
         f"{d.label} was restored at {when(e)}, {e.time - d.event.time:g} s after its delivery "
@@ -409,6 +413,8 @@ def _early_restore(idx: Index, j: int, e: Event, vt: float, slack: float, used: 
 
 
 def _never_restored(idx: Index, d: Delivery, vt: float, slack: float) -> list[Violation]:
+    if idx.twins(d):
+        return []  # copies held side by side: which one waited cannot be told
     key = d.message_id
     ends: list[tuple[int, Event]] = []
     if d.settle is not None and d.settle.kind in ("acked", "rejected") and d.settle_at:

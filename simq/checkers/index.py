@@ -131,7 +131,10 @@ class Delivery:
                 and all(e.details.get(k) == v for k, v in details.items())]
 
     def states_after(self, i: int) -> list[Ref]:
-        return [(j, e) for j, e in self.states if j > i]
+        """The attempt's backend writes after ``i``, those the backend discarded included
+        (after SUCCESS a key-value backend refuses them: the attempt still made them)."""
+        return sorted(((j, e) for j, e in self.states + self.discarded if j > i),
+                      key=lambda r: r[0])
 
 
 
@@ -202,6 +205,20 @@ class Index:
             return False
         pub = self.publications.get(message_id)
         return not self.consumed_at_end(pub[1].details.get("queue") if pub else None)
+
+    def twins(self, d: Delivery) -> list[Delivery]:
+        """Other deliveries of ``d``'s message held by ``d``'s worker at the same time.
+
+        Such copies (visibility-timeout copies) are identical in the history: which one
+        started, or was acked, first cannot be told, so timing checks skip them.
+        """
+        end = len(self.events)
+
+        def until(x: Delivery) -> int:
+            return min(j for j in (x.settle_at, x.release_at, end) if j is not None)
+
+        return [x for x in self.by_message.get(d.message_id, ()) if x is not d
+                and x.worker == d.worker and x.at < until(d) and d.at < until(x)]
 
     def deliveries_after(self, message_id: str, i: int) -> list[Delivery]:
         return [d for d in self.by_message.get(message_id, ()) if d.at > i]
@@ -377,7 +394,9 @@ class _Builder:
     def _release(self, cands: list[Delivery], i: int, e: Event) -> None:
         if e.worker is None and any(d.settle is None and d.release is not None for d in cands):
             return  # the broker restores a message whose holder is gone: no hold changes
-        for d in cands:
+        # A copy waiting on the worker goes back before one that is running (a shutdown
+        # returns what has not started).
+        for d in sorted(cands, key=lambda d: d.start is not None):
             if d.settle is None and d.release is None:
                 d.release, d.release_at = e, i
                 if e.worker is not None:
@@ -513,7 +532,8 @@ class _Builder:
         live = [d for d in cands if not (d.outcome is not None and d.outcome_at is not None
                                          and d.outcome_at < i
                                          and d.outcome.kind in _WRITES_BEFORE
-                                         and not d.marks_of("time-limit", which="hard"))]
+                                         and not d.marks_of("time-limit", which="hard"))
+                and not (d.start is None and _stored_revoked(d.states + d.discarded))]
         step = _latest(live, i)
         if step is not None and step.start_at is not None and _last_step(step, i) == step.start_at:
             running = [d for d in live if d.running_at(i)]

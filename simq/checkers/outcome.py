@@ -35,7 +35,11 @@ def _landed(d: Delivery) -> bool:
 
 
 def _ran_again(idx: Index, d: Delivery, i: int, config: CheckConfig) -> list[Delivery]:
-    """Later starts of ``d``'s message, leaving out visibility-timeout copies."""
+    """Later starts of ``d``'s message, leaving out visibility-timeout copies, when ``d``
+    settled it for good (an ack that failed on a closed channel leaves it to the broker)."""
+    s = d.settle
+    if s is None or s.kind not in ("acked", "rejected") or bool(s.details.get("requeue")):
+        return []
     return [x for x in idx.started_after(d.message_id, i)
             if not (config.emulates_acks and x.copy)]
 
@@ -406,7 +410,7 @@ def check_g11(history: History | Index, config: CheckConfig) -> list[Violation]:
                     f"{d.label} failed with SoftTimeLimitExceeded at {when(o)} but no soft "
                     "time limit fired"), evidence(d.start, o)))
             if config.stores_errors(d.task) and not _stored(
-                    d.states_after(d.outcome_at) + d.states, states.FAILURE,
+                    d.states + d.discarded, states.FAILURE,
                     "SoftTimeLimitExceeded"):
                 out.append(Violation("G11", (
                     f"{d.label} failed with SoftTimeLimitExceeded at {when(o)} without "

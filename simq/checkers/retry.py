@@ -36,8 +36,8 @@ def check_g13(history: History | Index, config: CheckConfig) -> list[Violation]:
         k = d.retries
         pubs = [(j, e) for j, e in idx.published.get(d.task_id or "", ())
                 if d.start_at < j < d.outcome_at and e.details.get("retries") == k + 1]
-        retry = [(j, e) for j, e in d.states if e.details.get("state") == states.RETRY
-                 and j > d.start_at]
+        retry = [(j, e) for j, e in d.states_after(d.start_at)
+                 if e.details.get("state") == states.RETRY]
         if not pubs:
             out.append(Violation("G13", (
                 f"{d.label} (retries={k}) ended with retried at {when(o)} but no message with "

@@ -6,14 +6,36 @@ or dict order, so the same calls in the same order always run in the same order.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import heapq
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from simq.exceptions import SimqError
 
-__all__ = ["Loop", "Timer"]
+__all__ = ["Loop", "Timer", "relaxed_gc"]
+
+
+@contextlib.contextmanager
+def relaxed_gc(gen0: int = 50_000) -> Iterator[None]:
+    """Collect the youngest generation less often while a simulation is active.
+
+    A run allocates many short-lived objects (messages, requests, events); with the
+    default threshold (700) the cyclic collector rescans them thousands of times, about a
+    fifth of a trivial task's cost. The previous thresholds come back afterwards, even on
+    error; nothing about the run's results depends on when collection happens.
+    """
+    before = gc.get_threshold()
+    if before[0] >= gen0 or not gc.isenabled():
+        yield
+        return
+    gc.set_threshold(gen0, *before[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
 
 
 class Timer:

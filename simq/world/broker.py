@@ -196,6 +196,7 @@ class Broker:
         self._max_priority = max_priority
         self.queues: dict[str, Queue] = {}
         self.envelopes: dict[str, Envelope] = {}
+        self.copies: list[Envelope] = []  # visibility-timeout copies (not in ``envelopes``)
         self._dispatching = False
         self._pending: dict[str, None] = {}
 
@@ -368,6 +369,7 @@ class Broker:
             return
         # restore_visible re-queues a copy while the first holder still has the message.
         copy = Envelope(message, redelivered=True, copy=True, seq=envelope.seq)
+        self.copies.append(copy)
         self._record("requeued", task_id=message.task_id, message_id=message.message_id,
                      worker=envelope.holder, reason="visibility-timeout", copy=True)
         self.queue(message.queue).push(copy, front=True)
@@ -382,7 +384,7 @@ class Broker:
                 for envelope in self.queues[name].clear():
                     self.lose(envelope, "broker-restart")
                     lost += 1
-            for envelope in list(self.envelopes.values()):
+            for envelope in [*self.envelopes.values(), *self.copies]:
                 if envelope.state is MessageState.UNACKED:
                     self.lose(envelope, "broker-restart")
                     lost += 1
