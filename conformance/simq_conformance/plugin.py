@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from simq_conformance.session import ConformanceSession
 
 __all__ = [
     "CONFORMANCE_OPTION",
@@ -45,7 +48,7 @@ SUITE = Path(__file__).resolve().parent / "suite" / "test_guarantees.py"
 SIMULATED_EXAMPLES = 30
 REAL_EXAMPLES = 5
 
-_STATE = pytest.StashKey["ConformanceSession"]()
+_STATE: pytest.StashKey[ConformanceSession] = pytest.StashKey()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -112,6 +115,11 @@ def pytest_configure(config: pytest.Config) -> None:
     from simq_conformance.registry import UnknownAdapter, resolve
     from simq_conformance.session import ConformanceSession
 
+    if config.getoption("numprocesses", None) or hasattr(config, "workerinput"):
+        raise pytest.UsageError(
+            f"{CONFORMANCE_OPTION} runs in one process (each adapter's workloads run once "
+            "and every guarantee test reads them); drop -n/--numprocesses"
+        )
     url = config.getoption("simq_conformance_url")
     try:
         adapters = {name: resolve(name, url) for name in names}

@@ -78,7 +78,7 @@ def _acked_before(d: Delivery, i: int) -> bool:
 def _lost_early_task(idx: Index, d: Delivery, i: int, crash: Event) -> list[Violation]:
     out = []
     for x in idx.started_after(d.message_id, i):
-        if not x.copy:
+        if not (x.copy or idx.duplicated_before(d.message_id, x.start_at or x.at)):
             out.append(Violation("G4", (
                 f"{d.label} was acked at start and running on {d.worker} when it crashed at "
                 f"{when(crash)}, yet started again on {x.worker} at {when(x.start)}; an "
@@ -255,7 +255,7 @@ def _cold(idx: Index, d: Delivery, i: int, stop: Event, config: CheckConfig) -> 
                 f"{when(cancel)} without storing RETRY('cancelled by Celery')"),
                 evidence(d.start, stop, cancel)))
         for x in idx.started_after(d.message_id, j):
-            if not x.copy:
+            if not (x.copy or idx.duplicated_before(d.message_id, x.start_at or x.at)):
                 out.append(Violation("G17", (
                     f"{d.label} (acked at start) was cancelled by the cold shutdown at "
                     f"{when(cancel)} yet ran again on {x.worker} at {when(x.start)}"),

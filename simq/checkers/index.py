@@ -206,6 +206,12 @@ class Index:
         pub = self.publications.get(message_id)
         return not self.consumed_at_end(pub[1].details.get("queue") if pub else None)
 
+    def duplicated_before(self, message_id: str, i: int) -> bool:
+        """Whether a visibility-timeout restore copied the message before index ``i``: from
+        then on, another run of it is the documented duplicate (G6), not a redelivery."""
+        return any(j < i and e.details.get("reason") == "visibility-timeout"
+                   for j, e in self.returns.get(message_id, ()))
+
     def twins(self, d: Delivery) -> list[Delivery]:
         """Other deliveries of ``d``'s message held by ``d``'s worker at the same time.
 
@@ -215,7 +221,11 @@ class Index:
         end = len(self.events)
 
         def until(x: Delivery) -> int:
-            return min(j for j in (x.settle_at, x.release_at, end) if j is not None)
+            if x.start_at is not None and x.outcome_at is None and x.died_at is None:
+                return end  # still running, whether or not its channel is gone
+            steps = [j for j in (x.settle_at, x.outcome_at, x.release_at, x.died_at)
+                     if j is not None]
+            return max(steps) if steps else end
 
         return [x for x in self.by_message.get(d.message_id, ()) if x is not d
                 and x.worker == d.worker and x.at < until(d) and d.at < until(x)]

@@ -40,8 +40,11 @@ def _ran_again(idx: Index, d: Delivery, i: int, config: CheckConfig) -> list[Del
     s = d.settle
     if s is None or s.kind not in ("acked", "rejected") or bool(s.details.get("requeue")):
         return []
-    return [x for x in idx.started_after(d.message_id, i)
-            if not (config.emulates_acks and x.copy)]
+    restored = [j for j, e in idx.returns.get(d.message_id, ())
+                if e.details.get("reason") == "visibility-timeout"]
+    # On redis/sqs a visibility-timeout restore duplicates the message: G6's business.
+    return [x for x in idx.started_after(d.message_id, i) if not (
+        config.emulates_acks and (x.copy or any(j < (x.start_at or x.at) for j in restored)))]
 
 
 def _settle_text(d: Delivery) -> str:
@@ -334,7 +337,9 @@ def _revoke(idx: Index, i: int, rv: Event, config: CheckConfig) -> list[Violatio
                     out.append(Violation("G10", (
                         f"{d.label} was terminated at {when(o)} without storing REVOKED"),
                         evidence(rv, o)))
-            elif not terminate and killed:
+            elif not terminate and killed and not any(
+                    i < k < (d.outcome_at or 0) and x.task_id == rv.task_id
+                    and x.details.get("terminate") for k, x in idx.revokes):
                 assert o is not None
                 out.append(Violation("G10", (
                     f"{d.label} was terminated at {when(o)} by a revoke without terminate "

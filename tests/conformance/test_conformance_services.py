@@ -11,6 +11,8 @@ import os
 
 import pytest
 
+from simq_conformance import ProbeCall, RunSettings, Workload
+
 pytest_plugins = ("pytester",)
 
 #: Workloads per adapter: enough to cross every fault kind once in a while, few enough
@@ -71,3 +73,25 @@ def test_ci_fails_an_unreachable_broker(pytester: pytest.Pytester) -> None:
         timeout=300,
     )
     result.assert_outcomes(failed=1, deselected=18)
+
+
+@pytest.mark.services
+@pytest.mark.parametrize(
+    ("factory", "final"), [("celery_rabbitmq", "PENDING"), ("celery_redis", "REVOKED")]
+)
+def test_a_message_expiring_in_the_queue_on_real_brokers(factory: str, final: str) -> None:
+    """RabbitMQ drops a message whose TTL ran out in the queue; Redis delivers it (G9)."""
+    from simq_conformance.adapters import celery_adapter
+    from simq_conformance.differential import outcomes
+
+    # The workload of test_findings.py: c2 expires while it waits behind c1.
+    workload = Workload(
+        RunSettings(concurrency=1, prefetch_multiplier=1, conf={"task_acks_late": True}),
+        calls=(
+            ProbeCall("sleep", (1.0,), key="c1"),
+            ProbeCall("ret", (2,), {"expires": 0.3}, "c2"),
+        ),
+    )
+    result = getattr(celery_adapter, factory)().run(workload)
+    assert result.complete, result.notes
+    assert outcomes(result) == {"c1": ("SUCCESS", 1), "c2": (final, 0)}

@@ -229,3 +229,15 @@ def test_a_failure_lands_in_the_report(adapters: pytest.Pytester) -> None:
     data = json.loads((adapters.path / "rep.json").read_text())
     failure = data["adapters"]["adapters_mod:Forgetful"]["guarantees"]["G1"]["failure"]
     assert failure["history"] and failure["violations"]
+
+
+def test_the_suite_refuses_xdist(pytester: pytest.Pytester) -> None:
+    """--conformance with -n is a usage error: each adapter's campaign runs in one process."""
+    result = pytester.runpytest("--conformance=simq", "-n", "2")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.re_match_lines(
+        [
+            r"^ERROR: --conformance runs in one process \(each adapter's workloads run once and "
+            r"every guarantee test reads them\); drop -n/--numprocesses$"
+        ]
+    )

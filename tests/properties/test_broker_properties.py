@@ -157,11 +157,18 @@ def _eta(event: Event) -> float | None:
 
 
 def check_messages(history: History) -> None:
-    """Every message is delivered until one final disposition; none is held twice."""
+    """Every message is delivered until one final disposition (or expires in the queue);
+    none is held twice."""
     where: dict[str, str] = {}  # message_id -> "ready" | "held" | "done"
     finals: Counter[str] = Counter()
     for event in history:
         mid = event.message_id
+        if event.kind == "lost" and event.details.get("reason") == "expired":
+            # RabbitMQ drops a message whose TTL (``expires``) ran out in the queue (G9).
+            assert where.get(mid) == "ready", f"expired while {where.get(mid)}: {event}"
+            where[mid] = "done"
+            finals[mid] += 1
+            continue
         assert event.kind != "lost", f"message lost: {event}"
         if mid is None:
             continue
@@ -218,11 +225,14 @@ def check_prefetch(history: History) -> None:
 
 
 def check_outcomes(history: History) -> None:
-    """Each task id has one ready state, or none when Celery leaves it PENDING."""
+    """Each task id has one ready state, or none when Celery leaves it PENDING (or the
+    broker dropped it as expired)."""
     names = {e.task_id: e["task"] for e in history.where(kind="published")}
     for task_id, name in names.items():
         events = history.where(task_id=task_id)
         ready = events.where(kind="state", state=list(states.READY_STATES))
+        if events.where(kind="lost", reason="expired") and not ready:
+            continue  # RabbitMQ dropped it (TTL, G9): it stays PENDING or RETRY
         pending = len(events.where(kind="ignored")) or (
             not name.endswith("_late") and len(events.where(kind="declined", requeue=True))
         )

@@ -278,3 +278,31 @@ def test_checkers_accept_a_history_read_back_from_json_lines() -> None:
     assert only(found, "G1").message.endswith(
         "was never acked; early ack happens when the task starts"
     )
+
+
+# -- reading histories with copies side by side -------------------------------------
+
+
+def test_a_write_during_side_by_side_runs_goes_to_the_attempt_that_ends_next() -> None:
+    """Two copies of one message run on one worker; each RETRY belongs to the next to end."""
+    s = Story().online("w1", concurrency=2).publish("m1", "t1", eta=60).deliver("m1").at(50)
+    s.requeued("m1", reason="visibility-timeout", copy=True)
+    s.deliver("m1", redelivered=True, copy=True).at(60).start("m1").start("m1").at(72)
+    for _ in range(2):
+        s.publish(f"m{len(s.tasks) + 1}", "t1", retries=1).state("t1", "RETRY", None)
+        s.outcome("retried", "m1", exception=None, when=0).ack("m1")
+    config = CheckConfig(transport="redis", visibility_timeout=50, acks_late={"*": True})
+    assert run_all(s.history, config) == []
+
+
+def test_a_copy_revoked_at_receipt_is_told_from_one_waiting_on_its_eta() -> None:
+    """An expired copy revoked on receipt is not mistaken for the older copy on its timer."""
+    s = Story().online("w1").publish("m1", "t1", eta=60, expires=8).deliver("m1").at(10)
+    s.requeued("m1", reason="visibility-timeout", copy=True)
+    s.deliver("m1", redelivered=True, copy=True)
+    s.outcome("revoked", "m1", reason="expired", expired=True, terminated=False)
+    s.state("t1", "REVOKED", {"exc_type": "TaskRevokedError"}).ack("m1").at(60)
+    s.outcome("revoked", "m1", reason="expired", expired=True, terminated=False)
+    s.state("t1", "REVOKED", {"exc_type": "TaskRevokedError"}).ack("m1")
+    config = CheckConfig(transport="sqs", visibility_timeout=10, complete=True)
+    assert run_all(s.history, config) == []

@@ -382,3 +382,33 @@ def test_g6_fails_a_real_redis_run_with_its_restore_removed() -> None:
 
     v = check_g6(edited(sim.history, drop=drop), config)
     assert "was never restored" in v[0].message
+
+
+def test_g6_fails_a_restore_after_a_wiping_broker_restart() -> None:
+    """A broker restart that lost every message also lost its unacked records (§3.2 G6)."""
+    s = copied(after=10).at(12).fault("broker-restarted", None, lost=1)
+    s.event("lost", "t1", "m1", None, reason="broker-restart").at(20)
+    s.requeued("m1", "w2", reason="visibility-timeout", copy=True)
+    v = only(check_g6(s.history, REDIS), "G6")
+    assert v.message.endswith(
+        "although the broker restart at 2030-01-01T00:00:12.000Z lost "
+        "its messages, unacked ones included"
+    )
+
+
+def test_g6_passes_a_real_redis_restart_that_loses_a_visibility_copy() -> None:
+    """A real Redis restart loses the original and its visibility copy; neither returns."""
+    app = simq.App("shop", broker_transport_options={"visibility_timeout": 5})
+
+    @app.task(name="shop.later")
+    def later():
+        return 1
+
+    with simq.Simulation(app, seed=0, workers=2, transport="redis") as sim:
+        later.apply_async(countdown=30)
+        sim.restart_broker(at=7)
+        sim.run()
+        config = config_from(sim)
+    assert len(sim.history.where(kind="lost")) == 2
+    assert sim.history.where(kind="requeued").kinds() == ["requeued"]  # the copy, at 5 s
+    assert check_g6(sim.history, config) == []

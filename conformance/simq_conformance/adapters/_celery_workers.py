@@ -326,8 +326,12 @@ class InProcessWorkers(_Workers):
         if stuck:
             self.run.notes.append(f"in-process workers still running: {', '.join(stuck)}")
         from celery import _state
+        from celery.result import _set_task_join_will_block
 
         _state.default_app, _state._tls.current_app = self._apps
+        # An embedded worker marks the process as "inside a worker" (result.get() then
+        # refuses to block); the test process is not a worker once they stopped.
+        _set_task_join_will_block(False)
         self.close_client()
 
     def is_child(self, pid: int) -> bool:
