@@ -10,7 +10,7 @@ nox.options.reuse_venv = "yes"
 # `bench` is slow and measures rather than checks, so it runs only when asked for.
 nox.options.sessions = ["tests", "lint", "typecheck", "docs"]
 
-LINT_PATHS = ["simq", "tests", "bench", "noxfile.py"]
+LINT_PATHS = ["simq", "conformance", "tests", "bench", "noxfile.py"]
 
 
 @nox.session

@@ -16,10 +16,14 @@ def main() -> None:
     print("| measure | µs per task | ratio to Celery eager apply() |")
     print("|---|---|---|")
     print(f"| Celery 5.7 eager `Task.apply()` | {r['celery_eager_us']:.1f} | 1.00 |")
-    print(f"| simq round trip, 20,000 queued then `sim.run()` | {r['simq_batch_us']:.1f} "
-          f"| {r['ratio_batch']:.2f} |")
-    print(f"| simq round trip, `delay().get()` each | {r['simq_get_each_us']:.1f} "
-          f"| {r['ratio_get_each']:.2f} |")
+    print(
+        f"| simq round trip, 20,000 queued then `sim.run()` | {r['simq_batch_us']:.1f} "
+        f"| {r['ratio_batch']:.2f} |"
+    )
+    print(
+        f"| simq round trip, `delay().get()` each | {r['simq_get_each_us']:.1f} "
+        f"| {r['ratio_get_each']:.2f} |"
+    )
     print(f"\n## {t['tasks']:,} queued trivial tasks")
     print(f"- {t['tasks_per_second']:,.0f} tasks per second")
     print(f"- peak traced memory {t['peak_mib']:.1f} MiB ({t['events']:,} history events)")

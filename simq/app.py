@@ -46,8 +46,11 @@ class TaskRegistry(dict[str, Task]):
         exc = NotRegistered(key)
         if hasattr(exc, "add_note"):  # Python 3.11+; a note keeps Celery's str() and repr()
             close = difflib.get_close_matches(str(key), [str(name) for name in self], n=1)
-            hint = (f"did you mean {close[0]!r}?" if close
-                    else "import the module that defines it before calling it")
+            hint = (
+                f"did you mean {close[0]!r}?"
+                if close
+                else "import the module that defines it before calling it"
+            )
             exc.add_note(f"no task named {key!r} is registered with this app; {hint}")
         raise exc
 
@@ -74,11 +77,18 @@ class Control:
     def __init__(self, app: App) -> None:
         self.app = app
 
-    def revoke(self, task_id: str | list[str], destination: Any = None, terminate: bool = False,
-               signal: Any = None, **kwargs: Any) -> None:
+    def revoke(
+        self,
+        task_id: str | list[str],
+        destination: Any = None,
+        terminate: bool = False,
+        signal: Any = None,
+        **kwargs: Any,
+    ) -> None:
         """Tell every worker to discard ``task_id`` (and, with terminate, kill its child)."""
-        self.app.require_world("app.control.revoke()").revoke(task_id, terminate=terminate,
-                                                              signal=signal)
+        self.app.require_world("app.control.revoke()").revoke(
+            task_id, terminate=terminate, signal=signal
+        )
 
 
 class EagerStore:
@@ -91,8 +101,9 @@ class EagerStore:
         self.hostname = app.hostname
         self._metas: dict[str, dict[str, Any]] = {}
 
-    def store(self, task_id: str, state: str, result: Any, request: Context | None,
-              traceback: str | None) -> None:
+    def store(
+        self, task_id: str, state: str, result: Any, request: Context | None, traceback: str | None
+    ) -> None:
         world = self.app._world
         if world is not None:
             world.store(task_id, state, result, request, traceback)
@@ -100,8 +111,12 @@ class EagerStore:
         old = self._metas.get(task_id)
         if old is not None and old["status"] == states.SUCCESS:
             return
-        self._metas[task_id] = {"status": state, "result": encoded(result),
-                                "traceback": traceback, "date_done": None}
+        self._metas[task_id] = {
+            "status": state,
+            "result": encoded(result),
+            "traceback": traceback,
+            "date_done": None,
+        }
 
     def work(self, task: Any) -> None:
         """Eager runs take no simulated time."""
@@ -133,9 +148,15 @@ class App:
         ...     return order_id
     """
 
-    def __init__(self, main: str | None = None, *, strict_typing: bool = True,
-                 broker: str | None = None, backend: str | None = None,
-                 **settings: Any) -> None:
+    def __init__(
+        self,
+        main: str | None = None,
+        *,
+        strict_typing: bool = True,
+        broker: str | None = None,
+        backend: str | None = None,
+        **settings: Any,
+    ) -> None:
         self.main = main
         self.strict_typing = strict_typing
         if broker is not None:
@@ -157,8 +178,9 @@ class App:
     def Task(self) -> type[_Task]:
         """The base task class bound to this app (``base`` default of ``@app.task``)."""
         if self._task_base is None:
-            self._task_base = type("Task", (Task,), {"app": self, "__module__": __name__,
-                                                     "abstract": True})
+            self._task_base = type(
+                "Task", (Task,), {"app": self, "__module__": __name__, "abstract": True}
+            )
         return self._task_base
 
     @overload
@@ -181,9 +203,14 @@ class App:
 
     shared_task = task
 
-    def _task_from_fun(self, fun: Callable[..., Any], name: str | None = None,
-                       base: type[_Task] | None = None, bind: bool = False,
-                       **options: Any) -> _Task:
+    def _task_from_fun(
+        self,
+        fun: Callable[..., Any],
+        name: str | None = None,
+        base: type[_Task] | None = None,
+        bind: bool = False,
+        **options: Any,
+    ) -> _Task:
         for key in ("shared", "filter", "lazy"):
             options.pop(key, None)
         name = name or self.gen_task_name(fun.__name__, fun.__module__)
@@ -191,8 +218,9 @@ class App:
         if name in self.tasks:
             existing = self.tasks[name]
             if getattr(existing, "__wrapped__", None) is not fun:
-                warnings.warn(f"task name {name!r} is already registered; keeping the first",
-                              stacklevel=3)
+                warnings.warn(
+                    f"task name {name!r} is already registered; keeping the first", stacklevel=3
+                )
             return existing
         if "rate_limit" in options:
             parse_rate(options["rate_limit"], owner=f"task {name!r}: rate_limit")
@@ -356,25 +384,43 @@ class App:
             task_type = self.tasks.get(name)
             if task_type is not None:
                 # 5.7: a locally registered task's execution options are the defaults.
-                exec_opts = {k: v for k, v in task_type._get_exec_options().items()
-                             if v is not None}
+                exec_opts = {
+                    k: v for k, v in task_type._get_exec_options().items() if v is not None
+                }
                 options = dict(exec_opts, **options)
                 options.setdefault("ignore_result", task_type.ignore_result)
-        for key, value in (("time_limit", time_limit), ("soft_time_limit", soft_time_limit),
-                           ("expires", expires)):
+        for key, value in (
+            ("time_limit", time_limit),
+            ("soft_time_limit", soft_time_limit),
+            ("expires", expires),
+        ):
             if value is not _OMITTED:
                 options[key] = value  # an explicit None clears the task's default
         options.update(
-            countdown=countdown, eta=eta, task_id=task_id, link=link, link_error=link_error,
-            add_to_parent=add_to_parent, group_id=group_id, group_index=group_index,
-            retries=retries, chord=chord, reply_to=reply_to, root_id=root_id,
-            parent_id=parent_id, route_name=route_name, shadow=shadow, chain=chain,
-            replaced_task_nesting=replaced_task_nesting, result_cls=result_cls,
+            countdown=countdown,
+            eta=eta,
+            task_id=task_id,
+            link=link,
+            link_error=link_error,
+            add_to_parent=add_to_parent,
+            group_id=group_id,
+            group_index=group_index,
+            retries=retries,
+            chord=chord,
+            reply_to=reply_to,
+            root_id=root_id,
+            parent_id=parent_id,
+            route_name=route_name,
+            shadow=shadow,
+            chain=chain,
+            replaced_task_nesting=replaced_task_nesting,
+            result_cls=result_cls,
         )
         return self._publish(name, args, kwargs, options, task_type)
 
-    def _publish(self, name: str, args: Any, kwargs: Any, options: dict[str, Any],
-                 task_type: Any) -> _AsyncResult:
+    def _publish(
+        self, name: str, args: Any, kwargs: Any, options: dict[str, Any], task_type: Any
+    ) -> _AsyncResult:
         """Turn a call into a message and publish it (``options`` is consumed)."""
         world = self._world
         if world is None:
@@ -397,14 +443,16 @@ class App:
         if not isinstance(kwargs, Mapping):
             raise TypeError("task keyword arguments must be a mapping")
 
-        queue, exchange, routing_key = self._route(name, args, kwargs, options, task_type,
-                                                   pop("route_name", None))
+        queue, exchange, routing_key = self._route(
+            name, args, kwargs, options, task_type, pop("route_name", None)
+        )
         now = world.time()
         # The headers carry ISO 8601 (microseconds) and a worker reads them back: keep the
         # float the worker schedules on equal to what the header says (amqp.py).
         eta_ts = _on_the_wire(_eta(now, countdown, eta)) if countdown or eta else None
-        expires_ts = (_on_the_wire(_absolute(now, expires, "expires"))
-                      if expires is not None else None)
+        expires_ts = (
+            _on_the_wire(_absolute(now, expires, "expires")) if expires is not None else None
+        )
 
         parent = current_worker_task()
         if parent is not None and (not root_id or not parent_id):
@@ -417,9 +465,11 @@ class App:
                 options.setdefault("priority", (preq.delivery_info or {}).get("priority"))
         root_id = root_id or task_id
         priority = options.get("priority")
-        serializer = (options.get("serializer")
-                      or (task_type.serializer if task_type is not None else None)
-                      or self.conf.task_serializer)
+        serializer = (
+            options.get("serializer")
+            or (task_type.serializer if task_type is not None else None)
+            or self.conf.task_serializer
+        )
         headers: dict[str, Any] = {
             "lang": "py",
             "task": name,
@@ -451,9 +501,18 @@ class App:
         }
         body = dumps([list(args), dict(kwargs), embed], serializer)
         message = Message(
-            message_id=world.new_message_id(), task_id=task_id, task=name, headers=headers,
-            body=body, serializer=serializer, queue=queue, exchange=exchange,
-            routing_key=routing_key, priority=priority, eta=eta_ts, expires=expires_ts,
+            message_id=world.new_message_id(),
+            task_id=task_id,
+            task=name,
+            headers=headers,
+            body=body,
+            serializer=serializer,
+            queue=queue,
+            exchange=exchange,
+            routing_key=routing_key,
+            priority=priority,
+            eta=eta_ts,
+            expires=expires_ts,
         )
         world.publish(message)
         result = (result_cls or self.AsyncResult)(task_id)
@@ -462,8 +521,15 @@ class App:
             parent.request.children.append(result)
         return result
 
-    def _route(self, name: str, args: Any, kwargs: Any, options: dict[str, Any],
-               task: Any, route_name: str | None) -> tuple[str, str, str]:
+    def _route(
+        self,
+        name: str,
+        args: Any,
+        kwargs: Any,
+        options: dict[str, Any],
+        task: Any,
+        route_name: str | None,
+    ) -> tuple[str, str, str]:
         return route(self.conf, route_name or name, args, kwargs, options, task)
 
     def __repr__(self) -> str:

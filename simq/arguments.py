@@ -43,8 +43,9 @@ def header_from(fun: Callable[..., Any]) -> Any:
             text += f"=__simq_default_{index}"
         parts.append(text)
         nxt = params[index + 1] if index + 1 < len(params) else None
-        if param.kind is param.POSITIONAL_ONLY and (nxt is None or nxt.kind is not
-                                                    param.POSITIONAL_ONLY):
+        if param.kind is param.POSITIONAL_ONLY and (
+            nxt is None or nxt.kind is not param.POSITIONAL_ONLY
+        ):
             parts.append("/")
     name = getattr(fun, "__name__", "task")
     if not name.isidentifier():
@@ -53,9 +54,7 @@ def header_from(fun: Callable[..., Any]) -> Any:
     return namespace[name]
 
 
-
-def merge_retry_arguments(task: Task, request: Context, args: Any, kwargs: Any
-                           ) -> tuple[Any, Any]:
+def merge_retry_arguments(task: Task, request: Context, args: Any, kwargs: Any) -> tuple[Any, Any]:
     """5.7's retry argument merging (issue #6494), §1.8 step 4."""
     orig_args = list(request.args or ())
     orig_kwargs = dict(request.kwargs or {})
@@ -66,8 +65,11 @@ def merge_retry_arguments(task: Task, request: Context, args: Any, kwargs: Any
     if args is not None:
         # Only args given: keep the original kwargs that the new positionals do not cover.
         try:
-            names = [p.name for p in inspect.signature(task.run).parameters.values()
-                     if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+            names = [
+                p.name
+                for p in inspect.signature(task.run).parameters.values()
+                if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+            ]
         except (TypeError, ValueError):
             names = []
         covered = set(names[: len(args)])
@@ -85,9 +87,9 @@ def merge_retry_arguments(task: Task, request: Context, args: Any, kwargs: Any
     except (TypeError, ValueError):
         return orig_args, kwargs
     for name in list(kwargs):
-        if (name in bound.arguments
-                and signature.parameters[name].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD):
+        if (
+            name in bound.arguments
+            and signature.parameters[name].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+        ):
             bound.arguments[name] = kwargs.pop(name)
     return list(bound.args), {**bound.kwargs, **kwargs}
-
-

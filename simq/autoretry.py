@@ -54,11 +54,11 @@ def make_autoretry(task: Task) -> None:
     task.run = run_with_autoretry  # type: ignore[method-assign]
 
 
-def backoff_interval(factor: int, retries: int, maximum: int, full_jitter: bool,
-                     rng: random.Random) -> int:
+def backoff_interval(
+    factor: int, retries: int, maximum: int, full_jitter: bool, rng: random.Random
+) -> int:
     """Celery's ``get_exponential_backoff_interval``: ``min(max, factor*2**n)``, jittered."""
-    countdown: int = min(maximum, factor * (2 ** retries))
+    countdown: int = min(maximum, factor * (2**retries))
     if full_jitter:
         countdown = rng.randrange(countdown + 1)
     return max(0, countdown)
-

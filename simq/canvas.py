@@ -94,8 +94,9 @@ class Signature(dict):  # type: ignore[type-arg]
 
     # -- merging -----------------------------------------------------------------------
 
-    def _merge(self, args: Any = None, kwargs: Any = None, options: Any = None,
-               force: bool = False) -> tuple[tuple[Any, ...], dict[str, Any], dict[str, Any]]:
+    def _merge(
+        self, args: Any = None, kwargs: Any = None, options: Any = None, force: bool = False
+    ) -> tuple[tuple[Any, ...], dict[str, Any], dict[str, Any]]:
         args = tuple(args or ())
         kwargs = dict(kwargs or {})
         options = dict(options or {})
@@ -114,8 +115,14 @@ class Signature(dict):  # type: ignore[type-arg]
         """A copy with arguments merged in and options deep-copied."""
         args, kwargs, options = self._merge(args, kwargs, opts)
         sig = Signature(
-            self.task, args, kwargs, copy.deepcopy(options), type=self._type,
-            subtask_type=self.get("subtask_type"), immutable=self.immutable, app=self._app,
+            self.task,
+            args,
+            kwargs,
+            copy.deepcopy(options),
+            type=self._type,
+            subtask_type=self.get("subtask_type"),
+            immutable=self.immutable,
+            app=self._app,
         )
         return sig
 
@@ -148,8 +155,9 @@ class Signature(dict):  # type: ignore[type-arg]
     def delay(self, *partial_args: Any, **partial_kwargs: Any) -> AsyncResult:
         return self.apply_async(partial_args, partial_kwargs)
 
-    def apply_async(self, args: Any = None, kwargs: Any = None, route_name: Any = None,
-                    **options: Any) -> AsyncResult:
+    def apply_async(
+        self, args: Any = None, kwargs: Any = None, route_name: Any = None, **options: Any
+    ) -> AsyncResult:
         """Send the signature's task; call-time options win over stored ones."""
         options = {k: v for k, v in options.items() if v is not None}
         args, kwargs, options = self._merge(args, kwargs, options)

@@ -14,8 +14,9 @@ from simq.simulation import Simulation
 __all__ = ["demo", "main"]
 
 
-def demo(seed: int = 0, orders: int = 20, workers: int = 2, concurrency: int = 2,
-         faults: bool = True) -> str:
+def demo(
+    seed: int = 0, orders: int = 20, workers: int = 2, concurrency: int = 2, faults: bool = True
+) -> str:
     """Run the order workflow example and return a readable summary."""
     from simq.examples import orders as example
 
@@ -58,8 +59,13 @@ def demo(seed: int = 0, orders: int = 20, workers: int = 2, concurrency: int = 2
     expired = len(history.where(kind="revoked", reason="expired"))
     redelivered = len(history.where(kind="delivered", redelivered=True))
     fault_kinds = ("worker-crashed", "connection-lost", "child-killed", "shutdown")
-    injected = ", ".join(f"{e.kind} {e.worker} at {e.time - start:.1f} s"
-                         for e in history.where(kind=fault_kinds)) or "none"
+    injected = (
+        ", ".join(
+            f"{e.kind} {e.worker} at {e.time - start:.1f} s"
+            for e in history.where(kind=fault_kinds)
+        )
+        or "none"
+    )
     lines += [
         "",
         f"faults: {injected}",
@@ -67,8 +73,7 @@ def demo(seed: int = 0, orders: int = 20, workers: int = 2, concurrency: int = 2
         f"    events: {len(history)}",
         f"guarantees checked (sim.check()): {len(violations)} violations",
         f"virtual time elapsed: {elapsed:,.1f} s    real time taken: {wall * 1000:,.1f} ms",
-        f"replay: simq demo --seed {seed} --orders {orders}"
-        + ("" if faults else " --no-faults"),
+        f"replay: simq demo --seed {seed} --orders {orders}" + ("" if faults else " --no-faults"),
     ]
     return "\n".join(lines)
 
@@ -85,8 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo_cmd.add_argument("--no-faults", action="store_true", help="run without faults")
     args = parser.parse_args(argv)
     if args.command == "demo":
-        print(demo(args.seed, args.orders, args.workers, args.concurrency,
-                   faults=not args.no_faults))
+        print(
+            demo(args.seed, args.orders, args.workers, args.concurrency, faults=not args.no_faults)
+        )
     return 0
 
 

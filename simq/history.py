@@ -106,8 +106,7 @@ class History:
         out = []
         for event in self._events:
             for key, many, want in tests:
-                value = (getattr(event, key) if key in _FIELDS
-                         else event.details.get(key, _MISSING))
+                value = getattr(event, key) if key in _FIELDS else event.details.get(key, _MISSING)
                 if (value not in want) if many else (value != want):
                     break
             else:

@@ -71,9 +71,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     seeds = item.stash.get(_SEEDS_KEY, None)
     if seeds and report.failed:
         seed = seeds[0]
-        report.sections.append((
-            "simq",
-            f"simulation seed: {seed}\n"
-            f"reproduce with: python -m pytest '{item.nodeid}' {SEED_OPTION}={seed}",
-        ))
+        report.sections.append(
+            (
+                "simq",
+                f"simulation seed: {seed}\n"
+                f"reproduce with: python -m pytest '{item.nodeid}' {SEED_OPTION}={seed}",
+            )
+        )
     return report

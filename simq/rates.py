@@ -29,9 +29,7 @@ def parse_rate(value: str | float | int | None, *, owner: str = "rate_limit") ->
             ) from None
         key = unit or "s"
         if key not in _UNITS:
-            raise ValueError(
-                f"{owner}: unknown time unit in rate {value!r}; use 's', 'm' or 'h'"
-            )
+            raise ValueError(f"{owner}: unknown time unit in rate {value!r}; use 's', 'm' or 'h'")
         rate = count / _UNITS[key]
     else:
         raise ValueError(f"{owner}: {value!r} is not a rate; use a number or 'N/s', 'N/m', 'N/h'")

@@ -26,8 +26,14 @@ class AsyncResult:
     instance, as Celery does; create a fresh ``AsyncResult`` to observe later writes.
     """
 
-    def __init__(self, id: str, backend: Any = None, task_name: str | None = None,
-                 app: App | None = None, parent: Any = None) -> None:
+    def __init__(
+        self,
+        id: str,
+        backend: Any = None,
+        task_name: str | None = None,
+        app: App | None = None,
+        parent: Any = None,
+    ) -> None:
         if app is None:
             raise SimqError(f"AsyncResult({id!r}) needs app=; use app.AsyncResult(id)")
         self.id = id
@@ -93,8 +99,14 @@ class AsyncResult:
 
     # -- waiting -----------------------------------------------------------------------
 
-    def get(self, timeout: float | None = None, propagate: bool = True, interval: float = 0.5,
-            disable_sync_subtasks: bool = True, **kwargs: Any) -> Any:
+    def get(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        interval: float = 0.5,
+        disable_sync_subtasks: bool = True,
+        **kwargs: Any,
+    ) -> Any:
         """Wait for the result and return it; raise the task's exception if it failed.
 
         In a simulation the wait runs the simulation in virtual time; ``timeout`` is in
@@ -143,8 +155,14 @@ class AsyncResult:
         else:
             self.app.eager_env().forget(self.id)
 
-    def revoke(self, connection: Any = None, terminate: bool = False, signal: Any = None,
-               wait: bool = False, timeout: float | None = None) -> None:
+    def revoke(
+        self,
+        connection: Any = None,
+        terminate: bool = False,
+        signal: Any = None,
+        wait: bool = False,
+        timeout: float | None = None,
+    ) -> None:
         """Broadcast a revoke of this task to the simulation's workers."""
         self.app.control.revoke(self.id, terminate=terminate, signal=signal)
 
@@ -171,9 +189,15 @@ class AsyncResult:
 class EagerResult(AsyncResult):
     """The result of ``apply()``: already ready, holding the value in process."""
 
-    def __init__(self, id: str, ret_value: Any, state: str,
-                 traceback: str | None = None, name: str | None = None,
-                 app: App | None = None) -> None:
+    def __init__(
+        self,
+        id: str,
+        ret_value: Any,
+        state: str,
+        traceback: str | None = None,
+        name: str | None = None,
+        app: App | None = None,
+    ) -> None:
         super().__init__(id, task_name=name, app=app)
         self._result = ret_value
         self._state = state
@@ -202,14 +226,23 @@ class EagerResult(AsyncResult):
     def ready(self) -> bool:
         return True
 
-    def get(self, timeout: float | None = None, propagate: bool = True, interval: float = 0.5,
-            disable_sync_subtasks: bool = True, **kwargs: Any) -> Any:
+    def get(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        interval: float = 0.5,
+        disable_sync_subtasks: bool = True,
+        **kwargs: Any,
+    ) -> Any:
         if self.successful():
             return self._result
         if self._state in states.PROPAGATE_STATES:
             if propagate:
-                raise (self._result if isinstance(self._result, BaseException)
-                       else Exception(self._result))
+                raise (
+                    self._result
+                    if isinstance(self._result, BaseException)
+                    else Exception(self._result)
+                )
             return self._result
         # Celery's EagerResult.get() falls through: REJECTED, IGNORED and RETRY give None.
         return None

@@ -18,11 +18,16 @@ from simq.exceptions import QueueNotFound
 __all__ = ["route"]
 
 
-def route(conf: Any, name: str, args: Any, kwargs: Any, options: dict[str, Any],
-          task: Any) -> tuple[str, str, str]:
+def route(
+    conf: Any, name: str, args: Any, kwargs: Any, options: dict[str, Any], task: Any
+) -> tuple[str, str, str]:
     """Queue, exchange and routing key (options > task_routes > task_default_queue)."""
-    if (not conf.task_routes and conf.task_create_missing_queues
-            and not options.get("exchange") and not options.get("routing_key")):
+    if (
+        not conf.task_routes
+        and conf.task_create_missing_queues
+        and not options.get("exchange")
+        and not options.get("routing_key")
+    ):
         queue = options.get("queue") or conf.task_default_queue
         if not isinstance(queue, str):
             queue = getattr(queue, "name", str(queue))
@@ -38,8 +43,7 @@ def route(conf: Any, name: str, args: Any, kwargs: Any, options: dict[str, Any],
     queue = merged.get("queue") or conf.task_default_queue
     queue = queue if isinstance(queue, str) else getattr(queue, "name", str(queue))
     declared = [conf.task_default_queue] + [
-        q if isinstance(q, str) else getattr(q, "name", "")
-        for q in conf.task_queues or ()
+        q if isinstance(q, str) else getattr(q, "name", "") for q in conf.task_queues or ()
     ]
     if queue not in declared and not conf.task_create_missing_queues:
         raise QueueNotFound(f"Queue {queue!r} missing from task_queues")

@@ -252,7 +252,11 @@ def _format_tb(exc: BaseException) -> str:
 
 
 def mark_as_failure(
-    task: Any, request: Context, exc: BaseException, tb: str | None, env: Env,
+    task: Any,
+    request: Context,
+    exc: BaseException,
+    tb: str | None,
+    env: Env,
     call_errbacks: bool = True,
 ) -> None:
     """Store FAILURE (unless results are ignored) and call the errbacks, as Celery does."""
@@ -263,8 +267,9 @@ def mark_as_failure(
         call_task_errbacks(task, request, exc, tb, env)
 
 
-def call_task_errbacks(task: Any, request: Context, exc: BaseException, tb: str | None,
-                       env: Env) -> None:
+def call_task_errbacks(
+    task: Any, request: Context, exc: BaseException, tb: str | None, env: Env
+) -> None:
     """Call errbacks: inline when they take (request, exc, traceback), else as tasks."""
     app = task.app
     old_style = []
@@ -311,8 +316,7 @@ def trace(task: Any, request: Context, env: Env, propagate: bool = False) -> Out
     push_request(task, request)
     try:
         if task.track_started and publish_result and not env.eager:
-            env.store(task_id, states.STARTED, {"pid": 0, "hostname": env.hostname}, request,
-                      None)
+            env.store(task_id, states.STARTED, {"pid": 0, "hostname": env.hostname}, request, None)
         try:
             task.before_start(task_id, args, kwargs)
             env.work(task)
@@ -387,8 +391,9 @@ def run_parent_hooks(task: Any, request: Context, exc: BaseException) -> None:
         pop_request(task)
 
 
-def _on_success(task: Any, request: Context, retval: Any, env: Env, publish_result: bool,
-                propagate: bool) -> Outcome:
+def _on_success(
+    task: Any, request: Context, retval: Any, env: Env, publish_result: bool, propagate: bool
+) -> Outcome:
     task_id = request.id or ""
     try:
         _dispatch_callbacks(task, request, retval)

@@ -100,13 +100,18 @@ class Simulation:
         self._append = self.history.append
         options = app.conf.broker_transport_options or {}
         self.transport = transport
-        self.broker = Broker(self.record, self.loop, transport=transport,
-                             visibility_timeout=options.get("visibility_timeout"),
-                             max_priority=app.conf.task_queue_max_priority)
+        self.broker = Broker(
+            self.record,
+            self.loop,
+            transport=transport,
+            visibility_timeout=options.get("visibility_timeout"),
+            max_priority=app.conf.task_queue_max_priority,
+        )
         self.durations = dict(durations or {})
         for name, value in self.durations.items():
             if not (callable(value) or isinstance(value, int | float)) or (
-                    isinstance(value, int | float) and value < 0):
+                isinstance(value, int | float) and value < 0
+            ):
                 raise ValueError(
                     f"durations[{name!r}] must be seconds >= 0 or a callable taking a "
                     f"random.Random, got {value!r}"
@@ -196,8 +201,13 @@ class Simulation:
         queue_names = list(queues) if queues is not None else self._default_queues()
         if isinstance(queues, str):
             raise TypeError(f"queues must be a list of names, got the string {queues!r}")
-        worker = Worker(self, name, concurrency=concurrency, queues=queue_names,
-                        prefetch_multiplier=int(prefetch_multiplier))
+        worker = Worker(
+            self,
+            name,
+            concurrency=concurrency,
+            queues=queue_names,
+            prefetch_multiplier=int(prefetch_multiplier),
+        )
         self.workers[name] = worker
         worker.start()
         return worker
@@ -257,8 +267,7 @@ class Simulation:
         """Run for ``seconds`` of virtual time."""
         if seconds < 0:
             raise ValueError(f"advance() needs seconds >= 0, got {seconds}")
-        return self.run(until=dt.datetime.fromtimestamp(self.loop.now + seconds,
-                                                        dt.timezone.utc))
+        return self.run(until=dt.datetime.fromtimestamp(self.loop.now + seconds, dt.timezone.utc))
 
     def _sleep(self, seconds: float) -> None:
         if seconds < 0:
@@ -308,8 +317,14 @@ class Simulation:
 
     # -- recording ---------------------------------------------------------------------
 
-    def record(self, kind: str, task_id: str | None = None, message_id: str | None = None,
-               worker: str | None = None, **details: Any) -> None:
+    def record(
+        self,
+        kind: str,
+        task_id: str | None = None,
+        message_id: str | None = None,
+        worker: str | None = None,
+        **details: Any,
+    ) -> None:
         self._append(Event(kind, self.loop.now, task_id, message_id, worker, details))
 
     # -- the world, as the API layer sees it -------------------------------------------
@@ -335,15 +350,27 @@ class Simulation:
     def forget(self, task_id: str) -> None:
         self.backend.forget(task_id)
 
-    def store(self, task_id: str, state: str, result: Any, request: Any = None,
-              traceback: str | None = None) -> None:
+    def store(
+        self,
+        task_id: str,
+        state: str,
+        result: Any,
+        request: Any = None,
+        traceback: str | None = None,
+    ) -> None:
         fiber = current_fiber()
         worker = getattr(getattr(fiber, "owner", None), "worker", None)
-        self.backend.store(task_id, state, result, request, traceback,
-                           worker=getattr(worker, "name", None))
+        self.backend.store(
+            task_id, state, result, request, traceback, worker=getattr(worker, "name", None)
+        )
 
-    def revoke(self, task_id: str | Iterable[str], terminate: bool = False,
-               signal: str | None = None, at: float | dt.datetime | None = None) -> None:
+    def revoke(
+        self,
+        task_id: str | Iterable[str],
+        terminate: bool = False,
+        signal: str | None = None,
+        at: float | dt.datetime | None = None,
+    ) -> None:
         """Broadcast a revoke to every online worker (lost if none is up, as in Celery).
 
         A worker skips a revoked task when it receives or is about to start it; with
@@ -355,8 +382,13 @@ class Simulation:
     def _revoke(self, ids: list[str], terminate: bool, signal: str | None) -> None:
         online = [w for w in self.workers.values() if w.alive and w.online]
         for tid in ids:
-            self.record("revoke", task_id=tid, terminate=terminate, signal=signal,
-                        workers=[w.name for w in online])
+            self.record(
+                "revoke",
+                task_id=tid,
+                terminate=terminate,
+                signal=signal,
+                workers=[w.name for w in online],
+            )
             # 5.6+ (control.py): each worker not running the task marks it REVOKED if
             # its state is still revocable; the one running it leaves the state alone.
             idle = [w for w in online if not any(r.id == tid for r in w.active())]
@@ -369,30 +401,33 @@ class Simulation:
 
     # -- faults (CELERY_SEMANTICS.md §3) -----------------------------------------------
 
-    def crash_worker(self, name: str, at: float | dt.datetime | None = None,
-                     restart_after: float | None = None) -> None:
+    def crash_worker(
+        self, name: str, at: float | dt.datetime | None = None, restart_after: float | None = None
+    ) -> None:
         """Power failure of worker ``name`` (G4): unacked messages go back to the broker,
         early-acked running tasks are lost where they stand; ``restart_after`` seconds
         later an empty worker of the same name comes back."""
         self.faults.crash_worker(name, at, restart_after)
 
-    def kill_child(self, task_id: str, at: float | dt.datetime | None = None,
-                   exitcode: int = -9) -> None:
+    def kill_child(
+        self, task_id: str, at: float | dt.datetime | None = None, exitcode: int = -9
+    ) -> None:
         """The child running ``task_id`` dies (G3): WorkerLostError and §3.1's decision."""
         self.faults.kill_child(task_id, at, exitcode)
 
-    def lose_connection(self, worker: str, at: float | dt.datetime | None = None,
-                        reconnect_after: float = 5.0) -> None:
+    def lose_connection(
+        self, worker: str, at: float | dt.datetime | None = None, reconnect_after: float = 5.0
+    ) -> None:
         """Worker ``worker`` loses its broker connection (G7) and reconnects later."""
         self.faults.lose_connection(worker, at, reconnect_after)
 
-    def restart_broker(self, at: float | dt.datetime | None = None,
-                       down_for: float = 1.0) -> None:
+    def restart_broker(self, at: float | dt.datetime | None = None, down_for: float = 1.0) -> None:
         """Restart the broker: connections drop; what the transport keeps survives."""
         self.faults.restart_broker(at, down_for)
 
-    def shutdown_worker(self, name: str, at: float | dt.datetime | None = None,
-                        warm: bool = True) -> None:
+    def shutdown_worker(
+        self, name: str, at: float | dt.datetime | None = None, warm: bool = True
+    ) -> None:
         """Shut worker ``name`` down (G17): warm finishes running tasks, cold cancels them."""
         self.faults.shutdown_worker(name, at, warm)
 
@@ -421,13 +456,19 @@ class Simulation:
         if waiting:
             queue = waiting[0].message.queue
             if not self.workers:
-                return (f"{head}; its message waits in queue {queue!r} and the simulation has "
-                        "no workers: pass workers=1 or call sim.add_worker()")
-            return (f"{head}; its message waits in queue {queue!r}, which no worker consumes: "
-                    f"call sim.add_worker(queues=[{queue!r}])")
+                return (
+                    f"{head}; its message waits in queue {queue!r} and the simulation has "
+                    "no workers: pass workers=1 or call sim.add_worker()"
+                )
+            return (
+                f"{head}; its message waits in queue {queue!r}, which no worker consumes: "
+                f"call sim.add_worker(queues=[{queue!r}])"
+            )
         last = events.last()
-        return (f"{head}; its last event was {last.kind!r} at {last.at.isoformat()} "
-                f"({', '.join(events.kinds()[-4:])}): no message for it is left to run")
+        return (
+            f"{head}; its last event was {last.kind!r} at {last.at.isoformat()} "
+            f"({', '.join(events.kinds()[-4:])}): no message for it is left to run"
+        )
 
     def _require_active(self, what: str) -> None:
         if not self._active:
@@ -437,8 +478,10 @@ class Simulation:
             )
 
     def __repr__(self) -> str:
-        return (f"<Simulation seed={self.seed} now={self.now.isoformat()} "
-                f"workers={list(self.workers)} events={len(self.history)}>")
+        return (
+            f"<Simulation seed={self.seed} now={self.now.isoformat()} "
+            f"workers={list(self.workers)} events={len(self.history)}>"
+        )
 
 
 _REVOCABLE = frozenset({states.PENDING, states.RECEIVED, states.RETRY, states.REJECTED})

@@ -32,8 +32,16 @@ if TYPE_CHECKING:
 __all__ = ["Task"]
 
 _EXEC_OPTIONS = (
-    "queue", "routing_key", "exchange", "priority", "expires", "serializer",
-    "delivery_mode", "compression", "time_limit", "soft_time_limit",
+    "queue",
+    "routing_key",
+    "exchange",
+    "priority",
+    "expires",
+    "serializer",
+    "delivery_mode",
+    "compression",
+    "time_limit",
+    "soft_time_limit",
 )
 
 # Attribute, setting: filled from app.conf when the attribute is None at bind time.
@@ -110,8 +118,9 @@ class Task:
         """Attach the task type to ``app`` and fill unset attributes from its config."""
         cls.app = app
         filled = tuple(attr for attr, _ in _FROM_CONFIG if getattr(cls, attr) is None)
-        filled += tuple(attr for attr in ("acks_on_failure", "acks_on_timeout")
-                        if getattr(cls, attr) is None)
+        filled += tuple(
+            attr for attr in ("acks_on_failure", "acks_on_timeout") if getattr(cls, attr) is None
+        )
         if cls.typing is None:
             cls.typing = app.strict_typing
         # Attributes left None are filled from app.conf, and filled again when app.conf
@@ -130,8 +139,10 @@ class Task:
                 setattr(cls, attr, conf[setting])
         # 5.7: acks_on_failure / acks_on_timeout fall back to their setting, then to the
         # deprecated combined flag, then to True.
-        for attr, setting in (("acks_on_failure", "task_acks_on_failure"),
-                              ("acks_on_timeout", "task_acks_on_timeout")):
+        for attr, setting in (
+            ("acks_on_failure", "task_acks_on_failure"),
+            ("acks_on_timeout", "task_acks_on_timeout"),
+        ):
             if attr in filled:
                 value = conf[setting]
                 if value is None:
@@ -209,8 +220,14 @@ class Task:
             serializer = options.get("serializer") or self.serializer or "json"
             args = roundtrip(list(args or ()), serializer)
             kwargs = roundtrip(dict(kwargs or {}), serializer)
-            return self.apply(args, kwargs, task_id=task_id or app.new_task_id(), link=link,
-                              link_error=link_error, **options)
+            return self.apply(
+                args,
+                kwargs,
+                task_id=task_id or app.new_task_id(),
+                link=link,
+                link_error=link_error,
+                **options,
+            )
         options["task_id"] = task_id
         options["link"] = link
         options["link_error"] = link_error
@@ -272,11 +289,22 @@ class Task:
         if self.time_limit is not None or self.soft_time_limit is not None:
             limits = [self.time_limit, self.soft_time_limit]
         request = Context(
-            id=task_id, task=self.name, args=list(args or ()), kwargs=dict(kwargs or {}),
-            parent_id=parent_id, root_id=root_id, retries=retries, is_eager=True,
-            called_directly=False, logfile=logfile, loglevel=loglevel or 0,
-            hostname=app.hostname, callbacks=_listify(link), errbacks=_listify(link_error),
-            headers=headers, timelimit=limits,
+            id=task_id,
+            task=self.name,
+            args=list(args or ()),
+            kwargs=dict(kwargs or {}),
+            parent_id=parent_id,
+            root_id=root_id,
+            retries=retries,
+            is_eager=True,
+            called_directly=False,
+            logfile=logfile,
+            loglevel=loglevel or 0,
+            hostname=app.hostname,
+            callbacks=_listify(link),
+            errbacks=_listify(link_error),
+            headers=headers,
+            timelimit=limits,
             ignore_result=options.get("ignore_result", self.ignore_result),
             delivery_info={
                 "is_eager": True,
@@ -289,8 +317,9 @@ class Task:
         retval = outcome.retval
         if isinstance(retval, Retry) and retval.sig is not None:
             return retval.sig.apply(retries=retries + 1)  # type: ignore[no-any-return]
-        return EagerResult(task_id, retval, outcome.state, traceback=outcome.traceback,
-                           name=self.name, app=app)
+        return EagerResult(
+            task_id, retval, outcome.state, traceback=outcome.traceback, name=self.name, app=app
+        )
 
     def AsyncResult(self, task_id: str, **kwargs: Any) -> AsyncResult:
         """The result handle of ``task_id``."""
@@ -354,7 +383,8 @@ class Task:
             # Celery formats the retry signature's arguments: a tuple and a dict.
             raise self.MaxRetriesExceededError(
                 f"Can't retry {self.name}[{request.id}] args:{sig.args} kwargs:{sig.kwargs}",
-                task_args=sig.args, task_kwargs=sig.kwargs,
+                task_args=sig.args,
+                task_kwargs=sig.kwargs,
             )
         ret = Retry(exc=exc, when=eta or countdown, is_eager=request.is_eager, sig=sig)
         if request.is_eager:
@@ -371,8 +401,12 @@ class Task:
         return ret
 
     def signature_from_request(
-        self, request: Context | None = None, args: Any = None, kwargs: Any = None,
-        queue: str | None = None, **extra_options: Any,
+        self,
+        request: Context | None = None,
+        args: Any = None,
+        kwargs: Any = None,
+        queue: str | None = None,
+        **extra_options: Any,
     ) -> Signature:
         """The signature a retry of ``request`` is sent with (§4.1)."""
         request = self.request if request is None else request
@@ -413,8 +447,9 @@ class Task:
 
     # -- state -------------------------------------------------------------------------
 
-    def update_state(self, task_id: str | None = None, state: str | None = None,
-                     meta: Any = None, **kwargs: Any) -> None:
+    def update_state(
+        self, task_id: str | None = None, state: str | None = None, meta: Any = None, **kwargs: Any
+    ) -> None:
         """Store a state (custom ones like ``PROGRESS`` included) for the current task."""
         app = self._get_app()
         task_id = task_id or self.request.id
@@ -433,16 +468,19 @@ class Task:
     def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
         """Called after SUCCESS is stored."""
 
-    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any,
-                   einfo: Any) -> None:
+    def on_failure(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
         """Called after FAILURE is stored and errbacks ran."""
 
-    def on_retry(self, exc: BaseException | None, task_id: str | None, args: Any, kwargs: Any,
-                 einfo: Any) -> None:
+    def on_retry(
+        self, exc: BaseException | None, task_id: str | None, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
         """Called after RETRY is stored (the retry message is already published)."""
 
-    def after_return(self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any,
-                     einfo: Any) -> None:
+    def after_return(
+        self, status: str, retval: Any, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
         """Called after SUCCESS or FAILURE (not after RETRY, Reject or Ignore)."""
 
     # -- helpers -----------------------------------------------------------------------
@@ -464,8 +502,7 @@ class Task:
             params = inspect.signature(fun).parameters.values()
         except (TypeError, ValueError):
             return False
-        positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY,
-                                                      p.POSITIONAL_OR_KEYWORD)]
+        positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
         if any(p.kind is p.VAR_POSITIONAL for p in params):
             return True
         stored = 0 if sig.immutable else len(sig.args)

@@ -35,8 +35,16 @@ __all__ = [
 #: Faults an adapter may support (a capability each). ``revoke``/``terminate`` send
 #: ``revoke(task_id, terminate=...)`` for a probe call; the shutdowns stop a worker (warm:
 #: running tasks finish; cold: they are cancelled) and start a fresh one in its place.
-FAULTS = ("kill_worker", "kill_child", "cut_connection", "restart_broker",
-          "revoke", "terminate", "warm_shutdown", "cold_shutdown")
+FAULTS = (
+    "kill_worker",
+    "kill_child",
+    "cut_connection",
+    "restart_broker",
+    "revoke",
+    "terminate",
+    "warm_shutdown",
+    "cold_shutdown",
+)
 
 #: Probe task names (short names; the probe app registers them as ``probes.<name>``).
 PROBES = (
@@ -93,17 +101,25 @@ class Capabilities:
     simulated: bool = False
     probes: frozenset[str] = frozenset(PROBES)
 
-    def missing(self, *, faults: tuple[str, ...] = (), observes: tuple[str, ...] = (),
-                time_limits: bool = False, probes: tuple[str, ...] = ()) -> str | None:
+    def missing(
+        self,
+        *,
+        faults: tuple[str, ...] = (),
+        observes: tuple[str, ...] = (),
+        time_limits: bool = False,
+        probes: tuple[str, ...] = (),
+    ) -> str | None:
         """Why this adapter cannot run a check needing these, or None if it can."""
         for fault in faults:
             if fault not in self.faults:
                 return f"{self.adapter}: capability fault {fault!r} not supported" + (
-                    self._why(f"fault:{fault}"))
+                    self._why(f"fault:{fault}")
+                )
         for probe in probes:
             if probe not in self.probes:
                 return f"{self.adapter}: capability probe {probe!r} not supported" + (
-                    self._why(f"probe:{probe}"))
+                    self._why(f"probe:{probe}")
+                )
         for kind in observes:
             if kind not in self.observes:
                 return f"{self.adapter}: capability observes {kind!r} not available"

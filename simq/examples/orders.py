@@ -34,8 +34,9 @@ def charge_payment(self: Any, order_id: int, amount: float) -> dict[str, Any]:
     time.sleep(0.5)  # the gateway call takes half a (virtual) second
     if self.request.retries < DECLINES[order_id]:
         LEDGER.append((time.time(), "declined", order_id))
-        raise self.retry(exc=GatewayDeclined(f"order {order_id}"),
-                         countdown=10 * 2 ** self.request.retries)
+        raise self.retry(
+            exc=GatewayDeclined(f"order {order_id}"), countdown=10 * 2**self.request.retries
+        )
     LEDGER.append((time.time(), "charged", order_id))
     return {"order_id": order_id, "charged": amount}
 

@@ -41,8 +41,9 @@ class Backend:
         value = encoded(result)
         old = self._metas.get(task_id)
         if old is not None and old["status"] == states.SUCCESS:
-            self._record("state-discarded", task_id=task_id, worker=worker, state=state,
-                         result=value)
+            self._record(
+                "state-discarded", task_id=task_id, worker=worker, state=state, result=value
+            )
             return
         now = self._clock()
         self._metas[task_id] = {

@@ -18,8 +18,15 @@ import attrs
 from simq.exceptions import SimqError
 from simq.message import Message
 
-__all__ = ["DEFAULT_VISIBILITY_TIMEOUT", "TRANSPORTS", "Broker", "Consumer", "Envelope",
-           "MessageState", "Queue"]
+__all__ = [
+    "DEFAULT_VISIBILITY_TIMEOUT",
+    "TRANSPORTS",
+    "Broker",
+    "Consumer",
+    "Envelope",
+    "MessageState",
+    "Queue",
+]
 
 TRANSPORTS = ("amqp", "redis", "sqs")
 #: kombu's defaults: redis.py (3600 s) and SQS (1800 s); amqp has no visibility timeout.
@@ -170,13 +177,17 @@ class Broker:
     first holder still has it (kombu #337): the documented duplicate execution.
     """
 
-    def __init__(self, record: Callable[..., None], loop: Any, *, transport: str = "amqp",
-                 visibility_timeout: float | None = None,
-                 max_priority: int | None = None) -> None:
+    def __init__(
+        self,
+        record: Callable[..., None],
+        loop: Any,
+        *,
+        transport: str = "amqp",
+        visibility_timeout: float | None = None,
+        max_priority: int | None = None,
+    ) -> None:
         if transport not in TRANSPORTS:
-            raise SimqError(
-                f"unknown transport {transport!r}; use one of {', '.join(TRANSPORTS)}"
-            )
+            raise SimqError(f"unknown transport {transport!r}; use one of {', '.join(TRANSPORTS)}")
         self._record = record
         self.loop = loop
         self.transport = transport
@@ -184,8 +195,11 @@ class Broker:
         # transport ignores a visibility_timeout in broker_transport_options.
         default_timeout = DEFAULT_VISIBILITY_TIMEOUT.get(transport)
         self.visibility_timeout = (
-            None if default_timeout is None
-            else visibility_timeout if visibility_timeout is not None else default_timeout
+            None
+            if default_timeout is None
+            else visibility_timeout
+            if visibility_timeout is not None
+            else default_timeout
         )
         if transport == "redis":
             self._mode = "redis"
@@ -293,17 +307,28 @@ class Broker:
             envelope.delivered_at = self.loop.now
             message = envelope.message
             if envelope.copy:
-                self._record("delivered", task_id=message.task_id,
-                             message_id=message.message_id, worker=consumer.name, queue=name,
-                             redelivered=envelope.redelivered, copy=True)
+                self._record(
+                    "delivered",
+                    task_id=message.task_id,
+                    message_id=message.message_id,
+                    worker=consumer.name,
+                    queue=name,
+                    redelivered=envelope.redelivered,
+                    copy=True,
+                )
             else:
-                self._record("delivered", task_id=message.task_id,
-                             message_id=message.message_id, worker=consumer.name, queue=name,
-                             redelivered=envelope.redelivered)
+                self._record(
+                    "delivered",
+                    task_id=message.task_id,
+                    message_id=message.message_id,
+                    worker=consumer.name,
+                    queue=name,
+                    redelivered=envelope.redelivered,
+                )
             if self.visibility_timeout is not None:
                 envelope.vt_timer = self.loop.call_later(
-                    self.visibility_timeout, self._visibility_expired, envelope,
-                    envelope.deliveries)
+                    self.visibility_timeout, self._visibility_expired, envelope, envelope.deliveries
+                )
             consumer.on_delivery(envelope)
             consumers = q.consumers
 
@@ -319,30 +344,47 @@ class Broker:
         self._settled(envelope)
         envelope.move(MessageState.ACKED)
         message = envelope.message
-        self._record("acked", task_id=message.task_id, message_id=message.message_id,
-                     worker=envelope.holder)
+        self._record(
+            "acked", task_id=message.task_id, message_id=message.message_id, worker=envelope.holder
+        )
         envelope.holder = None
 
     def reject(self, envelope: Envelope, requeue: bool) -> None:
         message = envelope.message
         self._settled(envelope)
-        self._record("rejected", task_id=message.task_id, message_id=message.message_id,
-                     worker=envelope.holder, requeue=requeue)
+        self._record(
+            "rejected",
+            task_id=message.task_id,
+            message_id=message.message_id,
+            worker=envelope.holder,
+            requeue=requeue,
+        )
         if requeue:
             self.restore(envelope, front=True, record=False)
         else:
             envelope.move(MessageState.REJECTED)
             envelope.holder = None
 
-    def restore(self, envelope: Envelope, *, front: bool = True, record: bool = True,
-                reason: str = "restored") -> None:
+    def restore(
+        self,
+        envelope: Envelope,
+        *,
+        front: bool = True,
+        record: bool = True,
+        reason: str = "restored",
+    ) -> None:
         """Put an unacked message back in its queue, flagged redelivered."""
         self._settled(envelope)
         envelope.move(MessageState.READY)
         message = envelope.message
         if record:
-            self._record("requeued", task_id=message.task_id, message_id=message.message_id,
-                         worker=envelope.holder, reason=reason)
+            self._record(
+                "requeued",
+                task_id=message.task_id,
+                message_id=message.message_id,
+                worker=envelope.holder,
+                reason=reason,
+            )
         envelope.holder = None
         envelope.redelivered = True
         self.queue(message.queue).push(envelope, front=front)
@@ -370,8 +412,14 @@ class Broker:
         # restore_visible re-queues a copy while the first holder still has the message.
         copy = Envelope(message, redelivered=True, copy=True, seq=envelope.seq)
         self.copies.append(copy)
-        self._record("requeued", task_id=message.task_id, message_id=message.message_id,
-                     worker=envelope.holder, reason="visibility-timeout", copy=True)
+        self._record(
+            "requeued",
+            task_id=message.task_id,
+            message_id=message.message_id,
+            worker=envelope.holder,
+            reason="visibility-timeout",
+            copy=True,
+        )
         self.queue(message.queue).push(copy, front=True)
         self.dispatch(message.queue)
 
@@ -394,8 +442,13 @@ class Broker:
         self._settled(envelope)
         envelope.move(MessageState.LOST)
         message = envelope.message
-        self._record("lost", task_id=message.task_id, message_id=message.message_id,
-                     worker=envelope.holder, reason=reason)
+        self._record(
+            "lost",
+            task_id=message.task_id,
+            message_id=message.message_id,
+            worker=envelope.holder,
+            reason=reason,
+        )
         envelope.holder = None
 
     def ready(self) -> list[Envelope]:

@@ -33,8 +33,7 @@ class Faults:
 
     # -- scheduling --------------------------------------------------------------------
 
-    def _when(self, at: float | dt.datetime | None, fn: Callable[..., None],
-              *args: Any) -> None:
+    def _when(self, at: float | dt.datetime | None, fn: Callable[..., None], *args: Any) -> None:
         loop = self.sim.loop
         if at is None:
             fn(*args)
@@ -52,8 +51,9 @@ class Faults:
 
     # -- G4: the whole worker dies -----------------------------------------------------
 
-    def crash_worker(self, name: str, at: float | dt.datetime | None = None,
-                     restart_after: float | None = None) -> None:
+    def crash_worker(
+        self, name: str, at: float | dt.datetime | None = None, restart_after: float | None = None
+    ) -> None:
         """Power failure of worker ``name``; with ``restart_after``, an empty one returns."""
         self._worker(name)
         self._when(at, self._crash, name, restart_after)
@@ -70,15 +70,21 @@ class Faults:
             self.sim.loop.call_later(restart_after, self._restart, worker)
 
     def _restart(self, old: Worker) -> None:
-        new = Worker(self.sim, old.name, concurrency=old.concurrency, queues=old.queues,
-                     prefetch_multiplier=old.prefetch_multiplier)
+        new = Worker(
+            self.sim,
+            old.name,
+            concurrency=old.concurrency,
+            queues=old.queues,
+            prefetch_multiplier=old.prefetch_multiplier,
+        )
         self.sim.workers[old.name] = new
         new.start()
 
     # -- G3: one child dies ------------------------------------------------------------
 
-    def kill_child(self, task_id: str, at: float | dt.datetime | None = None,
-                   exitcode: int = -9) -> None:
+    def kill_child(
+        self, task_id: str, at: float | dt.datetime | None = None, exitcode: int = -9
+    ) -> None:
         """The child process running ``task_id`` dies (default SIGKILL, exit code -9)."""
         if at is None:
             self._running(task_id)
@@ -90,7 +96,9 @@ class Faults:
                 if slot.request is not None and slot.request.id == task_id:
                     return worker, slot
         running = sorted(
-            s.request.id for w in self.sim.workers.values() for s in w.slots
+            s.request.id
+            for w in self.sim.workers.values()
+            for s in w.slots
             if s.request is not None
         )
         raise UnknownTarget(
@@ -103,8 +111,13 @@ class Faults:
         running = slot.request
         assert running is not None
         request = running
-        self.sim.record("child-killed", task_id=task_id, message_id=request.message.message_id,
-                        worker=worker.name, exitcode=exitcode)
+        self.sim.record(
+            "child-killed",
+            task_id=task_id,
+            message_id=request.message.message_id,
+            worker=worker.name,
+            exitcode=exitcode,
+        )
         slot.replace_child()
         worker._child_lost(request, Outcome(LOST, exitcode=exitcode))
         worker._schedule_pump()
@@ -112,8 +125,9 @@ class Faults:
 
     # -- G7: the broker connection drops -----------------------------------------------
 
-    def lose_connection(self, worker: str, at: float | dt.datetime | None = None,
-                        reconnect_after: float = 5.0) -> None:
+    def lose_connection(
+        self, worker: str, at: float | dt.datetime | None = None, reconnect_after: float = 5.0
+    ) -> None:
         """Worker ``worker`` loses its broker connection, reconnecting after a while."""
         self._worker(worker)
         if reconnect_after < 0:
@@ -131,8 +145,12 @@ class Faults:
             self.sim.loop.call_later(reconnect_after, self._reconnect, worker)
 
     def _reconnect(self, worker: Worker) -> None:
-        if (not worker.alive or worker.online or worker.stopping
-                or self.sim.workers.get(worker.name) is not worker):
+        if (
+            not worker.alive
+            or worker.online
+            or worker.stopping
+            or self.sim.workers.get(worker.name) is not worker
+        ):
             return  # a worker shutting down does not consume again
         self.sim.record("connection-restored", worker=worker.name)
         worker.online = True
@@ -141,8 +159,7 @@ class Faults:
 
     # -- the broker restarts -----------------------------------------------------------
 
-    def restart_broker(self, at: float | dt.datetime | None = None,
-                       down_for: float = 1.0) -> None:
+    def restart_broker(self, at: float | dt.datetime | None = None, down_for: float = 1.0) -> None:
         """The broker restarts: every connection drops; durable queues survive (amqp, sqs);
         this Redis keeps nothing on disk, so its messages are lost."""
         self._when(at, self._restart_broker, down_for)
@@ -157,8 +174,14 @@ class Faults:
                 self.sim.broker.cancel(queue, worker)
         for worker in online:
             self.sim.record("connection-lost", worker=worker.name)
-            _go_offline(worker, "broker-restart", kill_children=False, cancel_late=bool(
-                self.sim.app.conf.worker_cancel_long_running_tasks_on_connection_loss))
+            _go_offline(
+                worker,
+                "broker-restart",
+                kill_children=False,
+                cancel_late=bool(
+                    self.sim.app.conf.worker_cancel_long_running_tasks_on_connection_loss
+                ),
+            )
         lost = self.sim.broker.restart()
         self.sim.record("broker-restarted", lost=lost, transport=self.sim.broker.transport)
         for worker in online:
@@ -166,8 +189,9 @@ class Faults:
 
     # -- G17: shutdown -----------------------------------------------------------------
 
-    def shutdown_worker(self, name: str, at: float | dt.datetime | None = None,
-                        warm: bool = True) -> None:
+    def shutdown_worker(
+        self, name: str, at: float | dt.datetime | None = None, warm: bool = True
+    ) -> None:
         """Stop worker ``name``: warm lets running tasks finish; cold cancels them."""
         self._worker(name)
         self._when(at, self._shutdown, name, warm)
@@ -193,8 +217,14 @@ class Faults:
                 request = slot.request
                 if request.acks_late and request.acked:
                     continue  # acked acks_late tasks finish gracefully
-                _cancel(worker, slot, request, emit_retry=not request.acks_late,
-                        reason="shutdown", restore_now=True)
+                _cancel(
+                    worker,
+                    slot,
+                    request,
+                    emit_retry=not request.acks_late,
+                    reason="shutdown",
+                    restore_now=True,
+                )
         self._finish_shutdown(worker)
 
     def _finish_shutdown(self, worker: Worker) -> None:
@@ -219,8 +249,9 @@ class Faults:
                 worker._schedule_pump()
 
 
-def _go_offline(worker: Worker, reason: str, *, kill_children: bool,
-                cancel_late: bool = False) -> None:
+def _go_offline(
+    worker: Worker, reason: str, *, kill_children: bool, cancel_late: bool = False
+) -> None:
     """Stop consuming; every unacked delivery of ``worker`` is void (G4, G7)."""
     broker = worker.broker
     worker.online = False
@@ -241,8 +272,7 @@ def _go_offline(worker: Worker, reason: str, *, kill_children: bool,
             request.orphaned = True
             broker.channel_closed(request.envelope, reason)
             if cancel_late and request.acks_late:
-                _cancel(worker, slot, request, emit_retry=True, reason=reason,
-                        restore_now=False)
+                _cancel(worker, slot, request, emit_retry=True, reason=reason, restore_now=False)
     for request in list(worker.requests.values()):
         if request.state is not RequestState.ACTIVE:
             _drop(worker, request, reason, restore_now=False)
@@ -266,12 +296,24 @@ def _drop(worker: Worker, request: Request, reason: str, restore_now: bool) -> N
     _forget(worker, request)
 
 
-def _cancel(worker: Worker, slot: Slot, request: Request, *, emit_retry: bool, reason: str,
-            restore_now: bool) -> None:
+def _cancel(
+    worker: Worker,
+    slot: Slot,
+    request: Request,
+    *,
+    emit_retry: bool,
+    reason: str,
+    restore_now: bool,
+) -> None:
     """Celery's ``Request.cancel``: terminate the child; RETRY('cancelled by Celery')."""
     slot.replace_child()
-    worker._record("cancelled", task_id=request.id, message_id=request.message.message_id,
-                   worker=worker.name, reason=reason)
+    worker._record(
+        "cancelled",
+        task_id=request.id,
+        message_id=request.message.message_id,
+        worker=worker.name,
+        reason=reason,
+    )
     if emit_retry:
         exc = Retry(message="cancelled by Celery")
         ctx, task = request.context, request.task
@@ -297,4 +339,3 @@ def _forget(worker: Worker, request: Request) -> None:
         request.state = RequestState.DONE
     if worker.requests.get(request.envelope) is request:
         del worker.requests[request.envelope]
-

@@ -78,11 +78,29 @@ _NEXT: dict[RequestState, frozenset[RequestState]] = {
 _ALLOWED = {old.value: frozenset(n.value for n in new) for old, new in _NEXT.items()}
 
 # Protocol-2 header names; any other header is a custom one (``request.headers``).
-_PROTOCOL_HEADERS = frozenset({
-    "lang", "task", "id", "shadow", "eta", "expires", "group", "group_index", "retries",
-    "timelimit", "root_id", "parent_id", "argsrepr", "kwargsrepr", "origin",
-    "ignore_result", "replaced_task_nesting", "stamped_headers", "stamps",
-})
+_PROTOCOL_HEADERS = frozenset(
+    {
+        "lang",
+        "task",
+        "id",
+        "shadow",
+        "eta",
+        "expires",
+        "group",
+        "group_index",
+        "retries",
+        "timelimit",
+        "root_id",
+        "parent_id",
+        "argsrepr",
+        "kwargsrepr",
+        "origin",
+        "ignore_result",
+        "replaced_task_nesting",
+        "stamped_headers",
+        "stamps",
+    }
+)
 
 
 @attrs.define(eq=False, slots=True)
@@ -112,8 +130,10 @@ class Request:
 
     def move(self, new: RequestState) -> None:
         if new._value_ not in _ALLOWED[self.state._value_]:
-            raise SimqError(f"illegal request transition {self.state.value} -> {new.value} "
-                            f"for task {self.context.task}[{self.id}]")
+            raise SimqError(
+                f"illegal request transition {self.state.value} -> {new.value} "
+                f"for task {self.context.task}[{self.id}]"
+            )
         self.state = new
 
 
@@ -269,8 +289,13 @@ class Worker:
 
     def start(self) -> None:
         self.online = True
-        self._record("worker-online", worker=self.name, concurrency=self.concurrency,
-                     queues=self.queues, prefetch_multiplier=self.prefetch_multiplier)
+        self._record(
+            "worker-online",
+            worker=self.name,
+            concurrency=self.concurrency,
+            queues=self.queues,
+            prefetch_multiplier=self.prefetch_multiplier,
+        )
         for queue in self.queues:
             self.broker.consume(queue, self)
 
@@ -313,8 +338,9 @@ class Worker:
             return
         self._ready(request)
 
-    def _context(self, message: Message, args: Any, kwargs: Any, embed: dict[str, Any],
-                 envelope: Envelope) -> Context:
+    def _context(
+        self, message: Message, args: Any, kwargs: Any, embed: dict[str, Any], envelope: Envelope
+    ) -> Context:
         headers = message.headers
         extra = headers.keys() - _PROTOCOL_HEADERS
         custom = {k: headers[k] for k in headers if k in extra} if extra else None
@@ -348,8 +374,13 @@ class Worker:
         # consumer.py on_unknown_task: store FAILURE(NotRegistered), reject without requeue.
         message = envelope.message
         exc = NotRegistered(message.task)
-        self._record("unregistered", task_id=message.task_id, message_id=message.message_id,
-                     worker=self.name, task=message.task)
+        self._record(
+            "unregistered",
+            task_id=message.task_id,
+            message_id=message.message_id,
+            worker=self.name,
+            task=message.task,
+        )
         self.backend.store(message.task_id, states.FAILURE, exc, None, None, worker=self.name)
         self._live_unacked -= 1
         self.broker.reject(envelope, requeue=False)
@@ -367,13 +398,20 @@ class Worker:
         return True
 
     def _announce_revoked(self, request: Request, reason: str, terminated: bool = False) -> None:
-        self._record("revoked", task_id=request.id, message_id=request.message.message_id,
-                     worker=self.name, reason=reason, expired=reason == "expired",
-                     terminated=terminated)
+        self._record(
+            "revoked",
+            task_id=request.id,
+            message_id=request.message.message_id,
+            worker=self.name,
+            reason=reason,
+            expired=reason == "expired",
+            terminated=terminated,
+        )
         ctx = request.context
         if not ctx.ignore_result or request.task.store_errors_even_if_ignored:
-            self.backend.store(request.id, states.REVOKED, TaskRevokedError(reason), ctx, None,
-                               worker=self.name)
+            self.backend.store(
+                request.id, states.REVOKED, TaskRevokedError(reason), ctx, None, worker=self.name
+            )
         if not request.acked:
             self._ack(request)
         self._done(request)
@@ -450,16 +488,26 @@ class Worker:
         request.move(RequestState.ACTIVE)
         slot.request = request
         ctx = request.context
-        self._record("started", task_id=request.id, message_id=request.message.message_id,
-                     worker=self.name, task=ctx.task, retries=ctx.retries)
+        self._record(
+            "started",
+            task_id=request.id,
+            message_id=request.message.message_id,
+            worker=self.name,
+            task=ctx.task,
+            retries=ctx.retries,
+        )
         if not request.acks_late:
             self._ack(request)
         elif request.envelope.redelivered and self._already_succeeded(request):
             # worker_deduplicate_successful_tasks (G14): the tracer returns at once.
             slot.request = None
-            self._record("succeeded", task_id=request.id,
-                         message_id=request.message.message_id, worker=self.name,
-                         deduplicated=True)
+            self._record(
+                "succeeded",
+                task_id=request.id,
+                message_id=request.message.message_id,
+                worker=self.name,
+                deduplicated=True,
+            )
             self._dispose(request, _ACK)
             return
         task = request.task
@@ -479,8 +527,10 @@ class Worker:
         """(hard, soft) in seconds: the message's ``timelimit``, else the task's."""
         hard, soft = request.context.timelimit or (None, None)
         task = request.task
-        return (hard if hard is not None else task.time_limit,
-                soft if soft is not None else task.soft_time_limit)
+        return (
+            hard if hard is not None else task.time_limit,
+            soft if soft is not None else task.soft_time_limit,
+        )
 
     def switched(self, slot: Slot, result: Any) -> None:
         """The engine regained control from ``slot``'s fiber; finish the job if it ended."""
@@ -514,15 +564,27 @@ class Worker:
     def _soft_limit(self, slot: Slot, request: Request, limit: float) -> None:
         if slot.request is not request:
             return
-        self._record("time-limit", task_id=request.id, message_id=request.message.message_id,
-                     worker=self.name, which="soft", limit=limit)
+        self._record(
+            "time-limit",
+            task_id=request.id,
+            message_id=request.message.message_id,
+            worker=self.name,
+            which="soft",
+            limit=limit,
+        )
         slot.throw(SoftTimeLimitExceeded())
 
     def _hard_limit(self, slot: Slot, request: Request, limit: float) -> None:
         if slot.request is not request:
             return
-        self._record("time-limit", task_id=request.id, message_id=request.message.message_id,
-                     worker=self.name, which="hard", limit=limit)
+        self._record(
+            "time-limit",
+            task_id=request.id,
+            message_id=request.message.message_id,
+            worker=self.name,
+            which="hard",
+            limit=limit,
+        )
         slot.replace_child()
         self._timed_out(request, TimeLimitExceeded(limit))
         if self.reserved:
@@ -532,8 +594,13 @@ class Worker:
     def _timed_out(self, request: Request, exc: TimeLimitExceeded) -> None:
         """Celery 5.7's hard-timeout path, run in the parent (§1.11, G12)."""
         task, ctx = request.task, request.context
-        self._record("failed", task_id=request.id, message_id=request.message.message_id,
-                     worker=self.name, exception=encode_exception(exc))
+        self._record(
+            "failed",
+            task_id=request.id,
+            message_id=request.message.message_id,
+            worker=self.name,
+            exception=encode_exception(exc),
+        )
         requeue = task.acks_late and not request.acked and not task.acks_on_timeout
         # on_failure(return_ok=False) stores FAILURE and calls errbacks unless requeued;
         # on_timeout then does it again: errbacks fire twice in 5.7.0 (exp15).
@@ -570,8 +637,13 @@ class Worker:
         message_id = request.message.message_id
         state = outcome.state
         if state == states.REJECTED:
-            self._record("declined", task_id=request.id, message_id=message_id,
-                         worker=self.name, requeue=outcome.requeue)
+            self._record(
+                "declined",
+                task_id=request.id,
+                message_id=message_id,
+                worker=self.name,
+                requeue=outcome.requeue,
+            )
             if not outcome.requeue:
                 # 5.7: Reject(requeue=False) stores FAILURE, errbacks included (#4222).
                 mark_as_failure(task, ctx, outcome.exc or Reject(), outcome.traceback, self)
@@ -581,15 +653,25 @@ class Worker:
         else:
             if state == states.SUCCESS and request.acks_late:
                 self.successful.add(request.id)
-            self._record(_OUTCOME_KINDS[state], task_id=request.id, message_id=message_id,
-                         worker=self.name, **_outcome_details(outcome))
+            self._record(
+                _OUTCOME_KINDS[state],
+                task_id=request.id,
+                message_id=message_id,
+                worker=self.name,
+                **_outcome_details(outcome),
+            )
         self._dispose(request, ack_decision(task, outcome, request.acked))
 
     def _child_lost(self, request: Request, outcome: Outcome) -> None:
         task, ctx = request.task, request.context
         exc = lost_error(outcome.exitcode, outcome.exc)
-        self._record("child-lost", task_id=request.id, message_id=request.message.message_id,
-                     worker=self.name, exitcode=outcome.exitcode)
+        self._record(
+            "child-lost",
+            task_id=request.id,
+            message_id=request.message.message_id,
+            worker=self.name,
+            exitcode=outcome.exitcode,
+        )
         if self.backend.state(request.id) == states.SUCCESS:
             self._dispose(request, _NONE if request.acked else _ACK)
             return
@@ -618,8 +700,12 @@ class Worker:
         request.acked = True
         if request.orphaned:
             # The delivery tag belonged to a closed channel (G7): the ack cannot land.
-            self._record("ack-failed", task_id=request.id,
-                         message_id=request.message.message_id, worker=self.name)
+            self._record(
+                "ack-failed",
+                task_id=request.id,
+                message_id=request.message.message_id,
+                worker=self.name,
+            )
             return
         self._live_unacked -= 1
         self.broker.ack(request.envelope)
@@ -628,9 +714,13 @@ class Worker:
     def _reject(self, request: Request, requeue: bool) -> None:
         request.acked = True
         if request.orphaned:
-            self._record("ack-failed", task_id=request.id,
-                         message_id=request.message.message_id, worker=self.name,
-                         requeue=requeue)
+            self._record(
+                "ack-failed",
+                task_id=request.id,
+                message_id=request.message.message_id,
+                worker=self.name,
+                requeue=requeue,
+            )
             return
         self._live_unacked -= 1
         self.broker.reject(request.envelope, requeue)
@@ -646,8 +736,9 @@ class Worker:
 
     # -- Env for the tracer ------------------------------------------------------------
 
-    def store(self, task_id: str, state: str, result: Any, request: Context,
-              traceback: str | None) -> None:
+    def store(
+        self, task_id: str, state: str, result: Any, request: Context, traceback: str | None
+    ) -> None:
         self.backend.store(task_id, state, result, request, traceback, worker=self.name)
 
     def get_state(self, task_id: str) -> str:

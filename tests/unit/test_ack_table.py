@@ -366,8 +366,9 @@ def test_unknown_task_name_is_rejected_and_fails(app, simulation):
 # -- revoked or expired at receipt ---------------------------------------------------
 
 
-def blocked_worker(app: simq.App, simulation: Any,
-                   transport: str = "amqp") -> tuple[simq.Simulation, Any, Any]:
+def blocked_worker(
+    app: simq.App, simulation: Any, transport: str = "amqp"
+) -> tuple[simq.Simulation, Any, Any]:
     """A c=1, multiplier=1 worker busy for 10 s with one more message reserved behind it."""
 
     @app.task
