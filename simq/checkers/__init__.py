@@ -79,10 +79,24 @@ Checker = Callable[[Any, CheckConfig], list[Violation]]
 
 #: Every checker by guarantee, in §3.2's order.
 CHECKS: dict[str, Checker] = {
-    "G1": check_g1, "G2": check_g2, "G3": check_g3, "G4": check_g4, "G5": check_g5,
-    "G6": check_g6, "G7": check_g7, "G8": check_g8, "G9": check_g9, "G10": check_g10,
-    "G11": check_g11, "G12": check_g12, "G13": check_g13, "G14": check_g14,
-    "G15": check_g15, "G16": check_g16, "G17": check_g17, "G18": check_g18,
+    "G1": check_g1,
+    "G2": check_g2,
+    "G3": check_g3,
+    "G4": check_g4,
+    "G5": check_g5,
+    "G6": check_g6,
+    "G7": check_g7,
+    "G8": check_g8,
+    "G9": check_g9,
+    "G10": check_g10,
+    "G11": check_g11,
+    "G12": check_g12,
+    "G13": check_g13,
+    "G14": check_g14,
+    "G15": check_g15,
+    "G16": check_g16,
+    "G17": check_g17,
+    "G18": check_g18,
 }
 
 
@@ -101,9 +115,17 @@ def run_all(history: History, config: CheckConfig | None = None) -> list[Violati
 
 
 _TASK_SETTINGS = (
-    "acks_late", "acks_on_failure", "acks_on_timeout", "reject_on_worker_lost",
-    "retry_on_worker_lost", "max_retries", "ignore_result", "store_errors_even_if_ignored",
-    "time_limit", "soft_time_limit", "rate_limit",
+    "acks_late",
+    "acks_on_failure",
+    "acks_on_timeout",
+    "reject_on_worker_lost",
+    "retry_on_worker_lost",
+    "max_retries",
+    "ignore_result",
+    "store_errors_even_if_ignored",
+    "time_limit",
+    "soft_time_limit",
+    "rate_limit",
 )
 
 
@@ -119,9 +141,15 @@ def config_from(sim: Any, **overrides: Any) -> CheckConfig:
     for name, task in app.tasks.items():
         for setting in _TASK_SETTINGS:
             value = getattr(task, setting, None)
-            if setting in ("acks_late", "acks_on_failure", "acks_on_timeout",
-                           "reject_on_worker_lost", "retry_on_worker_lost", "ignore_result",
-                           "store_errors_even_if_ignored"):
+            if setting in (
+                "acks_late",
+                "acks_on_failure",
+                "acks_on_timeout",
+                "reject_on_worker_lost",
+                "retry_on_worker_lost",
+                "ignore_result",
+                "store_errors_even_if_ignored",
+            ):
                 value = bool(value) if value is not None else None
             if value is not None or setting == "max_retries":
                 tables[setting][name] = value
@@ -133,13 +161,17 @@ def config_from(sim: Any, **overrides: Any) -> CheckConfig:
     config = CheckConfig(
         transport=transport,
         visibility_timeout=getattr(broker, "visibility_timeout", None),
-        prefetch={name: int(w.concurrency) * int(w.prefetch_multiplier)
-                  for name, w in getattr(sim, "workers", {}).items()},
+        prefetch={
+            name: int(w.concurrency) * int(w.prefetch_multiplier)
+            for name, w in getattr(sim, "workers", {}).items()
+        },
         eta_task_limit=getattr(conf, "worker_eta_task_limit", None),
         deduplicate_successful_tasks=bool(
-            getattr(conf, "worker_deduplicate_successful_tasks", False)),
+            getattr(conf, "worker_deduplicate_successful_tasks", False)
+        ),
         cancel_long_running_tasks_on_connection_loss=bool(
-            getattr(conf, "worker_cancel_long_running_tasks_on_connection_loss", False)),
+            getattr(conf, "worker_cancel_long_running_tasks_on_connection_loss", False)
+        ),
         complete=loop is not None and loop.next_time() is None,
         **tables,  # type: ignore[arg-type]
     )

@@ -69,9 +69,7 @@ def _table(value: Mapping[str, Any] | None) -> dict[str, Any]:
 
 def _transport(_: Any, attribute: attrs.Attribute[str], value: str) -> None:
     if value not in TRANSPORTS:
-        raise ValueError(
-            f"{attribute.name} must be one of {', '.join(TRANSPORTS)}, got {value!r}"
-        )
+        raise ValueError(f"{attribute.name} must be one of {', '.join(TRANSPORTS)}, got {value!r}")
 
 
 @attrs.frozen
@@ -110,19 +108,20 @@ class CheckConfig:
     acks_late: dict[str, bool] = attrs.field(factory=dict, converter=_table, hash=False)
     acks_on_failure: dict[str, bool] = attrs.field(factory=dict, converter=_table, hash=False)
     acks_on_timeout: dict[str, bool] = attrs.field(factory=dict, converter=_table, hash=False)
-    reject_on_worker_lost: dict[str, bool] = attrs.field(
-        factory=dict, converter=_table, hash=False)
-    retry_on_worker_lost: dict[str, bool] = attrs.field(
-        factory=dict, converter=_table, hash=False)
+    reject_on_worker_lost: dict[str, bool] = attrs.field(factory=dict, converter=_table, hash=False)
+    retry_on_worker_lost: dict[str, bool] = attrs.field(factory=dict, converter=_table, hash=False)
     max_retries: dict[str, int | None] = attrs.field(factory=dict, converter=_table, hash=False)
     ignore_result: dict[str, bool] = attrs.field(factory=dict, converter=_table, hash=False)
     store_errors_even_if_ignored: dict[str, bool] = attrs.field(
-        factory=dict, converter=_table, hash=False)
+        factory=dict, converter=_table, hash=False
+    )
     time_limit: dict[str, float | None] = attrs.field(factory=dict, converter=_table, hash=False)
     soft_time_limit: dict[str, float | None] = attrs.field(
-        factory=dict, converter=_table, hash=False)
+        factory=dict, converter=_table, hash=False
+    )
     rate_limit: dict[str, str | float | None] = attrs.field(
-        factory=dict, converter=_table, hash=False)
+        factory=dict, converter=_table, hash=False
+    )
     eta_task_limit: int | None = None
     deduplicate_successful_tasks: bool = False
     persistent_backend: bool = True
@@ -147,7 +146,8 @@ class CheckConfig:
     def stores_errors(self, task: str | None) -> bool:
         """Whether failures of ``task`` are stored (results kept, or errors kept anyway)."""
         return not self.setting("ignore_result", task) or bool(
-            self.setting("store_errors_even_if_ignored", task))
+            self.setting("store_errors_even_if_ignored", task)
+        )
 
     @property
     def emulates_acks(self) -> bool:

@@ -36,18 +36,24 @@ def premature_settle(d: Delivery, guarantee: str, slack: float = 0.0) -> list[Vi
         return []
     if d.start_at is not None and d.start_at < (d.settle_at or 0):
         return []
-    if slack > 0 and any(x is not None and x.time - s.time <= slack
-                         for x in (d.start, d.revoked)):
+    if slack > 0 and any(x is not None and x.time - s.time <= slack for x in (d.start, d.revoked)):
         # (Celery acks an expired or revoked message before its task_revoked signal.)
         return []
     if d.revoked_at is not None and d.revoked_at < (d.settle_at or 0):
         return []
     if d.unregistered_at is not None and d.unregistered_at < (d.settle_at or 0):
         return []
-    return [Violation(guarantee, (
-        f"{d.label} was {s.kind} by {d.worker} at {when(s)} before it started (delivered "
-        f"at {when(d.event)}); a worker acks or rejects an unstarted message only when it "
-        "is revoked, expired or of an unknown task"), evidence(d.event, s))]
+    return [
+        Violation(
+            guarantee,
+            (
+                f"{d.label} was {s.kind} by {d.worker} at {when(s)} before it started (delivered "
+                f"at {when(d.event)}); a worker acks or rejects an unstarted message only when it "
+                "is revoked, expired or of an unknown task"
+            ),
+            evidence(d.event, s),
+        )
+    ]
 
 
 def redeliveries(idx: Index, config: CheckConfig, late: bool, guarantee: str) -> list[Violation]:
@@ -63,27 +69,42 @@ def redeliveries(idx: Index, config: CheckConfig, late: bool, guarantee: str) ->
                 continue
             back = [e for j, e in returns if j < d.at] + _silent_returns(ds[:k], returns, d.at)
             if len(back) < k:
-                out.append(Violation(guarantee, (
-                    f"{d.label} was delivered again to {d.worker} at {when(d.event)} "
-                    f"(delivery {k + 1}) but had gone back to the queue only {len(back)} "
-                    "time(s): a message comes back only after reject(requeue=True), a "
-                    "requeue by the broker (lost holder, visibility timeout) or a restart"),
-                    evidence(*(p.event for p in ds[:k]), *back, d.event)))
+                out.append(
+                    Violation(
+                        guarantee,
+                        (
+                            f"{d.label} was delivered again to {d.worker} at {when(d.event)} "
+                            f"(delivery {k + 1}) but had gone back to the queue only {len(back)} "
+                            "time(s): a message comes back only after reject(requeue=True), a "
+                            "requeue by the broker (lost holder, visibility timeout) or a restart"
+                        ),
+                        evidence(*(p.event for p in ds[:k]), *back, d.event),
+                    )
+                )
             elif flags and not d.redelivered:
-                out.append(Violation(guarantee, (
-                    f"{d.label} was delivered again to {d.worker} at {when(d.event)} "
-                    f"without the redelivered flag ({config.transport} sets it on every "
-                    "message that returns to the queue)"), evidence(back[-1], d.event)))
+                out.append(
+                    Violation(
+                        guarantee,
+                        (
+                            f"{d.label} was delivered again to {d.worker} at {when(d.event)} "
+                            f"without the redelivered flag ({config.transport} sets it on every "
+                            "message that returns to the queue)"
+                        ),
+                        evidence(back[-1], d.event),
+                    )
+                )
     return out
 
 
 #: Faults after which the broker takes a worker's unacked messages back.
-_RETURNING_FAULTS = frozenset({"worker-crashed", "connection-lost", "worker-offline",
-                               "broker-restarted"})
+_RETURNING_FAULTS = frozenset(
+    {"worker-crashed", "connection-lost", "worker-offline", "broker-restarted"}
+)
 
 
-def _silent_returns(earlier: list[Delivery], returns: list[tuple[int, Event]],
-                    before: int) -> list[Event]:
+def _silent_returns(
+    earlier: list[Delivery], returns: list[tuple[int, Event]], before: int
+) -> list[Event]:
     """Faults that returned an earlier delivery to the queue with no ``requeued`` event.
 
     A real broker restores a dead holder's messages inside the broker: a recording of a
@@ -99,8 +120,7 @@ def _silent_returns(earlier: list[Delivery], returns: list[tuple[int, Event]],
     return out
 
 
-def orphan_settles(idx: Index, config: CheckConfig, late: bool,
-                   guarantee: str) -> list[Violation]:
+def orphan_settles(idx: Index, config: CheckConfig, late: bool, guarantee: str) -> list[Violation]:
     """Acks and rejects of no unsettled delivery: a second ack, or a tag never delivered."""
     out = []
     for _, e in idx.orphans:
@@ -110,19 +130,33 @@ def orphan_settles(idx: Index, config: CheckConfig, late: bool,
         task = pub[1].details.get("task") if pub else None
         if config.late(task) != late:
             continue
-        out.append(Violation(guarantee, (
-            f"{task or '?'}[{e.task_id}] message {e.message_id} was {e.kind} by {e.worker} at "
-            f"{when(e)} but had no unsettled delivery there (already acked or rejected, or "
-            "never delivered)"), (e,)))
+        out.append(
+            Violation(
+                guarantee,
+                (
+                    f"{task or '?'}[{e.task_id}] message {e.message_id} was {e.kind} by {e.worker} at "
+                    f"{when(e)} but had no unsettled delivery there (already acked or rejected, or "
+                    "never delivered)"
+                ),
+                (e,),
+            )
+        )
     return out
 
 
 def orphan_starts(idx: Index, config: CheckConfig, late: bool, guarantee: str) -> list[Violation]:
-    return [Violation(guarantee, (
-        f"{e.details.get('task', '?')}[{e.task_id}] message {e.message_id} started on "
-        f"{e.worker} at {when(e)} without a delivery of that message to that worker"), (e,))
+    return [
+        Violation(
+            guarantee,
+            (
+                f"{e.details.get('task', '?')}[{e.task_id}] message {e.message_id} started on "
+                f"{e.worker} at {when(e)} without a delivery of that message to that worker"
+            ),
+            (e,),
+        )
         for _, e in idx.orphans
-        if e.kind == "started" and config.late(e.details.get("task")) == late]
+        if e.kind == "started" and config.late(e.details.get("task")) == late
+    ]
 
 
 def check_g1(history: History | Index, config: CheckConfig) -> list[Violation]:
@@ -146,27 +180,52 @@ def check_g1(history: History | Index, config: CheckConfig) -> list[Violation]:
         s = d.settle
         if s is None:
             if (d.release is None or d.release_at is None or d.release_at < d.start_at) and (
-                    d.outcome is not None or config.complete):
-                out.append(Violation("G1", (
-                    f"{d.label} started on {d.worker} at {when(d.start)} and was never acked; "
-                    "early ack happens when the task starts"),
-                    evidence(d.event, d.start, d.outcome)))
+                d.outcome is not None or config.complete
+            ):
+                out.append(
+                    Violation(
+                        "G1",
+                        (
+                            f"{d.label} started on {d.worker} at {when(d.start)} and was never acked; "
+                            "early ack happens when the task starts"
+                        ),
+                        evidence(d.event, d.start, d.outcome),
+                    )
+                )
         elif (d.settle_at or 0) < d.start_at:
             pass  # reported by premature_settle
         elif s.kind == "rejected":
-            out.append(Violation("G1", (
-                f"{d.label} was rejected by {d.worker} at {when(s)} after it started; "
-                "an early-ack task is acked when it starts, so a later reject is a no-op "
-                "(§3.1)"), evidence(d.start, d.outcome, s)))
-        elif (s.kind == "acked" and d.outcome_at is not None and (d.settle_at or 0) > d.outcome_at
-              and not (config.slack > 0 and s.time - d.start.time <= config.slack)):
+            out.append(
+                Violation(
+                    "G1",
+                    (
+                        f"{d.label} was rejected by {d.worker} at {when(s)} after it started; "
+                        "an early-ack task is acked when it starts, so a later reject is a no-op "
+                        "(§3.1)"
+                    ),
+                    evidence(d.start, d.outcome, s),
+                )
+            )
+        elif (
+            s.kind == "acked"
+            and d.outcome_at is not None
+            and (d.settle_at or 0) > d.outcome_at
+            and not (config.slack > 0 and s.time - d.start.time <= config.slack)
+        ):
             # (Within slack of the start it is the prefork race of premature_settle: a
             # short task may end in the child before the parent's ack is recorded.)
             assert d.outcome is not None
-            out.append(Violation("G1", (
-                f"{d.label} was acked at {when(s)}, after its attempt ended with "
-                f"{d.outcome.kind} at {when(d.outcome)}; without acks_late the ack comes "
-                "when the task starts"), evidence(d.start, d.outcome, s)))
+            out.append(
+                Violation(
+                    "G1",
+                    (
+                        f"{d.label} was acked at {when(s)}, after its attempt ended with "
+                        f"{d.outcome.kind} at {when(d.outcome)}; without acks_late the ack comes "
+                        "when the task starts"
+                    ),
+                    evidence(d.start, d.outcome, s),
+                )
+            )
     out += redeliveries(idx, config, late=False, guarantee="G1")
     out += orphan_starts(idx, config, late=False, guarantee="G1")
     out += orphan_settles(idx, config, late=False, guarantee="G1")
@@ -179,22 +238,40 @@ def _started_again(idx: Index, config: CheckConfig) -> list[Violation]:
     for message_id, ds in idx.by_message.items():
         if config.late(ds[0].task):
             continue
-        first = next((d for d in ds if d.start_at is not None and d.settle is not None
-                      and d.settle.kind == "acked" and (d.settle_at or 0) > d.start_at), None)
+        first = next(
+            (
+                d
+                for d in ds
+                if d.start_at is not None
+                and d.settle is not None
+                and d.settle.kind == "acked"
+                and (d.settle_at or 0) > d.start_at
+            ),
+            None,
+        )
         if first is None or first.settle_at is None:
             continue
-        restored = [j for j, e in idx.returns.get(message_id, ())
-                    if e.details.get("reason") == "visibility-timeout"]
+        restored = [
+            j
+            for j, e in idx.returns.get(message_id, ())
+            if e.details.get("reason") == "visibility-timeout"
+        ]
         for d in ds:
             if d is first or d.start_at is None or d.start_at < first.settle_at:
                 continue
             if config.emulates_acks and (d.copy or any(j < d.start_at for j in restored)):
                 continue
-            out.append(Violation("G1", (
-                f"{d.label} started again on {d.worker} at {when(d.start)} although it was "
-                f"acked when it started on {first.worker} at {when(first.start)}; an "
-                "early-acked task is never re-executed"),
-                evidence(first.start, first.settle, d.event, d.start)))
+            out.append(
+                Violation(
+                    "G1",
+                    (
+                        f"{d.label} started again on {d.worker} at {when(d.start)} although it was "
+                        f"acked when it started on {first.worker} at {when(first.start)}; an "
+                        "early-acked task is never re-executed"
+                    ),
+                    evidence(first.start, first.settle, d.event, d.start),
+                )
+            )
     return out
 
 
@@ -223,21 +300,42 @@ def check_g2(history: History | Index, config: CheckConfig) -> list[Violation]:
             pass  # copies side by side on one worker: whose ack was whose cannot be told
         elif s is not None and d.settle_at is not None and d.settle_at > d.start_at:
             if d.outcome is None or d.outcome_at is None or d.settle_at < d.outcome_at:
-                out.append(Violation("G2", (
-                    f"{d.label} was {s.kind} at {when(s)} while its attempt (started at "
-                    f"{when(d.start)}) was still running; with acks_late the ack comes after "
-                    "the attempt ends"), evidence(d.start, s, d.outcome)))
+                out.append(
+                    Violation(
+                        "G2",
+                        (
+                            f"{d.label} was {s.kind} at {when(s)} while its attempt (started at "
+                            f"{when(d.start)}) was still running; with acks_late the ack comes after "
+                            "the attempt ends"
+                        ),
+                        evidence(d.start, s, d.outcome),
+                    )
+                )
                 continue
             for _, st in d.states_after(d.settle_at):
-                out.append(Violation("G2", (
-                    f"{d.label}: {st.details.get('state')} was stored at {when(st)}, after "
-                    f"the message was {s.kind} at {when(s)}; with acks_late the ack comes "
-                    "after the state is stored"), evidence(d.outcome, s, st)))
+                out.append(
+                    Violation(
+                        "G2",
+                        (
+                            f"{d.label}: {st.details.get('state')} was stored at {when(st)}, after "
+                            f"the message was {s.kind} at {when(s)}; with acks_late the ack comes "
+                            "after the state is stored"
+                        ),
+                        evidence(d.outcome, s, st),
+                    )
+                )
             out += _late_decision(d, config)
         elif s is None and d.release is None and config.complete and not cancelled:
-            out.append(Violation("G2", (
-                f"{d.label} started on {d.worker} at {when(d.start)} and was never acked or "
-                "rejected although the run drained"), evidence(d.event, d.start, d.outcome)))
+            out.append(
+                Violation(
+                    "G2",
+                    (
+                        f"{d.label} started on {d.worker} at {when(d.start)} and was never acked or "
+                        "rejected although the run drained"
+                    ),
+                    evidence(d.event, d.start, d.outcome),
+                )
+            )
         out += _rerun_after_crash(idx, d, config)
     out += redeliveries(idx, config, late=True, guarantee="G2")
     out += orphan_starts(idx, config, late=True, guarantee="G2")
@@ -261,23 +359,43 @@ def _late_decision(d: Delivery, config: CheckConfig) -> list[Violation]:
     if s.kind == want and (requeue is None or got_requeue == requeue):
         return []
     expected = "acked" if want == "acked" else "rejected without requeue"
-    return [Violation("G2", (
-        f"{d.label} ended with {outcome.kind} at {when(outcome)} and was {s.kind}"
-        f"{'' if got_requeue is None else f'(requeue={got_requeue})'} at {when(s)}; with "
-        f"acks_late (acks_on_failure={aof}) it is {expected} (§3.1)"), evidence(outcome, s))]
+    return [
+        Violation(
+            "G2",
+            (
+                f"{d.label} ended with {outcome.kind} at {when(outcome)} and was {s.kind}"
+                f"{'' if got_requeue is None else f'(requeue={got_requeue})'} at {when(s)}; with "
+                f"acks_late (acks_on_failure={aof}) it is {expected} (§3.1)"
+            ),
+            evidence(outcome, s),
+        )
+    ]
 
 
 def _rerun_after_crash(idx: Index, d: Delivery, config: CheckConfig) -> list[Violation]:
     r = d.release
-    if (not config.complete or r is None or r.kind != "worker-crashed" or d.release_at is None
-            or d.start_at is None or d.release_at < d.start_at):
+    if (
+        not config.complete
+        or r is None
+        or r.kind != "worker-crashed"
+        or d.release_at is None
+        or d.start_at is None
+        or d.release_at < d.start_at
+    ):
         return []
     if idx.came_back(d.message_id, d.release_at):
         return []
-    return [Violation("G2", (
-        f"{d.label} was running on {d.worker} (started at {when(d.start)}) when the worker "
-        f"crashed at {when(r)}, and never ran again; with acks_late the broker redelivers "
-        "it and it runs again"), evidence(d.start, r))]
+    return [
+        Violation(
+            "G2",
+            (
+                f"{d.label} was running on {d.worker} (started at {when(d.start)}) when the worker "
+                f"crashed at {when(r)}, and never ran again; with acks_late the broker redelivers "
+                "it and it runs again"
+            ),
+            evidence(d.start, r),
+        )
+    ]
 
 
 def eta_held(d: Delivery, i: int, now: float) -> bool:
@@ -314,18 +432,31 @@ def check_g5(history: History | Index, config: CheckConfig) -> list[Violation]:
             window = int(info.get("concurrency") or 0) * int(info.get("prefetch_multiplier") or 0)
         counted = [x for x in mine if not eta_held(x, i, e.time)]
         if window and len(counted) >= window:
-            out.append(Violation("G5", (
-                f"{e.worker} was sent {d.label} at {when(e)} while it held {len(counted)} "
-                f"unacked non-ETA message(s) ({', '.join(x.message_id for x in counted)}); "
-                f"its prefetch window is {window}"), evidence(*(x.event for x in counted), e)))
+            out.append(
+                Violation(
+                    "G5",
+                    (
+                        f"{e.worker} was sent {d.label} at {when(e)} while it held {len(counted)} "
+                        f"unacked non-ETA message(s) ({', '.join(x.message_id for x in counted)}); "
+                        f"its prefetch window is {window}"
+                    ),
+                    evidence(*(x.event for x in counted), e),
+                )
+            )
         limit = config.eta_task_limit
         if limit is not None and eta_held(d, i + 1, e.time):
             etas = [x for x in mine if eta_held(x, i, e.time)]
             if len(etas) + 1 > limit:
-                out.append(Violation("G5", (
-                    f"{e.worker} held {len(etas) + 1} ETA messages at {when(e)} when it was "
-                    f"sent {d.label}; worker_eta_task_limit is {limit}"),
-                    evidence(*(x.event for x in etas), e)))
+                out.append(
+                    Violation(
+                        "G5",
+                        (
+                            f"{e.worker} held {len(etas) + 1} ETA messages at {when(e)} when it was "
+                            f"sent {d.label}; worker_eta_task_limit is {limit}"
+                        ),
+                        evidence(*(x.event for x in etas), e),
+                    )
+                )
         mine.append(d)
     return out
 
@@ -342,19 +473,35 @@ def check_g6(history: History | Index, config: CheckConfig) -> list[Violation]:
     idx = index_of(history)
     out: list[Violation] = []
     vt = config.effective_visibility_timeout
-    restores = [(j, e) for j, e in enumerate(idx.events)
-                if e.kind == "requeued" and e.details.get("reason") == "visibility-timeout"]
+    restores = [
+        (j, e)
+        for j, e in enumerate(idx.events)
+        if e.kind == "requeued" and e.details.get("reason") == "visibility-timeout"
+    ]
     if not config.emulates_acks:
         for _, e in restores:
-            out.append(Violation("G6", (
-                f"message {e.message_id} of task {e.task_id} was restored by visibility "
-                f"timeout at {when(e)}; amqp has no visibility timeout"), (e,)))
+            out.append(
+                Violation(
+                    "G6",
+                    (
+                        f"message {e.message_id} of task {e.task_id} was restored by visibility "
+                        f"timeout at {when(e)}; amqp has no visibility timeout"
+                    ),
+                    (e,),
+                )
+            )
         for d in idx.deliveries:
             if d.copy:
-                out.append(Violation("G6", (
-                    f"{d.label} was delivered to {d.worker} at {when(d.event)} as a copy of "
-                    "a message still held elsewhere; amqp never duplicates a delivery"),
-                    (d.event,)))
+                out.append(
+                    Violation(
+                        "G6",
+                        (
+                            f"{d.label} was delivered to {d.worker} at {when(d.event)} as a copy of "
+                            "a message still held elsewhere; amqp never duplicates a delivery"
+                        ),
+                        (d.event,),
+                    )
+                )
         return out
     if vt is None:
         return out
@@ -370,38 +517,83 @@ def check_g6(history: History | Index, config: CheckConfig) -> list[Violation]:
 
 def _wiping_restarts(idx: Index) -> list[tuple[int, Event]]:
     """Broker restarts that lost messages: the broker kept nothing, unacked records too."""
-    lost_at = {e.time for refs in idx.lost.values() for _, e in refs
-               if "restart" in str(e.details.get("reason", ""))}
-    return [(j, e) for j, e in idx.faults if e.kind == "broker-restarted"
-            and (e.details.get("lost") or e.time in lost_at)]
+    lost_at = {
+        e.time
+        for refs in idx.lost.values()
+        for _, e in refs
+        if "restart" in str(e.details.get("reason", ""))
+    }
+    return [
+        (j, e)
+        for j, e in idx.faults
+        if e.kind == "broker-restarted" and (e.details.get("lost") or e.time in lost_at)
+    ]
 
 
-def _early_restore(idx: Index, j: int, e: Event, vt: float, slack: float, used: set[int],
-                   wipes: list[tuple[int, Event]]) -> list[Violation]:
+def _early_restore(
+    idx: Index,
+    j: int,
+    e: Event,
+    vt: float,
+    slack: float,
+    used: set[int],
+    wipes: list[tuple[int, Event]],
+) -> list[Violation]:
     """Pair a restore with the oldest delivery it can restore: unacked, not restored yet."""
     key = e.message_id or f"task:{e.task_id}"
-    before = [d for d in idx.by_message.get(key, ()) if d.at < j
-              and (e.worker is None or d.worker == e.worker)]
+    before = [
+        d
+        for d in idx.by_message.get(key, ())
+        if d.at < j and (e.worker is None or d.worker == e.worker)
+    ]
     if not before:
-        return [Violation("G6", (
-            f"message {key} of task {e.task_id} was restored at {when(e)} but was never "
-            "delivered before"), (e,))]
+        return [
+            Violation(
+                "G6",
+                (
+                    f"message {key} of task {e.task_id} was restored at {when(e)} but was never "
+                    "delivered before"
+                ),
+                (e,),
+            )
+        ]
     wipe = max(((k, w) for k, w in wipes if k < j), key=lambda r: r[0], default=None)
-    open_ = [d for d in before if d.at not in used and not (
-        d.settle is not None and d.settle.kind in ("acked", "rejected") and (d.settle_at or 0) < j)]
+    open_ = [
+        d
+        for d in before
+        if d.at not in used
+        and not (
+            d.settle is not None
+            and d.settle.kind in ("acked", "rejected")
+            and (d.settle_at or 0) < j
+        )
+    ]
     if wipe is not None and open_ and all(d.at < wipe[0] for d in open_):
-        return [Violation("G6", (
-            f"{open_[-1].label} was restored at {when(e)} although the broker restart at "
-            f"{when(wipe[1])} lost its messages, unacked ones included"),
-            evidence(open_[-1].event, wipe[1], e))]
+        return [
+            Violation(
+                "G6",
+                (
+                    f"{open_[-1].label} was restored at {when(e)} although the broker restart at "
+                    f"{when(wipe[1])} lost its messages, unacked ones included"
+                ),
+                evidence(open_[-1].event, wipe[1], e),
+            )
+        ]
     if not open_:
         d = before[-1]
         if idx.twins(d):
             return []  # copies held side by side: which one was acked cannot be told
         how = f"{d.settle.kind} at {when(d.settle)}" if d.settle else "restored already"
-        return [Violation("G6", (
-            f"{d.label} was restored at {when(e)} although it was {how}; only unacked "
-            "messages are restored"), evidence(d.event, d.settle, e))]
+        return [
+            Violation(
+                "G6",
+                (
+                    f"{d.label} was restored at {when(e)} although it was {how}; only unacked "
+                    "messages are restored"
+                ),
+                evidence(d.event, d.settle, e),
+            )
+        ]
     ripe = [d for d in open_ if e.time - d.event.time >= vt - slack]
     if ripe:
         used.add(ripe[0].at)
@@ -409,9 +601,16 @@ def _early_restore(idx: Index, j: int, e: Event, vt: float, slack: float, used: 
     if any(idx.twins(x) for x in before if e.time - x.event.time >= vt - slack):
         return []  # an old enough copy held side by side may be the one restored
     d = open_[0]
-    return [Violation("G6", (
-        f"{d.label} was restored at {when(e)}, {e.time - d.event.time:g} s after its delivery "
-        f"to {d.worker}; the visibility timeout is {vt:g} s"), evidence(d.event, e))]
+    return [
+        Violation(
+            "G6",
+            (
+                f"{d.label} was restored at {when(e)}, {e.time - d.event.time:g} s after its delivery "
+                f"to {d.worker}; the visibility timeout is {vt:g} s"
+            ),
+            evidence(d.event, e),
+        )
+    ]
 
 
 def _never_restored(idx: Index, d: Delivery, vt: float, slack: float) -> list[Violation]:
@@ -421,8 +620,11 @@ def _never_restored(idx: Index, d: Delivery, vt: float, slack: float) -> list[Vi
     ends: list[tuple[int, Event]] = []
     if d.settle is not None and d.settle.kind in ("acked", "rejected") and d.settle_at:
         ends.append((d.settle_at, d.settle))
-    ends += [(j, e) for j, e in idx.returns.get(key, ()) if j > d.at and e.kind == "requeued"
-             and (e.worker is None or e.worker == d.worker)]
+    ends += [
+        (j, e)
+        for j, e in idx.returns.get(key, ())
+        if j > d.at and e.kind == "requeued" and (e.worker is None or e.worker == d.worker)
+    ]
     ends += idx.lost_after(key, d.at)
     ends += [(j, e) for j, e in idx.faults if j > d.at and e.kind == "broker-restarted"]
     end = min(ends, key=lambda r: r[0]) if ends else None
@@ -432,7 +634,13 @@ def _never_restored(idx: Index, d: Delivery, vt: float, slack: float) -> list[Vi
     if end is not None and end[1].kind == "requeued":
         return []
     how = f"until it was {end[1].kind} at {when(end[1])}" if end else "until the run ended"
-    return [Violation("G6", (
-        f"{d.label} stayed unacked on {d.worker} from {when(d.event)} {how}, longer than "
-        f"the visibility timeout ({vt:g} s), and was never restored"),
-        evidence(d.event, end[1] if end else None))]
+    return [
+        Violation(
+            "G6",
+            (
+                f"{d.label} stayed unacked on {d.worker} from {when(d.event)} {how}, longer than "
+                f"the visibility timeout ({vt:g} s), and was never restored"
+            ),
+            evidence(d.event, end[1] if end else None),
+        )
+    ]

@@ -23,14 +23,23 @@ def _comes_back(idx: Index, d: Delivery, i: int, g: str, fault: Event) -> list[V
     """
     m = d.message_id
     # A visibility-timeout copy restored from this very delivery already put it back.
-    requeued = any(e.kind == "requeued" and (j > i or (
-        j > d.at and e.details.get("copy") and e.worker == d.worker))
-        for j, e in idx.returns.get(m, ()))
+    requeued = any(
+        e.kind == "requeued"
+        and (j > i or (j > d.at and e.details.get("copy") and e.worker == d.worker))
+        for j, e in idx.returns.get(m, ())
+    )
     if requeued or idx.deliveries_after(m, i) or idx.lost_after(m, i):
         return []
-    return [Violation(g, (
-        f"{d.label} was unacked on {d.worker} at the {fault.kind} at {when(fault)} and never "
-        "went back to the queue although the run drained"), evidence(d.event, d.start, fault))]
+    return [
+        Violation(
+            g,
+            (
+                f"{d.label} was unacked on {d.worker} at the {fault.kind} at {when(fault)} and never "
+                "went back to the queue although the run drained"
+            ),
+            evidence(d.event, d.start, fault),
+        )
+    ]
 
 
 def check_g4(history: History | Index, config: CheckConfig) -> list[Violation]:
@@ -58,12 +67,18 @@ def check_g4(history: History | Index, config: CheckConfig) -> list[Violation]:
                 again = [x for x in idx.deliveries_after(d.message_id, i) if not x.copy]
                 soon = vt is not None and d.event.time + vt - config.slack
                 if again and soon and again[0].event.time < soon:
-                    out.append(Violation("G4", (
-                        f"{d.label} was delivered again at {when(again[0].event)} after "
-                        f"{crash.worker} crashed at {when(crash)}, sooner than the visibility "
-                        f"timeout ({vt} s) after its delivery at {when(d.event)}; "
-                        f"{config.transport} only restores it by timeout"),
-                        evidence(d.event, crash, again[0].event)))
+                    out.append(
+                        Violation(
+                            "G4",
+                            (
+                                f"{d.label} was delivered again at {when(again[0].event)} after "
+                                f"{crash.worker} crashed at {when(crash)}, sooner than the visibility "
+                                f"timeout ({vt} s) after its delivery at {when(d.event)}; "
+                                f"{config.transport} only restores it by timeout"
+                            ),
+                            evidence(d.event, crash, again[0].event),
+                        )
+                    )
             elif d.running_at(i) and _acked_before(d, i):
                 out += _lost_early_task(idx, d, i, crash)
         out += _silent_while_dead(idx, i, crash)
@@ -79,30 +94,57 @@ def _lost_early_task(idx: Index, d: Delivery, i: int, crash: Event) -> list[Viol
     out = []
     for x in idx.started_after(d.message_id, i):
         if not (x.copy or idx.duplicated_before(d.message_id, x.start_at or x.at)):
-            out.append(Violation("G4", (
-                f"{d.label} was acked at start and running on {d.worker} when it crashed at "
-                f"{when(crash)}, yet started again on {x.worker} at {when(x.start)}; an "
-                "early-acked task dies with its worker"), evidence(d.start, crash, x.start)))
+            out.append(
+                Violation(
+                    "G4",
+                    (
+                        f"{d.label} was acked at start and running on {d.worker} when it crashed at "
+                        f"{when(crash)}, yet started again on {x.worker} at {when(x.start)}; an "
+                        "early-acked task dies with its worker"
+                    ),
+                    evidence(d.start, crash, x.start),
+                )
+            )
     if d.outcome is not None and d.outcome_at is not None and d.outcome_at > i:
-        out.append(Violation("G4", (
-            f"{d.label} reported {d.outcome.kind} at {when(d.outcome)} although {d.worker} "
-            f"crashed at {when(crash)} while running it"), evidence(d.start, crash, d.outcome)))
+        out.append(
+            Violation(
+                "G4",
+                (
+                    f"{d.label} reported {d.outcome.kind} at {when(d.outcome)} although {d.worker} "
+                    f"crashed at {when(crash)} while running it"
+                ),
+                evidence(d.start, crash, d.outcome),
+            )
+        )
     for _, st in d.states_after(i):
-        out.append(Violation("G4", (
-            f"{d.label}: {st.details.get('state')} was stored at {when(st)} by the attempt "
-            f"that died with {d.worker} at {when(crash)}"), evidence(d.start, crash, st)))
+        out.append(
+            Violation(
+                "G4",
+                (
+                    f"{d.label}: {st.details.get('state')} was stored at {when(st)} by the attempt "
+                    f"that died with {d.worker} at {when(crash)}"
+                ),
+                evidence(d.start, crash, st),
+            )
+        )
     return out
 
 
 def _silent_while_dead(idx: Index, i: int, crash: Event) -> list[Violation]:
     back = idx.next_fault(crash.worker, _BACK, i)
     out = []
-    for e in idx.events[i + 1:back]:
+    for e in idx.events[i + 1 : back]:
         if e.worker == crash.worker and e.kind not in _BROKER_SIDE:
-            out.append(Violation("G4", (
-                f"{crash.worker} crashed at {when(crash)} and was not back online, yet "
-                f"recorded {e.kind} at {when(e)} (task {e.task_id}, message {e.message_id})"),
-                (crash, e)))
+            out.append(
+                Violation(
+                    "G4",
+                    (
+                        f"{crash.worker} crashed at {when(crash)} and was not back online, yet "
+                        f"recorded {e.kind} at {when(e)} (task {e.task_id}, message {e.message_id})"
+                    ),
+                    (crash, e),
+                )
+            )
     return out
 
 
@@ -128,51 +170,98 @@ def check_g7(history: History | Index, config: CheckConfig) -> list[Violation]:
             if config.complete:
                 out += _comes_back(idx, d, i, "G7", lost)
             if d.start is not None and d.start_at is not None and d.start_at > i:
-                out.append(Violation("G7", (
-                    f"{d.label} started on {d.worker} at {when(d.start)} from a delivery "
-                    f"made before the connection was lost at {when(lost)}; reserved and ETA "
-                    "messages of a closed channel are dropped"), evidence(d.event, lost, d.start)))
+                out.append(
+                    Violation(
+                        "G7",
+                        (
+                            f"{d.label} started on {d.worker} at {when(d.start)} from a delivery "
+                            f"made before the connection was lost at {when(lost)}; reserved and ETA "
+                            "messages of a closed channel are dropped"
+                        ),
+                        evidence(d.event, lost, d.start),
+                    )
+                )
             s = d.settle
             if s is not None and s.kind in ("acked", "rejected") and (d.settle_at or 0) > i:
-                out.append(Violation("G7", (
-                    f"{d.label} was {s.kind} at {when(s)} through the channel that closed at "
-                    f"{when(lost)}; a delivery tag dies with its channel, the ack must fail"),
-                    evidence(d.event, lost, s)))
+                out.append(
+                    Violation(
+                        "G7",
+                        (
+                            f"{d.label} was {s.kind} at {when(s)} through the channel that closed at "
+                            f"{when(lost)}; a delivery tag dies with its channel, the ack must fail"
+                        ),
+                        evidence(d.event, lost, s),
+                    )
+                )
             if d.running_at(i) and config.late(d.task):
                 out += _cancel_rule(d, i, lost, config)
         back = idx.next_fault(lost.worker, _RECONNECT, i)
-        for e in idx.events[i + 1:back]:
+        for e in idx.events[i + 1 : back]:
             if e.kind == "delivered" and e.worker == lost.worker:
-                out.append(Violation("G7", (
-                    f"{e.worker} was sent message {e.message_id} of task {e.task_id} at "
-                    f"{when(e)} while disconnected (since {when(lost)})"), (lost, e)))
+                out.append(
+                    Violation(
+                        "G7",
+                        (
+                            f"{e.worker} was sent message {e.message_id} of task {e.task_id} at "
+                            f"{when(e)} while disconnected (since {when(lost)})"
+                        ),
+                        (lost, e),
+                    )
+                )
     return out
 
 
 def _cancel_rule(d: Delivery, i: int, lost: Event, config: CheckConfig) -> list[Violation]:
     cancels = [(j, e) for j, e in d.marks_of("cancelled") if j > i]
     if not config.cancel_long_running_tasks_on_connection_loss:
-        return [Violation("G7", (
-            f"{d.label} was cancelled at {when(e)} after the connection loss at {when(lost)}; "
-            "running acks_late tasks keep running unless "
-            "worker_cancel_long_running_tasks_on_connection_loss is set"),
-            evidence(d.start, lost, e)) for _, e in cancels]
+        return [
+            Violation(
+                "G7",
+                (
+                    f"{d.label} was cancelled at {when(e)} after the connection loss at {when(lost)}; "
+                    "running acks_late tasks keep running unless "
+                    "worker_cancel_long_running_tasks_on_connection_loss is set"
+                ),
+                evidence(d.start, lost, e),
+            )
+            for _, e in cancels
+        ]
     if not cancels:
-        return [Violation("G7", (
-            f"{d.label} kept running on {d.worker} after the connection loss at {when(lost)}; "
-            "with worker_cancel_long_running_tasks_on_connection_loss it is cancelled"),
-            evidence(d.start, lost, d.outcome))]
+        return [
+            Violation(
+                "G7",
+                (
+                    f"{d.label} kept running on {d.worker} after the connection loss at {when(lost)}; "
+                    "with worker_cancel_long_running_tasks_on_connection_loss it is cancelled"
+                ),
+                evidence(d.start, lost, d.outcome),
+            )
+        ]
     j, cancel = cancels[0]
     out = []
     retry = [st for k, st in d.states_after(j) if st.details.get("state") == "RETRY"]
     if not retry and config.stores_errors(d.task):
-        out.append(Violation("G7", (
-            f"{d.label} was cancelled at {when(cancel)} without storing RETRY('cancelled by "
-            "Celery')"), evidence(d.start, lost, cancel)))
+        out.append(
+            Violation(
+                "G7",
+                (
+                    f"{d.label} was cancelled at {when(cancel)} without storing RETRY('cancelled by "
+                    "Celery')"
+                ),
+                evidence(d.start, lost, cancel),
+            )
+        )
     if d.outcome is not None and d.outcome_at is not None and d.outcome_at > j:
-        out.append(Violation("G7", (
-            f"{d.label} was cancelled at {when(cancel)} yet ended with {d.outcome.kind} at "
-            f"{when(d.outcome)}"), evidence(cancel, d.outcome)))
+        out.append(
+            Violation(
+                "G7",
+                (
+                    f"{d.label} was cancelled at {when(cancel)} yet ended with {d.outcome.kind} at "
+                    f"{when(d.outcome)}"
+                ),
+                evidence(cancel, d.outcome),
+            )
+        )
     return out
 
 
@@ -194,15 +283,20 @@ def check_g17(history: History | Index, config: CheckConfig) -> list[Violation]:
         w = stop.worker
         back = idx.next_fault(w, _BACK, i)
         # A later shutdown (a cold one escalating a warm one) or a crash takes over.
-        offline = idx.next_fault(w, frozenset({"worker-offline", "worker-crashed", "shutdown"}),
-                                 i)
+        offline = idx.next_fault(w, frozenset({"worker-offline", "worker-crashed", "shutdown"}), i)
         crashed = offline < len(idx.events) and idx.events[offline].kind != "worker-offline"
         for d in idx.by_worker.get(w or "", []):
             if d.start is not None and d.start_at is not None and i < d.start_at < back:
-                out.append(Violation("G17", (
-                    f"{d.label} started on {w} at {when(d.start)} after the "
-                    f"{'warm' if warm else 'cold'} shutdown began at {when(stop)}"),
-                    evidence(stop, d.start)))
+                out.append(
+                    Violation(
+                        "G17",
+                        (
+                            f"{d.label} started on {w} at {when(d.start)} after the "
+                            f"{'warm' if warm else 'cold'} shutdown began at {when(stop)}"
+                        ),
+                        evidence(stop, d.start),
+                    )
+                )
             if d.unacked_at(i) and d.start_at is None and config.complete:
                 out += _comes_back(idx, d, i, "G17", stop)
             if not d.running_at(i):
@@ -214,23 +308,37 @@ def check_g17(history: History | Index, config: CheckConfig) -> list[Violation]:
     return out
 
 
-def _warm(idx: Index, d: Delivery, i: int, stop: Event, offline: int, crashed: bool,
-          config: CheckConfig) -> list[Violation]:
+def _warm(
+    idx: Index, d: Delivery, i: int, stop: Event, offline: int, crashed: bool, config: CheckConfig
+) -> list[Violation]:
     out = []
     for j, e in d.marks_of("cancelled"):
         if j > offline:
             continue  # cancelled by what took over: a cold shutdown
-        out.append(Violation("G17", (
-            f"{d.label} was cancelled at {when(e)} by the warm shutdown of {d.worker} begun at "
-            f"{when(stop)}; a warm shutdown lets running tasks finish"), evidence(stop, e)))
+        out.append(
+            Violation(
+                "G17",
+                (
+                    f"{d.label} was cancelled at {when(e)} by the warm shutdown of {d.worker} begun at "
+                    f"{when(stop)}; a warm shutdown lets running tasks finish"
+                ),
+                evidence(stop, e),
+            )
+        )
     if crashed:
         return out
     done = d.outcome_at is not None and d.outcome_at < offline
     if not done and (offline < len(idx.events) or config.complete):
-        out.append(Violation("G17", (
-            f"{d.label} was running on {d.worker} at the warm shutdown ({when(stop)}) and the "
-            "worker went offline before it finished"),
-            evidence(d.start, stop, idx.events[offline] if offline < len(idx.events) else None)))
+        out.append(
+            Violation(
+                "G17",
+                (
+                    f"{d.label} was running on {d.worker} at the warm shutdown ({when(stop)}) and the "
+                    "worker went offline before it finished"
+                ),
+                evidence(d.start, stop, idx.events[offline] if offline < len(idx.events) else None),
+            )
+        )
     return out
 
 
@@ -242,30 +350,55 @@ def _cold(idx: Index, d: Delivery, i: int, stop: Event, config: CheckConfig) -> 
     if acked and config.late(d.task):
         return []  # finished but not yet acked: left alone
     if not cancels:
-        return [Violation("G17", (
-            f"{d.label} was running on {d.worker} at the cold shutdown ({when(stop)}) and was "
-            "not cancelled"), evidence(d.start, stop, d.outcome))]
+        return [
+            Violation(
+                "G17",
+                (
+                    f"{d.label} was running on {d.worker} at the cold shutdown ({when(stop)}) and was "
+                    "not cancelled"
+                ),
+                evidence(d.start, stop, d.outcome),
+            )
+        ]
     j, cancel = cancels[0]
     retry = [st for _, st in d.states_after(j) if st.details.get("state") == "RETRY"]
     out = []
     if acked:
         if not retry and config.stores_errors(d.task):
-            out.append(Violation("G17", (
-                f"{d.label} (acked at start) was cancelled by the cold shutdown at "
-                f"{when(cancel)} without storing RETRY('cancelled by Celery')"),
-                evidence(d.start, stop, cancel)))
+            out.append(
+                Violation(
+                    "G17",
+                    (
+                        f"{d.label} (acked at start) was cancelled by the cold shutdown at "
+                        f"{when(cancel)} without storing RETRY('cancelled by Celery')"
+                    ),
+                    evidence(d.start, stop, cancel),
+                )
+            )
         for x in idx.started_after(d.message_id, j):
             if not (x.copy or idx.duplicated_before(d.message_id, x.start_at or x.at)):
-                out.append(Violation("G17", (
-                    f"{d.label} (acked at start) was cancelled by the cold shutdown at "
-                    f"{when(cancel)} yet ran again on {x.worker} at {when(x.start)}"),
-                    evidence(cancel, x.start)))
+                out.append(
+                    Violation(
+                        "G17",
+                        (
+                            f"{d.label} (acked at start) was cancelled by the cold shutdown at "
+                            f"{when(cancel)} yet ran again on {x.worker} at {when(x.start)}"
+                        ),
+                        evidence(cancel, x.start),
+                    )
+                )
     else:
         for st in retry:
-            out.append(Violation("G17", (
-                f"{d.label} (acks_late, unacked) stored RETRY at {when(st)} when the cold "
-                "shutdown cancelled it; only early-acked tasks are cancelled with RETRY"),
-                evidence(cancel, st)))
+            out.append(
+                Violation(
+                    "G17",
+                    (
+                        f"{d.label} (acks_late, unacked) stored RETRY at {when(st)} when the cold "
+                        "shutdown cancelled it; only early-acked tasks are cancelled with RETRY"
+                    ),
+                    evidence(cancel, st),
+                )
+            )
         if config.complete:
             out += _comes_back(idx, d, i, "G17", stop)
     return out

@@ -35,10 +35,17 @@ MARKS = frozenset({"time-limit", "cancelled", "child-killed"})
 #: Worker events after which the broker no longer counts the worker's deliveries as held.
 WORKER_RELEASES = frozenset({"worker-crashed", "connection-lost", "worker-offline"})
 #: Worker faults, in the order checkers report them.
-FAULTS = frozenset({
-    "worker-crashed", "worker-online", "worker-offline", "connection-lost",
-    "connection-restored", "broker-restarted", "shutdown",
-})
+FAULTS = frozenset(
+    {
+        "worker-crashed",
+        "worker-online",
+        "worker-offline",
+        "connection-lost",
+        "connection-restored",
+        "broker-restarted",
+        "shutdown",
+    }
+)
 
 Ref = tuple[int, Event]
 _CRASH = frozenset({"worker-crashed"})
@@ -127,15 +134,18 @@ class Delivery:
         return not any(j < i for j, e in self.marks if e.kind == "cancelled")
 
     def marks_of(self, kind: str, **details: Any) -> list[Ref]:
-        return [(j, e) for j, e in self.marks if e.kind == kind
-                and all(e.details.get(k) == v for k, v in details.items())]
+        return [
+            (j, e)
+            for j, e in self.marks
+            if e.kind == kind and all(e.details.get(k) == v for k, v in details.items())
+        ]
 
     def states_after(self, i: int) -> list[Ref]:
         """The attempt's backend writes after ``i``, those the backend discarded included
         (after SUCCESS a key-value backend refuses them: the attempt still made them)."""
-        return sorted(((j, e) for j, e in self.states + self.discarded if j > i),
-                      key=lambda r: r[0])
-
+        return sorted(
+            ((j, e) for j, e in self.states + self.discarded if j > i), key=lambda r: r[0]
+        )
 
 
 def _open(end: int | None, i: int) -> bool:
@@ -161,7 +171,8 @@ class Index:
     revokes: list[Ref] = attrs.field(factory=list)
     orphans: list[Ref] = attrs.field(factory=list)
     by_task_worker: dict[tuple[str | None, str | None], list[Delivery]] = attrs.field(
-        factory=lambda: defaultdict(list))
+        factory=lambda: defaultdict(list)
+    )
 
     @property
     def end_time(self) -> float:
@@ -180,8 +191,11 @@ class Index:
 
     def returned_after(self, message_id: str, i: int) -> bool:
         """Whether the message started again, was revoked at receipt or was lost after ``i``."""
-        return bool(self.started_after(message_id, i) or self.lost_after(message_id, i) or any(
-            d.revoked is not None for d in self.deliveries_after(message_id, i)))
+        return bool(
+            self.started_after(message_id, i)
+            or self.lost_after(message_id, i)
+            or any(d.revoked is not None for d in self.deliveries_after(message_id, i))
+        )
 
     def consumed_at_end(self, queue: str | None) -> bool:
         """Whether a worker is up, connected and consuming ``queue`` when the history ends."""
@@ -209,8 +223,10 @@ class Index:
     def duplicated_before(self, message_id: str, i: int) -> bool:
         """Whether a visibility-timeout restore copied the message before index ``i``: from
         then on, another run of it is the documented duplicate (G6), not a redelivery."""
-        return any(j < i and e.details.get("reason") == "visibility-timeout"
-                   for j, e in self.returns.get(message_id, ()))
+        return any(
+            j < i and e.details.get("reason") == "visibility-timeout"
+            for j, e in self.returns.get(message_id, ())
+        )
 
     def twins(self, d: Delivery) -> list[Delivery]:
         """Other deliveries of ``d``'s message held by ``d``'s worker at the same time.
@@ -223,19 +239,26 @@ class Index:
         def until(x: Delivery) -> int:
             if x.start_at is not None and x.outcome_at is None and x.died_at is None:
                 return end  # still running, whether or not its channel is gone
-            steps = [j for j in (x.settle_at, x.outcome_at, x.release_at, x.died_at)
-                     if j is not None]
+            steps = [
+                j for j in (x.settle_at, x.outcome_at, x.release_at, x.died_at) if j is not None
+            ]
             return max(steps) if steps else end
 
-        return [x for x in self.by_message.get(d.message_id, ()) if x is not d
-                and x.worker == d.worker and x.at < until(d) and d.at < until(x)]
+        return [
+            x
+            for x in self.by_message.get(d.message_id, ())
+            if x is not d and x.worker == d.worker and x.at < until(d) and d.at < until(x)
+        ]
 
     def deliveries_after(self, message_id: str, i: int) -> list[Delivery]:
         return [d for d in self.by_message.get(message_id, ()) if d.at > i]
 
     def started_after(self, message_id: str, i: int) -> list[Delivery]:
-        return [d for d in self.by_message.get(message_id, ())
-                if d.start_at is not None and d.start_at > i]
+        return [
+            d
+            for d in self.by_message.get(message_id, ())
+            if d.start_at is not None and d.start_at > i
+        ]
 
     def lost_after(self, message_id: str, i: int) -> list[Ref]:
         return [(j, e) for j, e in self.lost.get(message_id, ()) if j > i]
@@ -310,12 +333,24 @@ def _reattribute(idx: Index, d: Delivery, field: str) -> None:
     for j, e in writes:
         revoked_write = e.details.get("state") == "REVOKED"
         if d.start is None and d.revoked is not None and not revoked_write:
-            dest = [x for x in siblings if x.start_at is not None and x.start_at < j
-                    and (x.outcome_at is None or x.outcome_at >= j)]
+            dest = [
+                x
+                for x in siblings
+                if x.start_at is not None
+                and x.start_at < j
+                and (x.outcome_at is None or x.outcome_at >= j)
+            ]
         elif d.start is not None and d.revoked is None and revoked_write:
-            dest = sorted((x for x in siblings if x.start is None and x.revoked_at is not None
-                           and not _stored_revoked(getattr(x, field))),
-                          key=lambda x: abs((x.revoked_at or 0) - j))
+            dest = sorted(
+                (
+                    x
+                    for x in siblings
+                    if x.start is None
+                    and x.revoked_at is not None
+                    and not _stored_revoked(getattr(x, field))
+                ),
+                key=lambda x: abs((x.revoked_at or 0) - j),
+            )
         else:
             dest = []
         if dest:
@@ -383,8 +418,13 @@ class _Builder:
         idx = self.idx
         key = _key(e)
         pub = idx.publications.get(key)
-        d = Delivery(i, e, len(idx.by_message[key]) + 1, pub[1] if pub else None,
-                     task=pub[1].details.get("task") if pub else None)
+        d = Delivery(
+            i,
+            e,
+            len(idx.by_message[key]) + 1,
+            pub[1] if pub else None,
+            task=pub[1].details.get("task") if pub else None,
+        )
         idx.deliveries.append(d)
         idx.by_message[key].append(d)
         idx.by_worker[e.worker or ""].append(d)
@@ -418,9 +458,12 @@ class _Builder:
         def fresh(d: Delivery) -> bool:
             return d.start is None and d.revoked is None and d.unregistered is None
 
-        d = self.pick(self.candidates(e),
-                      lambda d: fresh(d) and d.release is None and d.settle is None,
-                      lambda d: fresh(d) and d.release is None, fresh)
+        d = self.pick(
+            self.candidates(e),
+            lambda d: fresh(d) and d.release is None and d.settle is None,
+            lambda d: fresh(d) and d.release is None,
+            fresh,
+        )
         if d is None:
             self.idx.orphans.append((i, e))
             return
@@ -431,8 +474,10 @@ class _Builder:
     def _settle(self, i: int, e: Event, released_first: bool) -> None:
         # An ack follows the step that decided it (start, outcome, revoke at receipt): among
         # copies of one message on one worker, the one with the latest step goes first.
-        cands = sorted((d for d in self.candidates(e) if d.settle is None),
-                       key=lambda d: -1 - (_last_step(d, i) or -1))
+        cands = sorted(
+            (d for d in self.candidates(e) if d.settle is None),
+            key=lambda d: -1 - (_last_step(d, i) or -1),
+        )
 
         def active(d: Delivery) -> bool:
             return d.start is not None or d.revoked is not None or d.unregistered is not None
@@ -440,13 +485,26 @@ class _Builder:
         if released_first:
             # ack-failed: an attempt that ended after its channel closed; one that died
             # with its crashed worker sends nothing.
-            d = self.pick(cands, lambda d: d.release is not None and d.outcome is not None
-                          and d.release.kind != "worker-crashed",
-                          lambda d: d.release is not None and active(d),
-                          lambda d: d.release is not None, active, lambda d: True)
+            d = self.pick(
+                cands,
+                lambda d: (
+                    d.release is not None
+                    and d.outcome is not None
+                    and d.release.kind != "worker-crashed"
+                ),
+                lambda d: d.release is not None and active(d),
+                lambda d: d.release is not None,
+                active,
+                lambda d: True,
+            )
         else:
-            d = self.pick(cands, lambda d: d.release is None and active(d),
-                          lambda d: d.release is None, active, lambda d: True)
+            d = self.pick(
+                cands,
+                lambda d: d.release is None and active(d),
+                lambda d: d.release is None,
+                active,
+                lambda d: True,
+            )
         if d is None:
             self.idx.orphans.append((i, e))
             return
@@ -471,8 +529,7 @@ class _Builder:
             # An attempt cancelled, or killed with its crashed worker, reports nothing
             # more: a later outcome on that worker belongs to a redelivery.
             crashed = self.idx.next_fault(d.worker, _CRASH, d.start_at or 0)
-            return running(d) and crashed >= len(self.idx.events) and not d.marks_of(
-                "cancelled")
+            return running(d) and crashed >= len(self.idx.events) and not d.marks_of("cancelled")
 
         return self.pick(self.candidates(e), alive, running)
 
@@ -481,8 +538,9 @@ class _Builder:
         if e.details.get("deduplicated"):
             # G14's skip ends the attempt that just started, not an older one still
             # running on a lost channel.
-            running = [x for x in self.candidates(e) if x.start_at is not None
-                       and x.outcome is None]
+            running = [
+                x for x in self.candidates(e) if x.start_at is not None and x.outcome is None
+            ]
             d = max(running, key=lambda x: x.start_at or 0, default=d)
         if d is None:
             self.idx.orphans.append((i, e))
@@ -509,14 +567,17 @@ class _Builder:
                 d.outcome, d.outcome_at = e, i
                 d.revoked, d.revoked_at = e, i
                 return
+
         def waiting(d: Delivery) -> bool:
-            return (d.start is None and d.revoked is None and d.settle is None
-                    and d.release is None)
+            return d.start is None and d.revoked is None and d.settle is None and d.release is None
 
         # Revoked on receipt: the copy received just now, not an older one on an ETA timer.
         now = [x for x in cands if waiting(x) and x.event.time == e.time]
-        d = now[-1] if now else self.pick(cands, waiting,
-                                          lambda d: d.start is None and d.revoked is None)
+        d = (
+            now[-1]
+            if now
+            else self.pick(cands, waiting, lambda d: d.start is None and d.revoked is None)
+        )
         if d is None:
             d = self._running(e)
             if d is None:
@@ -539,11 +600,18 @@ class _Builder:
         # An attempt that reported success, failure, retry, Ignore or Reject stored its
         # state before that: a later write comes from another attempt still running
         # (e.g. one left on a lost channel), if there is one.
-        live = [d for d in cands if not (d.outcome is not None and d.outcome_at is not None
-                                         and d.outcome_at < i
-                                         and d.outcome.kind in _WRITES_BEFORE
-                                         and not d.marks_of("time-limit", which="hard"))
-                and not (d.start is None and _stored_revoked(d.states + d.discarded))]
+        live = [
+            d
+            for d in cands
+            if not (
+                d.outcome is not None
+                and d.outcome_at is not None
+                and d.outcome_at < i
+                and d.outcome.kind in _WRITES_BEFORE
+                and not d.marks_of("time-limit", which="hard")
+            )
+            and not (d.start is None and _stored_revoked(d.states + d.discarded))
+        ]
         step = _latest(live, i)
         if step is not None and step.start_at is not None and _last_step(step, i) == step.start_at:
             running = [d for d in live if d.running_at(i)]
@@ -554,8 +622,11 @@ class _Builder:
                 return None
         # A real worker may record a revoke's write before its ``revoked`` event: then the
         # delivery it received last is the writer.
-        return step or _latest(cands, i) or max(
-            (d for d in cands if d.at < i), key=lambda d: d.at, default=None)
+        return (
+            step
+            or _latest(cands, i)
+            or max((d for d in cands if d.at < i), key=lambda d: d.at, default=None)
+        )
 
     def on_state(self, i: int, e: Event) -> None:
         self.idx.states[e.task_id or ""].append((i, e))

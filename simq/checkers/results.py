@@ -32,16 +32,29 @@ def check_g14(history: History | Index, config: CheckConfig) -> list[Violation]:
         success = done[1]
         writes = sorted(d.states + d.discarded, key=lambda r: r[0])
         for _, st in writes:
-            out.append(Violation("G14", (
-                f"{d.label} was redelivered and started at {when(d.start)} after SUCCESS was "
-                f"stored at {when(success)}, yet it ran: it wrote {st.details.get('state')} at "
-                f"{when(st)}; a deduplicated task is skipped"), evidence(success, d.start, st)))
+            out.append(
+                Violation(
+                    "G14",
+                    (
+                        f"{d.label} was redelivered and started at {when(d.start)} after SUCCESS was "
+                        f"stored at {when(success)}, yet it ran: it wrote {st.details.get('state')} at "
+                        f"{when(st)}; a deduplicated task is skipped"
+                    ),
+                    evidence(success, d.start, st),
+                )
+            )
         o = d.outcome
         if o is not None and o.kind != "succeeded":
-            out.append(Violation("G14", (
-                f"{d.label} was redelivered and started at {when(d.start)} after SUCCESS was "
-                f"stored at {when(success)}, yet it ran and ended with {o.kind} at {when(o)}"),
-                evidence(success, d.start, o)))
+            out.append(
+                Violation(
+                    "G14",
+                    (
+                        f"{d.label} was redelivered and started at {when(d.start)} after SUCCESS was "
+                        f"stored at {when(success)}, yet it ran and ended with {o.kind} at {when(o)}"
+                    ),
+                    evidence(success, d.start, o),
+                )
+            )
     return out
 
 
@@ -70,18 +83,34 @@ def check_g15(history: History | Index, config: CheckConfig) -> list[Violation]:
                     success, success_at = st, j
                 continue
             if (st.details.get("state"), st.details.get("result")) != (
-                    states.SUCCESS, success.details.get("result")):
-                out.append(Violation("G15", (
-                    f"task {task_id}: {st.details.get('state')} was stored at {when(st)} over "
-                    f"the SUCCESS stored at {when(success)}; in a key-value backend SUCCESS "
-                    "is final"), (success, st)))
+                states.SUCCESS,
+                success.details.get("result"),
+            ):
+                out.append(
+                    Violation(
+                        "G15",
+                        (
+                            f"task {task_id}: {st.details.get('state')} was stored at {when(st)} over "
+                            f"the SUCCESS stored at {when(success)}; in a key-value backend SUCCESS "
+                            "is final"
+                        ),
+                        (success, st),
+                    )
+                )
     for task_id, discards in idx.discarded.items():
         for j, dis in discards:
             before = idx.stored_before(task_id, j)
             if before is None or before[1].details.get("state") != states.SUCCESS:
                 old = before[1].details.get("state") if before else "PENDING"
-                out.append(Violation("G15", (
-                    f"task {task_id}: a write of {dis.details.get('state')} was discarded at "
-                    f"{when(dis)} although the stored state was {old}; only writes after "
-                    "SUCCESS are discarded"), evidence(before[1] if before else None, dis)))
+                out.append(
+                    Violation(
+                        "G15",
+                        (
+                            f"task {task_id}: a write of {dis.details.get('state')} was discarded at "
+                            f"{when(dis)} although the stored state was {old}; only writes after "
+                            "SUCCESS are discarded"
+                        ),
+                        evidence(before[1] if before else None, dis),
+                    )
+                )
     return out

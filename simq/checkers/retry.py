@@ -13,8 +13,9 @@ from simq.history import History
 __all__ = ["check_g13", "check_g16", "check_g18"]
 
 #: Events after which a worker's token buckets start full again (new consumer, G7).
-_BUCKET_RESETS = frozenset({"worker-online", "worker-crashed", "connection-lost",
-                            "connection-restored"})
+_BUCKET_RESETS = frozenset(
+    {"worker-online", "worker-crashed", "connection-lost", "connection-restored"}
+)
 
 
 def check_g13(history: History | Index, config: CheckConfig) -> list[Violation]:
@@ -34,27 +35,49 @@ def check_g13(history: History | Index, config: CheckConfig) -> list[Violation]:
         if o is None or o.kind != "retried" or d.start_at is None or d.outcome_at is None:
             continue
         k = d.retries
-        pubs = [(j, e) for j, e in idx.published.get(d.task_id or "", ())
-                if d.start_at < j < d.outcome_at and e.details.get("retries") == k + 1]
-        retry = [(j, e) for j, e in d.states_after(d.start_at)
-                 if e.details.get("state") == states.RETRY]
+        pubs = [
+            (j, e)
+            for j, e in idx.published.get(d.task_id or "", ())
+            if d.start_at < j < d.outcome_at and e.details.get("retries") == k + 1
+        ]
+        retry = [
+            (j, e) for j, e in d.states_after(d.start_at) if e.details.get("state") == states.RETRY
+        ]
         if not pubs:
-            out.append(Violation("G13", (
-                f"{d.label} (retries={k}) ended with retried at {when(o)} but no message with "
-                f"retries={k + 1} was published during the attempt; retry() publishes the "
-                "next message before raising Retry"), evidence(d.start, o)))
+            out.append(
+                Violation(
+                    "G13",
+                    (
+                        f"{d.label} (retries={k}) ended with retried at {when(o)} but no message with "
+                        f"retries={k + 1} was published during the attempt; retry() publishes the "
+                        "next message before raising Retry"
+                    ),
+                    evidence(d.start, o),
+                )
+            )
         else:
             pub_at, pub = pubs[0]
             for j, st in retry:
                 if j < pub_at:
-                    out.append(Violation("G13", (
-                        f"{d.label}: RETRY was stored at {when(st)} before the retry message "
-                        f"{pub.message_id} was published at {when(pub)}; the message goes "
-                        "first"), evidence(d.start, st, pub)))
+                    out.append(
+                        Violation(
+                            "G13",
+                            (
+                                f"{d.label}: RETRY was stored at {when(st)} before the retry message "
+                                f"{pub.message_id} was published at {when(pub)}; the message goes "
+                                "first"
+                            ),
+                            evidence(d.start, st, pub),
+                        )
+                    )
         if not retry and config.stores_errors(d.task):
-            out.append(Violation("G13", (
-                f"{d.label} ended with retried at {when(o)} without storing RETRY"),
-                evidence(d.start, o)))
+            out.append(
+                Violation(
+                    "G13",
+                    (f"{d.label} ended with retried at {when(o)} without storing RETRY"),
+                    evidence(d.start, o),
+                )
+            )
     return out
 
 
@@ -73,10 +96,16 @@ def check_g16(history: History | Index, config: CheckConfig) -> list[Violation]:
         eta = d.eta
         if d.start is not None and eta is not None and d.start.time < eta - config.slack:
             pub = d.publication
-            out.append(Violation("G16", (
-                f"{d.label} started on {d.worker} at {when(d.start)}, before its ETA "
-                f"{pub.details.get('eta') if pub else eta}"),
-                evidence(pub, d.event, d.start)))
+            out.append(
+                Violation(
+                    "G16",
+                    (
+                        f"{d.label} started on {d.worker} at {when(d.start)}, before its ETA "
+                        f"{pub.details.get('eta') if pub else eta}"
+                    ),
+                    evidence(pub, d.event, d.start),
+                )
+            )
     out += _rate_limits(idx, config)
     return out
 
@@ -104,11 +133,17 @@ def _rate_limits(idx: Index, config: CheckConfig) -> list[Violation]:
             if n:
                 earliest = best + n / rate
                 if d.start.time < earliest - config.slack - 1e-6:
-                    out.append(Violation("G16", (
-                        f"{d.label} started on {worker} at {when(d.start)}, sooner than its "
-                        f"rate limit ({config.setting('rate_limit', task)}) allows after "
-                        f"{n} earlier start(s): not before {earliest - d.start.time:g} s later"),
-                        evidence(*(x.start for x in ds[max(0, n - 3):n]), d.start)))
+                    out.append(
+                        Violation(
+                            "G16",
+                            (
+                                f"{d.label} started on {worker} at {when(d.start)}, sooner than its "
+                                f"rate limit ({config.setting('rate_limit', task)}) allows after "
+                                f"{n} earlier start(s): not before {earliest - d.start.time:g} s later"
+                            ),
+                            evidence(*(x.start for x in ds[max(0, n - 3) : n]), d.start),
+                        )
+                    )
             available = max(d.event.time, d.eta or float("-inf"))
             best = max(best, available - n / rate)
     return out
@@ -133,10 +168,16 @@ def check_g18(history: History | Index, config: CheckConfig) -> list[Violation]:
         pub = d.publication
         got, want = d.start.details.get("retries"), pub.details.get("retries") if pub else None
         if got is not None and want is not None and int(got) != int(want):
-            out.append(Violation("G18", (
-                f"{d.label} started at {when(d.start)} with retries={got} but its message "
-                f"was published with retries={want}; a redelivery keeps the retries value"),
-                evidence(pub, d.event, d.start)))
+            out.append(
+                Violation(
+                    "G18",
+                    (
+                        f"{d.label} started at {when(d.start)} with retries={got} but its message "
+                        f"was published with retries={want}; a redelivery keeps the retries value"
+                    ),
+                    evidence(pub, d.event, d.start),
+                )
+            )
     for task_id, pubs in idx.published.items():
         for j, p in pubs:
             r = p.details.get("retries")
@@ -144,11 +185,18 @@ def check_g18(history: History | Index, config: CheckConfig) -> list[Violation]:
                 continue
             live = [d for d in attempts.get(task_id, ()) if _publishes_at(d, j, attempts[task_id])]
             if live and not any(d.retries == int(r) - 1 for d in live):
-                out.append(Violation("G18", (
-                    f"message {p.message_id} of task {task_id} was published at {when(p)} with "
-                    f"retries={r} while attempt(s) with retries="
-                    f"{', '.join(str(d.retries) for d in live)} ran; a retry carries the "
-                    "attempt's retries + 1"), evidence(*(d.start for d in live), p)))
+                out.append(
+                    Violation(
+                        "G18",
+                        (
+                            f"message {p.message_id} of task {task_id} was published at {when(p)} with "
+                            f"retries={r} while attempt(s) with retries="
+                            f"{', '.join(str(d.retries) for d in live)} ran; a retry carries the "
+                            "attempt's retries + 1"
+                        ),
+                        evidence(*(d.start for d in live), p),
+                    )
+                )
     return out
 
 
