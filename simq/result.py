@@ -130,7 +130,7 @@ class AsyncResult:
                     f"result {self.id} is {self.state} and no simulation is active to run it; "
                     "call get() inside `with Simulation(app) as sim:`"
                 )
-            world.wait(self.ready, timeout, self.id)
+            world.wait(None, timeout, self.id)
         return self.maybe_throw(propagate)
 
     wait = get

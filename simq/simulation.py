@@ -431,10 +431,18 @@ class Simulation:
         """Shut worker ``name`` down (G17): warm finishes running tasks, cold cancels them."""
         self.faults.shutdown_worker(name, at, warm)
 
-    def wait(self, ready: Callable[[], bool], timeout: float | None, task_id: str) -> None:
-        """Run until ``ready()``; TimeoutError after ``timeout`` virtual seconds."""
+    def wait(self, ready: Callable[[], bool] | None, timeout: float | None, task_id: str) -> None:
+        """Run until ``ready()`` (default: ``task_id`` has a ready state stored);
+        TimeoutError after ``timeout`` virtual seconds."""
         self._require_active("waiting for a result")
         loop = self.loop
+        if ready is None:
+            metas, done = self.backend._metas, states.READY_STATES
+
+            def ready() -> bool:
+                meta = metas.get(task_id)
+                return meta is not None and meta["status"] in done
+
         deadline = None if timeout is None else loop.now + timeout
         while not ready():
             nxt = loop.next_time()
