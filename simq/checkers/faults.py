@@ -13,6 +13,7 @@ __all__ = ["check_g4", "check_g7", "check_g17"]
 _BROKER_SIDE = frozenset({"requeued", "lost", "worker-offline", "worker-crashed"})
 _BACK = frozenset({"worker-online"})
 _RECONNECT = frozenset({"connection-restored", "worker-online", "worker-crashed"})
+_CANCEL_WINDOW_ENDS = _RECONNECT | {"shutdown"}
 
 
 def _comes_back(idx: Index, d: Delivery, i: int, g: str, fault: Event) -> list[Violation]:
@@ -194,7 +195,7 @@ def check_g7(history: History | Index, config: CheckConfig) -> list[Violation]:
                     )
                 )
             if d.running_at(i) and config.late(d.task):
-                out += _cancel_rule(d, i, lost, config)
+                out += _cancel_rule(idx, d, i, lost, config)
         back = idx.next_fault(lost.worker, _RECONNECT, i)
         for e in idx.events[i + 1 : back]:
             if e.kind == "delivered" and e.worker == lost.worker:
@@ -211,8 +212,12 @@ def check_g7(history: History | Index, config: CheckConfig) -> list[Violation]:
     return out
 
 
-def _cancel_rule(d: Delivery, i: int, lost: Event, config: CheckConfig) -> list[Violation]:
-    cancels = [(j, e) for j, e in d.marks_of("cancelled") if j > i]
+def _cancel_rule(
+    idx: Index, d: Delivery, i: int, lost: Event, config: CheckConfig
+) -> list[Violation]:
+    # Celery cancels at the loss itself; a cancel after reconnecting has another cause.
+    back = idx.next_fault(d.worker, _CANCEL_WINDOW_ENDS, i)
+    cancels = [(j, e) for j, e in d.marks_of("cancelled") if i < j < back]
     if not config.cancel_long_running_tasks_on_connection_loss:
         return [
             Violation(
@@ -283,7 +288,9 @@ def check_g17(history: History | Index, config: CheckConfig) -> list[Violation]:
         w = stop.worker
         back = idx.next_fault(w, _BACK, i)
         # A later shutdown (a cold one escalating a warm one) or a crash takes over.
-        offline = idx.next_fault(w, frozenset({"worker-offline", "worker-crashed", "shutdown"}), i)
+        offline = idx.next_fault(
+            w, frozenset({"worker-offline", "worker-crashed", "shutdown", "connection-lost"}), i
+        )
         crashed = offline < len(idx.events) and idx.events[offline].kind != "worker-offline"
         for d in idx.by_worker.get(w or "", []):
             if d.start is not None and d.start_at is not None and i < d.start_at < back:
@@ -399,6 +406,6 @@ def _cold(idx: Index, d: Delivery, i: int, stop: Event, config: CheckConfig) -> 
                     evidence(cancel, st),
                 )
             )
-        if config.complete:
+        if config.complete and d.unacked_at(i):
             out += _comes_back(idx, d, i, "G17", stop)
     return out

@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING, Any
 from simq import states
 from simq.exceptions import Retry, UnknownTarget
 from simq.runtime import LOST, Outcome, pop_request, push_request
-from simq.world.worker import RequestState, Slot, Worker
+from simq.world.request import RequestState
+from simq.world.worker import Slot, Worker
 
 if TYPE_CHECKING:
-    from simq.world.worker import Request
+    from simq.world.request import Request
 
 __all__ = ["Faults"]
 
@@ -332,6 +333,7 @@ def _cancel(
         else:
             worker.broker.channel_closed(request.envelope, reason)
     _forget(worker, request)
+    worker.maybe_idle()  # a warm shutdown waiting for this task may now end
 
 
 def _forget(worker: Worker, request: Request) -> None:

@@ -12,20 +12,15 @@ Internal. The worker follows Celery's ``strategy.py`` / ``request.py`` / ``consu
 
 from __future__ import annotations
 
-import enum
-import math
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-
-import attrs
 
 from simq import states
 from simq.engine.fibers import SUSPENDED, Exited, Fiber
 from simq.exceptions import (
     NotRegistered,
     Reject,
-    SimqError,
     SoftTimeLimitExceeded,
     TaskRevokedError,
     TimeLimitExceeded,
@@ -43,6 +38,15 @@ from simq.runtime import (
 )
 from simq.serialization import encode_exception, loads
 from simq.world.broker import Envelope, MessageState
+from simq.world.request import (
+    ACK,
+    NONE,
+    Decision,
+    Request,
+    RequestState,
+    TokenBucket,
+    ack_decision,
+)
 
 if TYPE_CHECKING:
     from simq.engine.loop import Loop, Timer
@@ -51,31 +55,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Request", "RequestState", "Worker", "ack_decision"]
 
-
-class RequestState(enum.Enum):
-    RECEIVED = "received"
-    ETA_HELD = "eta-held"
-    RATE_WAIT = "rate-wait"
-    RESERVED = "reserved"
-    ACTIVE = "active"
-    DONE = "done"
-
-
-_NEXT: dict[RequestState, frozenset[RequestState]] = {
-    RequestState.RECEIVED: frozenset(
-        {RequestState.ETA_HELD, RequestState.RATE_WAIT, RequestState.RESERVED, RequestState.DONE}
-    ),
-    RequestState.ETA_HELD: frozenset(
-        {RequestState.RATE_WAIT, RequestState.RESERVED, RequestState.DONE}
-    ),
-    RequestState.RATE_WAIT: frozenset({RequestState.RESERVED, RequestState.DONE}),
-    RequestState.RESERVED: frozenset({RequestState.ACTIVE, RequestState.DONE}),
-    RequestState.ACTIVE: frozenset({RequestState.DONE}),
-    RequestState.DONE: frozenset(),
-}
-
-# The same table by value: string hashes are cached, enum hashes are not (hot path).
-_ALLOWED = {old.value: frozenset(n.value for n in new) for old, new in _NEXT.items()}
 
 # Protocol-2 header names; any other header is a custom one (``request.headers``).
 _PROTOCOL_HEADERS = frozenset(
@@ -101,98 +80,6 @@ _PROTOCOL_HEADERS = frozenset(
         "stamps",
     }
 )
-
-
-@attrs.define(eq=False, slots=True)
-class Request:
-    """The worker's live record of one delivered message."""
-
-    envelope: Envelope
-    task: Any
-    context: Context
-    state: RequestState = RequestState.RECEIVED
-    acked: bool = False
-    timer: Timer | None = None
-    orphaned: bool = False  # its channel closed: an ack or reject can no longer land
-    cancelled: bool = False
-
-    @property
-    def message(self) -> Message:
-        return self.envelope.message
-
-    @property
-    def id(self) -> str:
-        return self.envelope.message.task_id
-
-    @property
-    def acks_late(self) -> bool:
-        return bool(self.task.acks_late)
-
-    def move(self, new: RequestState) -> None:
-        if new._value_ not in _ALLOWED[self.state._value_]:
-            raise SimqError(
-                f"illegal request transition {self.state.value} -> {new.value} "
-                f"for task {self.context.task}[{self.id}]"
-            )
-        self.state = new
-
-
-@attrs.frozen(slots=True)
-class Decision:
-    """What the parent does with the message after an attempt."""
-
-    action: str  # "ack" | "reject" | "none" (already acked at start)
-    requeue: bool = False
-
-
-_NONE = Decision("none")
-_ACK = Decision("ack")
-
-
-def ack_decision(task: Any, outcome: Outcome, acked: bool) -> Decision:
-    """The disposition of the message for ``outcome`` (CELERY_SEMANTICS.md §3.1)."""
-    if acked:
-        return _NONE
-    if not task.acks_late:
-        return _NONE
-    state = outcome.state
-    if state in (states.SUCCESS, states.RETRY, states.IGNORED):
-        return _ACK
-    if state == states.REJECTED:
-        return Decision("reject", outcome.requeue)
-    if state == states.FAILURE:
-        return _ACK if task.acks_on_failure else Decision("reject", False)
-    if state == LOST:
-        if task.reject_on_worker_lost:
-            return Decision("reject", True)
-        return _ACK if task.acks_on_failure else Decision("reject", False)
-    raise SimqError(f"no ack decision for outcome {outcome.state!r}")
-
-
-class TokenBucket:
-    """kombu's TokenBucket with capacity 1: starts full, refills at ``rate`` per second."""
-
-    __slots__ = ("rate", "stamp", "tokens", "waiting")
-
-    def __init__(self, rate: float, now: float) -> None:
-        self.rate = rate
-        self.tokens = 1.0
-        self.stamp = now
-        self.waiting: deque[Request] = deque()
-
-    def can_consume(self, now: float) -> bool:
-        self.tokens = min(1.0, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        # Epoch seconds near 2030 carry ~2.4e-7 s of float resolution, so a refill of
-        # exactly 1/rate can read slightly short. Tolerate a few ulps of the clock;
-        # otherwise the retry delay rounds to zero and the bucket never refills.
-        if self.tokens >= 1.0 - 1e-9 - 4 * math.ulp(now) * self.rate:
-            self.tokens = max(0.0, self.tokens - 1.0)
-            return True
-        return False
-
-    def expected_time(self) -> float:
-        return max(0.0, (1.0 - self.tokens) / self.rate)
 
 
 class Slot:
@@ -508,7 +395,7 @@ class Worker:
                 worker=self.name,
                 deduplicated=True,
             )
-            self._dispose(request, _ACK)
+            self._dispose(request, ACK)
             return
         task = request.task
         hard, soft = self.time_limits(request)
@@ -611,7 +498,7 @@ class Worker:
         if request.acked:
             self._done(request)
         elif task.acks_on_timeout or not task.acks_late:
-            self._dispose(request, _ACK)
+            self._dispose(request, ACK)
         else:
             self._dispose(request, Decision("reject", True))
 
@@ -673,13 +560,13 @@ class Worker:
             exitcode=outcome.exitcode,
         )
         if self.backend.state(request.id) == states.SUCCESS:
-            self._dispose(request, _NONE if request.acked else _ACK)
+            self._dispose(request, NONE if request.acked else ACK)
             return
         exhausted = False
         if task.retry_on_worker_lost:
             if task.max_retries is None or ctx.retries < task.max_retries:
                 task.retry_on_lost(ctx, exc, self)
-                self._dispose(request, _NONE if request.acked else _ACK)
+                self._dispose(request, NONE if request.acked else ACK)
                 return
             exhausted = True
         # request.py: reject_on_worker_lost is not applied once retries are exhausted.
