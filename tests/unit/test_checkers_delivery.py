@@ -412,3 +412,12 @@ def test_g6_passes_a_real_redis_restart_that_loses_a_visibility_copy() -> None:
     assert len(sim.history.where(kind="lost")) == 2
     assert sim.history.where(kind="requeued").kinds() == ["requeued"]  # the copy, at 5 s
     assert check_g6(sim.history, config) == []
+
+
+def test_g6_does_not_guess_between_copies_held_side_by_side() -> None:
+    """Copies of one message held by one worker are indistinguishable: no timing verdict."""
+    s = copied(after=10)
+    s.at(10).deliver("m1", "w2", redelivered=True, copy=True).at(30)
+    s.run_ok("m1").run_ok("m1", "w2").at(40).run_ok("m1", "w2")
+    config = CheckConfig(transport="redis", visibility_timeout=10, complete=True)
+    assert check_g6(s.history, config) == []

@@ -273,3 +273,41 @@ def test_g17_requires_a_cold_shutdown_to_requeue_acks_late_tasks_without_retry()
     s.requeued("m1", reason="shutdown").state("t1", "RETRY", None)
     found = check_g17(s.history, LATE_DONE)
     assert "only early-acked tasks are cancelled with RETRY" in only(found, "G17").message
+
+
+def test_g17_hands_a_warm_shutdown_over_to_a_later_connection_loss() -> None:
+    """A cancel by a connection loss during a warm shutdown is G7's to judge, not G17's."""
+    s = stopping(warm=True, late=True).at(3).fault("connection-lost")
+    s.event("cancelled", "t1", "m1", "w1", reason="connection-lost").state("t1", "RETRY", None)
+    s.requeued("m1", reason="connection-lost").fault("worker-offline", reason="shutdown")
+    config = CheckConfig(
+        acks_late={"*": True}, cancel_long_running_tasks_on_connection_loss=True, complete=True
+    )
+    assert check_g17(s.history, config) == []
+    assert check_g7(s.history, config) == []
+
+
+def test_g7_leaves_a_cancel_after_reconnecting_to_its_own_cause() -> None:
+    """A cold shutdown's cancel after the worker reconnected is not the connection loss's."""
+    s = disconnected().at(2).fault("connection-restored").at(3).fault("shutdown", warm=False)
+    s.event("cancelled", "t1", "m1", "w1", reason="shutdown")
+    assert check_g7(s.history, CheckConfig(acks_late={"*": True})) == []
+
+
+def test_a_warm_shutdown_ends_when_its_last_task_is_cancelled() -> None:
+    """A warm shutdown whose running task a connection loss cancels goes offline (§3.2 G17)."""
+    app = simq.App(
+        "shop", task_acks_late=True, worker_cancel_long_running_tasks_on_connection_loss=True
+    )
+
+    @app.task(name="shop.slow")
+    def slow():
+        time.sleep(20)
+
+    with simq.Simulation(app, seed=0, transport="redis") as sim:
+        slow.delay()
+        sim.shutdown_worker("worker-1", at=1, warm=True)
+        sim.restart_broker(at=3)
+        sim.run()
+        assert sim.history.where(kind="worker-offline", reason="shutdown")
+        assert sim.check() == []

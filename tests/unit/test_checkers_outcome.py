@@ -441,3 +441,20 @@ def test_g12_fails_a_real_timeout_with_its_failure_removed() -> None:
         "FAILURE(TimeLimitExceeded) is stored, and it was not"
         in only(check_g12(history, config), "G12").message
     )
+
+
+def test_g10_blames_a_termination_on_the_revoke_that_asked_for_it() -> None:
+    """A revoke without terminate, then one with it: the second kills the run (§3.2 G10)."""
+    s = running_revoke(False).at(4)
+    s.event("revoke", "t1", terminate=True, signal=None, workers=["w1"])
+    s.outcome("revoked", "m1", reason="terminated", terminated=True)
+    s.state("t1", "REVOKED", REVOKED)
+    assert check_g10(s.history, AMQP) == []
+
+
+def test_g3_lets_the_broker_redeliver_when_the_ack_could_not_land() -> None:
+    """A child lost after its channel closed was never acked: the broker may run it again."""
+    s = died(late=True).state("t1", "FAILURE", LOST).event("ack-failed", "t1", "m1", "w1")
+    s.at(5).requeued("m1", None, reason="visibility-timeout")
+    s.deliver("m1", redelivered=True).run_ok("m1", late=True)
+    assert check_g3(s.history, CheckConfig(transport="sqs", acks_late={"*": True})) == []
