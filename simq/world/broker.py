@@ -56,6 +56,10 @@ _TRANSITIONS: dict[MessageState, frozenset[MessageState]] = {
 _ALLOWED = {old.value: frozenset(n.value for n in new) for old, new in _TRANSITIONS.items()}
 
 
+# A visibility-timeout copy says so in its `delivered` event; other deliveries do not.
+_COPY = {"copy": True}
+
+
 @attrs.define(eq=False, slots=True)
 class Envelope:
     """The broker's live record of one message: where it is and who holds it."""
@@ -306,25 +310,15 @@ class Broker:
             envelope.deliveries += 1
             envelope.delivered_at = self.loop.now
             message = envelope.message
-            if envelope.copy:
-                self._record(
-                    "delivered",
-                    task_id=message.task_id,
-                    message_id=message.message_id,
-                    worker=consumer.name,
-                    queue=name,
-                    redelivered=envelope.redelivered,
-                    copy=True,
-                )
-            else:
-                self._record(
-                    "delivered",
-                    task_id=message.task_id,
-                    message_id=message.message_id,
-                    worker=consumer.name,
-                    queue=name,
-                    redelivered=envelope.redelivered,
-                )
+            self._record(
+                "delivered",
+                task_id=message.task_id,
+                message_id=message.message_id,
+                worker=consumer.name,
+                queue=name,
+                redelivered=envelope.redelivered,
+                **_COPY if envelope.copy else {},
+            )
             if self.visibility_timeout is not None:
                 envelope.vt_timer = self.loop.call_later(
                     self.visibility_timeout, self._visibility_expired, envelope, envelope.deliveries

@@ -285,11 +285,9 @@ class Worker:
         return True
 
     def _announce_revoked(self, request: Request, reason: str, terminated: bool = False) -> None:
-        self._record(
+        self._note(
             "revoked",
-            task_id=request.id,
-            message_id=request.message.message_id,
-            worker=self.name,
+            request,
             reason=reason,
             expired=reason == "expired",
             terminated=terminated,
@@ -375,11 +373,9 @@ class Worker:
         request.move(RequestState.ACTIVE)
         slot.request = request
         ctx = request.context
-        self._record(
+        self._note(
             "started",
-            task_id=request.id,
-            message_id=request.message.message_id,
-            worker=self.name,
+            request,
             task=ctx.task,
             retries=ctx.retries,
         )
@@ -388,11 +384,9 @@ class Worker:
         elif request.envelope.redelivered and self._already_succeeded(request):
             # worker_deduplicate_successful_tasks (G14): the tracer returns at once.
             slot.request = None
-            self._record(
+            self._note(
                 "succeeded",
-                task_id=request.id,
-                message_id=request.message.message_id,
-                worker=self.name,
+                request,
                 deduplicated=True,
             )
             self._dispose(request, ACK)
@@ -446,16 +440,24 @@ class Worker:
         if self.on_idle is not None and all(slot.request is None for slot in self.slots):
             self.on_idle()
 
+    def _note(self, kind: str, request: Request, **details: Any) -> None:
+        """Record an event about ``request`` on this worker."""
+        self._record(
+            kind,
+            task_id=request.id,
+            message_id=request.message.message_id,
+            worker=self.name,
+            **details,
+        )
+
     # -- time limits (G11, G12) --------------------------------------------------------
 
     def _soft_limit(self, slot: Slot, request: Request, limit: float) -> None:
         if slot.request is not request:
             return
-        self._record(
+        self._note(
             "time-limit",
-            task_id=request.id,
-            message_id=request.message.message_id,
-            worker=self.name,
+            request,
             which="soft",
             limit=limit,
         )
@@ -464,11 +466,9 @@ class Worker:
     def _hard_limit(self, slot: Slot, request: Request, limit: float) -> None:
         if slot.request is not request:
             return
-        self._record(
+        self._note(
             "time-limit",
-            task_id=request.id,
-            message_id=request.message.message_id,
-            worker=self.name,
+            request,
             which="hard",
             limit=limit,
         )
@@ -481,11 +481,9 @@ class Worker:
     def _timed_out(self, request: Request, exc: TimeLimitExceeded) -> None:
         """Celery 5.7's hard-timeout path, run in the parent (§1.11, G12)."""
         task, ctx = request.task, request.context
-        self._record(
+        self._note(
             "failed",
-            task_id=request.id,
-            message_id=request.message.message_id,
-            worker=self.name,
+            request,
             exception=encode_exception(exc),
         )
         requeue = task.acks_late and not request.acked and not task.acks_on_timeout
@@ -552,11 +550,9 @@ class Worker:
     def _child_lost(self, request: Request, outcome: Outcome) -> None:
         task, ctx = request.task, request.context
         exc = lost_error(outcome.exitcode, outcome.exc)
-        self._record(
+        self._note(
             "child-lost",
-            task_id=request.id,
-            message_id=request.message.message_id,
-            worker=self.name,
+            request,
             exitcode=outcome.exitcode,
         )
         if self.backend.state(request.id) == states.SUCCESS:
@@ -587,11 +583,9 @@ class Worker:
         request.acked = True
         if request.orphaned:
             # The delivery tag belonged to a closed channel (G7): the ack cannot land.
-            self._record(
+            self._note(
                 "ack-failed",
-                task_id=request.id,
-                message_id=request.message.message_id,
-                worker=self.name,
+                request,
             )
             return
         self._live_unacked -= 1
@@ -601,11 +595,9 @@ class Worker:
     def _reject(self, request: Request, requeue: bool) -> None:
         request.acked = True
         if request.orphaned:
-            self._record(
+            self._note(
                 "ack-failed",
-                task_id=request.id,
-                message_id=request.message.message_id,
-                worker=self.name,
+                request,
                 requeue=requeue,
             )
             return
