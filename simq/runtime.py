@@ -396,7 +396,8 @@ def _on_success(
 ) -> Outcome:
     task_id = request.id or ""
     try:
-        _dispatch_callbacks(task, request, retval)
+        if request.callbacks or request.chain:
+            _dispatch_callbacks(task, request, retval)
         if publish_result:
             env.store(task_id, states.SUCCESS, retval, request, None)
     except EncodeError as exc:

@@ -504,6 +504,8 @@ class Worker:
 
     def work(self, task: Any) -> None:
         """Called in the fiber before the body: take the task's configured duration."""
+        if not self.sim.durations:
+            return
         duration = self.sim.duration_for(task.name)
         if duration:
             current = self.slot_running()
