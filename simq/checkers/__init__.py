@@ -29,23 +29,23 @@ from simq.checkers.base import CheckConfig as CheckConfig
 from simq.checkers.base import Violation as Violation
 from simq.checkers.delivery import check_g1 as check_g1
 from simq.checkers.delivery import check_g2 as check_g2
-from simq.checkers.delivery import check_g5 as check_g5
-from simq.checkers.delivery import check_g6 as check_g6
 from simq.checkers.faults import check_g4 as check_g4
 from simq.checkers.faults import check_g7 as check_g7
 from simq.checkers.faults import check_g17 as check_g17
 from simq.checkers.index import index_of
+from simq.checkers.limits import check_g11 as check_g11
+from simq.checkers.limits import check_g12 as check_g12
 from simq.checkers.outcome import check_g3 as check_g3
 from simq.checkers.outcome import check_g8 as check_g8
-from simq.checkers.outcome import check_g9 as check_g9
-from simq.checkers.outcome import check_g10 as check_g10
-from simq.checkers.outcome import check_g11 as check_g11
-from simq.checkers.outcome import check_g12 as check_g12
 from simq.checkers.results import check_g14 as check_g14
 from simq.checkers.results import check_g15 as check_g15
 from simq.checkers.retry import check_g13 as check_g13
 from simq.checkers.retry import check_g16 as check_g16
 from simq.checkers.retry import check_g18 as check_g18
+from simq.checkers.revoke import check_g9 as check_g9
+from simq.checkers.revoke import check_g10 as check_g10
+from simq.checkers.transport import check_g5 as check_g5
+from simq.checkers.transport import check_g6 as check_g6
 from simq.history import History
 
 __all__ = [

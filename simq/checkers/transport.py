@@ -1,0 +1,278 @@
+"""The broker's side of delivery: G5 (prefetch) and G6 (visibility timeout), §3.2."""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+from collections import defaultdict
+
+from simq.checkers.base import CheckConfig, Violation, when
+from simq.checkers.delivery import evidence
+from simq.checkers.index import Delivery, Index, index_of
+from simq.history import Event, History
+
+__all__ = ["check_g5", "check_g6"]
+
+
+def check_g5(history: History | Index, config: CheckConfig) -> list[Violation]:
+    """G5: the prefetch and reservation bound (§3.2 G5).
+
+    "Prefetch count = worker_prefetch_multiplier x concurrency; 0 means unlimited. ETA
+    messages do not count." A worker is sent a message only while it holds fewer unacked,
+    non-ETA messages than its window (so it never holds more than the window but for an
+    ETA that fires), and with ``eta_task_limit`` never more ETA-held messages than that.
+    The window comes from ``config.prefetch`` or the worker's ``worker-online`` event.
+    """
+    idx = index_of(history)
+    out: list[Violation] = []
+    at = {d.at: d for d in idx.deliveries}
+    times = [e.time for e in idx.events]
+    counted: dict[str | None, list[Delivery]] = defaultdict(list)  # unacked, not ETA-held
+    timers: dict[str | None, list[tuple[int, int, Delivery]]] = defaultdict(list)
+    etas: dict[str | None, list[Delivery]] = defaultdict(list)  # for eta_task_limit
+    online: dict[str | None, Event] = {}
+    limit = config.eta_task_limit
+    for i, e in enumerate(idx.events):
+        if e.kind == "worker-online":
+            online[e.worker] = e
+            continue
+        d = at.get(i)
+        if d is None:
+            continue
+        w = e.worker
+        heap = timers[w]
+        while heap and heap[0][0] <= i:  # its ETA passed or it started: it counts now
+            counted[w].append(heapq.heappop(heap)[2])
+        mine = counted[w] = [x for x in counted[w] if x.unacked_at(i)]
+        window = config.window(w)
+        if window is None and w in online:
+            info = online[w].details
+            window = int(info.get("concurrency") or 0) * int(info.get("prefetch_multiplier") or 0)
+        if window and len(mine) >= window:
+            out.append(
+                Violation(
+                    "G5",
+                    (
+                        f"{w} was sent {d.label} at {when(e)} while it held {len(mine)} "
+                        f"unacked non-ETA message(s) ({', '.join(x.message_id for x in mine)}); "
+                        f"its prefetch window is {window}"
+                    ),
+                    evidence(*(x.event for x in mine), e),
+                )
+            )
+        leaves = _leaves_eta_hold(d, times)
+        if leaves <= i:
+            mine.append(d)
+            continue
+        heapq.heappush(heap, (leaves, i, d))
+        if limit is not None:
+            held = etas[w] = [
+                x for x in etas[w] if x.unacked_at(i) and _leaves_eta_hold(x, times) > i
+            ]
+            if len(held) + 1 > limit:
+                out.append(
+                    Violation(
+                        "G5",
+                        (
+                            f"{w} held {len(held) + 1} ETA messages at {when(e)} when it was "
+                            f"sent {d.label}; worker_eta_task_limit is {limit}"
+                        ),
+                        evidence(*(x.event for x in held), e),
+                    )
+                )
+            held.append(d)
+    return out
+
+
+def _leaves_eta_hold(d: Delivery, times: list[float]) -> int:
+    """Index from which ``d`` counts against the window: its ETA passed, or it started."""
+    eta = d.eta
+    if eta is None:
+        return d.at
+    passed = bisect.bisect_right(times, eta, lo=d.at)  # first index with time > eta
+    return min(passed, d.start_at if d.start_at is not None else passed)
+
+
+def check_g6(history: History | Index, config: CheckConfig) -> list[Violation]:
+    """G6: the visibility timeout of redis and sqs (§3.2 G6).
+
+    "If a task isn't acknowledged within the visibility timeout the task will be
+    redelivered to another worker and executed." On amqp nothing is restored by timeout.
+    On redis/sqs a restore comes no earlier than the visibility timeout after the delivery
+    and only for an unacked message; in a drained run, a delivery left unacked longer
+    than the timeout is restored (the documented duplicate; duplicates are tolerated).
+    """
+    idx = index_of(history)
+    out: list[Violation] = []
+    vt = config.effective_visibility_timeout
+    restores = [
+        (j, e)
+        for j, e in enumerate(idx.events)
+        if e.kind == "requeued" and e.details.get("reason") == "visibility-timeout"
+    ]
+    if not config.emulates_acks:
+        for _, e in restores:
+            out.append(
+                Violation(
+                    "G6",
+                    (
+                        f"message {e.message_id} of task {e.task_id} was restored by visibility "
+                        f"timeout at {when(e)}; amqp has no visibility timeout"
+                    ),
+                    (e,),
+                )
+            )
+        for d in idx.deliveries:
+            if d.copy:
+                out.append(
+                    Violation(
+                        "G6",
+                        (
+                            f"{d.label} was delivered to {d.worker} at {when(d.event)} as a copy of "
+                            "a message still held elsewhere; amqp never duplicates a delivery"
+                        ),
+                        (d.event,),
+                    )
+                )
+        return out
+    if vt is None:
+        return out
+    used: set[int] = set()
+    wipes = _wiping_restarts(idx)
+    for j, e in restores:
+        out += _early_restore(idx, j, e, vt, config.slack, used, wipes)
+    if config.complete:
+        for d in idx.deliveries:
+            out += _never_restored(idx, d, vt, config.slack)
+    return out
+
+
+def _wiping_restarts(idx: Index) -> list[tuple[int, Event]]:
+    """Broker restarts that lost messages: the broker kept nothing, unacked records too."""
+    lost_at = {
+        e.time
+        for refs in idx.lost.values()
+        for _, e in refs
+        if "restart" in str(e.details.get("reason", ""))
+    }
+    return [
+        (j, e)
+        for j, e in idx.faults
+        if e.kind == "broker-restarted" and (e.details.get("lost") or e.time in lost_at)
+    ]
+
+
+def _early_restore(
+    idx: Index,
+    j: int,
+    e: Event,
+    vt: float,
+    slack: float,
+    used: set[int],
+    wipes: list[tuple[int, Event]],
+) -> list[Violation]:
+    """Pair a restore with the oldest delivery it can restore: unacked, not restored yet."""
+    key = e.message_id or f"task:{e.task_id}"
+    before = [
+        d
+        for d in idx.by_message.get(key, ())
+        if d.at < j and (e.worker is None or d.worker == e.worker)
+    ]
+    if not before:
+        return [
+            Violation(
+                "G6",
+                (
+                    f"message {key} of task {e.task_id} was restored at {when(e)} but was never "
+                    "delivered before"
+                ),
+                (e,),
+            )
+        ]
+    wipe = max(((k, w) for k, w in wipes if k < j), key=lambda r: r[0], default=None)
+    open_ = [
+        d
+        for d in before
+        if d.at not in used
+        and not (
+            d.settle is not None
+            and d.settle.kind in ("acked", "rejected")
+            and (d.settle_at or 0) < j
+        )
+    ]
+    if wipe is not None and open_ and all(d.at < wipe[0] for d in open_):
+        return [
+            Violation(
+                "G6",
+                (
+                    f"{open_[-1].label} was restored at {when(e)} although the broker restart at "
+                    f"{when(wipe[1])} lost its messages, unacked ones included"
+                ),
+                evidence(open_[-1].event, wipe[1], e),
+            )
+        ]
+    if not open_:
+        d = before[-1]
+        if idx.twins(d):
+            return []  # copies held side by side: which one was acked cannot be told
+        how = f"{d.settle.kind} at {when(d.settle)}" if d.settle else "restored already"
+        return [
+            Violation(
+                "G6",
+                (
+                    f"{d.label} was restored at {when(e)} although it was {how}; only unacked "
+                    "messages are restored"
+                ),
+                evidence(d.event, d.settle, e),
+            )
+        ]
+    ripe = [d for d in open_ if e.time - d.event.time >= vt - slack]
+    if ripe:
+        used.add(ripe[0].at)
+        return []
+    if any(idx.twins(x) for x in before if e.time - x.event.time >= vt - slack):
+        return []  # an old enough copy held side by side may be the one restored
+    d = open_[0]
+    return [
+        Violation(
+            "G6",
+            (
+                f"{d.label} was restored at {when(e)}, {e.time - d.event.time:g} s after its delivery "
+                f"to {d.worker}; the visibility timeout is {vt:g} s"
+            ),
+            evidence(d.event, e),
+        )
+    ]
+
+
+def _never_restored(idx: Index, d: Delivery, vt: float, slack: float) -> list[Violation]:
+    if idx.twins(d):
+        return []  # copies held side by side: which one waited cannot be told
+    key = d.message_id
+    ends: list[tuple[int, Event]] = []
+    if d.settle is not None and d.settle.kind in ("acked", "rejected") and d.settle_at:
+        ends.append((d.settle_at, d.settle))
+    ends += [
+        (j, e)
+        for j, e in idx.returns.get(key, ())
+        if j > d.at and e.kind == "requeued" and (e.worker is None or e.worker == d.worker)
+    ]
+    ends += idx.lost_after(key, d.at)
+    ends += [(j, e) for j, e in idx.faults if j > d.at and e.kind == "broker-restarted"]
+    end = min(ends, key=lambda r: r[0]) if ends else None
+    until = end[1].time if end is not None else idx.end_time
+    if until - d.event.time <= vt + slack:
+        return []
+    if end is not None and end[1].kind == "requeued":
+        return []
+    how = f"until it was {end[1].kind} at {when(end[1])}" if end else "until the run ended"
+    return [
+        Violation(
+            "G6",
+            (
+                f"{d.label} stayed unacked on {d.worker} from {when(d.event)} {how}, longer than "
+                f"the visibility timeout ({vt:g} s), and was never restored"
+            ),
+            evidence(d.event, end[1] if end else None),
+        )
+    ]
