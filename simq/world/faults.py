@@ -265,13 +265,11 @@ def _go_offline(
         if kill_children:
             slot.replace_child()
             # An orphaned delivery went back at the connection loss; it may be held
-            # elsewhere now.
-            if not request.acked and not request.orphaned:
-                broker.channel_closed(request.envelope, reason)
+            # elsewhere now, so _give_back leaves it alone.
+            _give_back(worker, request, reason, restore_now=False)
             _forget(worker, request)
         elif not request.acked and not request.orphaned:
-            request.orphaned = True
-            broker.channel_closed(request.envelope, reason)
+            _give_back(worker, request, reason, restore_now=False)
             if cancel_late and request.acks_late:
                 _cancel(worker, slot, request, emit_retry=True, reason=reason, restore_now=False)
     for request in list(worker.requests.values()):
@@ -288,13 +286,18 @@ def _drop(worker: Worker, request: Request, reason: str, restore_now: bool) -> N
     if request.timer is not None:
         request.timer.cancel()
         request.timer = None
+    _give_back(worker, request, reason, restore_now)
+    _forget(worker, request)
+
+
+def _give_back(worker: Worker, request: Request, reason: str, restore_now: bool) -> None:
+    """Return an unacked delivery to the broker: now (requeue), or as its channel closes."""
     if not request.acked and not request.orphaned:
         request.orphaned = True
         if restore_now:
             worker.broker.restore(request.envelope, front=True, reason=reason)
         else:
             worker.broker.channel_closed(request.envelope, reason)
-    _forget(worker, request)
 
 
 def _cancel(
@@ -308,13 +311,7 @@ def _cancel(
 ) -> None:
     """Celery's ``Request.cancel``: terminate the child; RETRY('cancelled by Celery')."""
     slot.replace_child()
-    worker._record(
-        "cancelled",
-        task_id=request.id,
-        message_id=request.message.message_id,
-        worker=worker.name,
-        reason=reason,
-    )
+    worker._note("cancelled", request, reason=reason)
     if emit_retry:
         exc = Retry(message="cancelled by Celery")
         ctx, task = request.context, request.task
@@ -326,12 +323,7 @@ def _cancel(
             pass
         finally:
             pop_request(task)
-    if not request.acked and not request.orphaned:
-        request.orphaned = True
-        if restore_now:
-            worker.broker.restore(request.envelope, front=True, reason=reason)
-        else:
-            worker.broker.channel_closed(request.envelope, reason)
+    _give_back(worker, request, reason, restore_now)
     _forget(worker, request)
     worker.maybe_idle()  # a warm shutdown waiting for this task may now end
 

@@ -40,11 +40,13 @@ def test_header_shows_the_given_seed(pytester: pytest.Pytester) -> None:
     pytester.makepyfile("def test_nothing():\n    pass\n")
     result = run(pytester, "--simq-seed=31")
     result.stdout.fnmatch_lines(["simq: seed=31 (--simq-seed=N to change)"])
+    result.assert_outcomes(passed=1)
 
 
 def test_option_is_in_a_simq_help_group(pytester: pytest.Pytester) -> None:
     """pytest --help lists --simq-seed under a simq group."""
     result = run(pytester, "--help")
+    assert result.ret == pytest.ExitCode.OK
     result.stdout.fnmatch_lines(
         [
             "simq deterministic simulation:",
