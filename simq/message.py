@@ -2,8 +2,9 @@
 
 A message is what travels through the simulated broker. ``headers`` use protocol-2
 names (``id``, ``task``, ``retries``, ``eta``, ``expires``, ``timelimit``, ``root_id``,
-``parent_id``, ``group``, ``shadow``, ``ignore_result``, ...), ``body`` is the serialized
-``[args, kwargs, embed]`` triple, and the routing fields say where it goes. ``eta`` and
+``parent_id``, ``group``, ``shadow``, ``ignore_result``, ...), ``body`` is the
+``[args, kwargs, embed]`` triple as Celery's producer serialized it, and the routing
+fields say where it goes. ``eta`` and
 ``expires`` are also kept as virtual epoch seconds so the world never parses ISO strings.
 """
 
@@ -25,8 +26,10 @@ class Message:
         task_id: The task id (header ``id``).
         task: The task name (header ``task``).
         headers: Protocol-2 headers.
-        body: Serialized ``[args, kwargs, embed]``.
-        serializer: Name of the serializer that produced ``body``.
+        body: Serialized ``[args, kwargs, embed]``, as kombu encoded it.
+        content_type: The body's content type (``application/json``, ...).
+        content_encoding: The body's encoding (``utf-8``, ``binary``).
+        properties: The AMQP properties Celery set (correlation_id, reply_to, ...).
         queue: Queue the message is routed to.
         exchange: Exchange name (``""`` for the default exchange).
         routing_key: Routing key.
@@ -39,8 +42,10 @@ class Message:
     task_id: str
     task: str
     headers: dict[str, Any]
-    body: str
-    serializer: str
+    body: Any
+    content_type: str
+    content_encoding: str
+    properties: dict[str, Any]
     queue: str
     exchange: str
     routing_key: str

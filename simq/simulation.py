@@ -1,8 +1,8 @@
 """The Simulation: one deterministic run of an app's tasks on simulated infrastructure.
 
 Example:
-    >>> import simq
-    >>> app = simq.App("shop")
+    >>> import celery, simq
+    >>> app = celery.Celery("shop")
     >>> @app.task
     ... def add(x, y):
     ...     return x + y
@@ -20,21 +20,21 @@ import random
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from simq import states
+import celery
+from celery import states
+from celery.exceptions import TimeoutError
+from celery.utils.time import maybe_iso8601, maybe_make_aware
+from kombu.transport.virtual import BrokerState
+
 from simq.engine.fibers import current_fiber
 from simq.engine.loop import Loop, relaxed_gc
 from simq.engine.rng import Streams
 from simq.engine.vtime import VirtualTime
-from simq.exceptions import (
-    SimqError,
-    SimulationIdle,
-    TaskRevokedError,
-    TimeoutError,
-    UnknownTarget,
-)
+from simq.exceptions import SimqError, SimulationIdle, UnknownTarget
 from simq.history import Event, History
 from simq.message import Message
-from simq.world.backend import Backend
+from simq.seams.backend import Backend
+from simq.seams.install import Installation
 from simq.world.broker import Broker
 from simq.world.faults import Faults
 from simq.world.worker import Worker
@@ -56,12 +56,15 @@ def _epoch(value: dt.datetime, what: str) -> float:
 class Simulation:
     """A simulated broker, workers and result backend for ``app``, on a virtual clock.
 
-    While active (``with Simulation(app) as sim:``), the app's ``delay``,
-    ``apply_async``, ``send_task`` and ``retry`` publish into it, and user code sees
-    virtual time. The same seed and code give the same history, byte for byte.
+    While active (``with Simulation(app) as sim:``), Celery's own code runs for the app:
+    ``delay``, ``apply_async``, ``send_task``, ``retry`` and canvas publish through
+    Celery's producer into the simulated broker, simulated workers run Celery's
+    ``Request`` and tracer, and results land in a simulated key-value backend. User code
+    sees virtual time. The same seed and code give the same history, byte for byte.
+    When the block ends the app is exactly as before.
 
     Args:
-        app: The :class:`simq.App` whose tasks run.
+        app: The ``celery.Celery`` app whose tasks run (``simq.App`` makes one).
         seed: Seeds task ids, retry jitter and every other random choice.
         workers: How many workers to start (``worker-1``, ``worker-2``, ...); 0 is allowed.
         concurrency: Child slots per default worker.
@@ -87,6 +90,10 @@ class Simulation:
         transport: str = "amqp",
         durations: Mapping[str, float | Callable[[random.Random], float]] | None = None,
     ) -> None:
+        if not isinstance(app, celery.Celery):
+            raise TypeError(
+                f"Simulation() takes a celery.Celery app, got {type(app).__name__} {app!r}"
+            )
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise TypeError(f"seed must be an int, got {seed!r}")
         if workers < 0:
@@ -117,7 +124,13 @@ class Simulation:
                     f"random.Random, got {value!r}"
                 )
         self.faults = Faults(self)
-        self.backend = Backend(self.record, self.time)
+        self.exchange_state = BrokerState()
+        self.control_exchange = f"{app.conf.control_exchange}.pidbox"
+        self.backend = Backend(app=app, simulation=self)
+        self.revoked_owner: Worker | None = None  # whose revokes celery.worker.state holds
+        self.acting_worker: str | None = None  # the worker whose parent process acts now
+        self._pids = 100
+        self._installation: Installation | None = None
         self.workers: dict[str, Worker] = {}
         self.vtime = VirtualTime(self.time, self._sleep, monotonic_origin=self.started_at - 1e5)
         self._message_seq = 0
@@ -136,19 +149,21 @@ class Simulation:
             raise SimqError("this simulation has ended; create a new Simulation to run again")
         if self._active:
             return self
-        other = getattr(self.app, "_world", None)
+        other = _ACTIVE[0]
         if other is not None:
             raise SimqError(
-                f"app {self.app.main!r} already has an active simulation (seed={other.seed}); "
+                f"another simulation is active in this process ({other!r}); "
                 "close it before starting another"
             )
-        self.app.refresh_tasks()
+        installation = Installation(self)
+        installation.install()
+        self._installation = installation
+        _ACTIVE[0] = self
         self.vtime.start()
         self._gc = relaxed_gc()
         self._gc.__enter__()
         self._real_exit: Callable[[int], Any] = os._exit
         os._exit = self._os_exit  # type: ignore[assignment]
-        self.app._world = self
         self.loop.on_advance = self.vtime.sync
         self._active = True
         return self
@@ -158,11 +173,16 @@ class Simulation:
         if self._active:
             self._active = False
             self.loop.on_advance = None
-            if getattr(self.app, "_world", None) is self:
-                self.app._world = None
             os._exit = self._real_exit  # type: ignore[assignment]
-            self.vtime.stop()
-            self._gc.__exit__(None, None, None)
+            try:
+                self.vtime.stop()
+                self._gc.__exit__(None, None, None)
+            finally:
+                if _ACTIVE[0] is self:
+                    _ACTIVE[0] = None
+                if self._installation is not None:
+                    self._installation.restore()
+                    self._installation = None
         self._closed = True
 
     def __enter__(self) -> Simulation:
@@ -333,36 +353,65 @@ class Simulation:
         """The seeded random stream ``name`` (e.g. ``"retry_jitter"``)."""
         return self.streams.stream(name)
 
-    def new_task_id(self) -> str:
-        return self.streams.uuid("task_ids")
+    def new_pid(self) -> int:
+        """A process id for a new simulated child (deterministic)."""
+        self._pids += 1
+        return self._pids
 
     def new_message_id(self) -> str:
         self._message_seq += 1
         return f"m{self._message_seq}"
 
-    def publish(self, message: Message) -> None:
-        self._require_active("publishing")
-        self.broker.publish(message)
+    def acting(self, worker: Worker | None) -> None:
+        """Name the worker whose parent process runs Celery code now (for the history)."""
+        self.acting_worker = worker.name if worker is not None else None
 
-    def get_meta(self, task_id: str) -> dict[str, Any] | None:
-        return self.backend.get(task_id)
-
-    def forget(self, task_id: str) -> None:
-        self.backend.forget(task_id)
-
-    def store(
-        self,
-        task_id: str,
-        state: str,
-        result: Any,
-        request: Any = None,
-        traceback: str | None = None,
+    def receive(
+        self, message: dict[str, Any], exchange: str, routing_key: str, queues: list[str]
     ) -> None:
-        fiber = current_fiber()
-        worker = getattr(getattr(fiber, "owner", None), "worker", None)
-        self.backend.store(
-            task_id, state, result, request, traceback, worker=getattr(worker, "name", None)
-        )
+        """A message Celery's producer published: into each queue it is routed to."""
+        self._require_active("publishing")
+        headers = message.get("headers") or {}
+        if "task" not in headers or "id" not in headers:
+            return  # not a task message (events): nothing consumes it here
+        properties = message.get("properties") or {}
+        fields = {
+            "task_id": headers["id"],
+            "task": headers["task"],
+            "headers": headers,
+            "body": message["body"],
+            "content_type": message.get("content-type") or "application/json",
+            "content_encoding": message.get("content-encoding") or "utf-8",
+            "properties": properties,
+            "exchange": exchange,
+            "routing_key": routing_key,
+            "priority": properties.get("priority"),
+            "eta": self._epoch_header(headers.get("eta")),
+            "expires": self._epoch_header(headers.get("expires")),
+        }
+        if not queues:
+            self.broker.unroutable(
+                Message(message_id=self.new_message_id(), queue="", **fields),
+                exchange,
+                routing_key,
+            )
+            return
+        for queue in queues:
+            self.broker.publish(Message(message_id=self.new_message_id(), queue=queue, **fields))
+
+    def _epoch_header(self, value: Any) -> float | None:
+        if value is None:
+            return None
+        when = maybe_make_aware(maybe_iso8601(value), self.app.timezone)
+        return float(when.timestamp())
+
+    def control(self, method: Any, arguments: dict[str, Any], destination: Any) -> None:
+        """A broadcast on the control exchange (``app.control``) reached the workers."""
+        self.record("control", method=method, destination=destination)
+        if method == "revoke":
+            task_id = arguments.get("task_id")
+            ids = [task_id] if isinstance(task_id, str) else list(task_id or [])
+            self._revoke(ids, bool(arguments.get("terminate")), arguments.get("signal"))
 
     def revoke(
         self,
@@ -389,15 +438,19 @@ class Simulation:
                 signal=signal,
                 workers=[w.name for w in online],
             )
-            # 5.6+ (control.py): each worker not running the task marks it REVOKED if
-            # its state is still revocable; the one running it leaves the state alone.
+            # 5.6+ (worker/control.py _revoke): each worker not running the task marks it
+            # REVOKED if its state is still revocable; the one running it leaves it alone.
             idle = [w for w in online if not any(r.id == tid for r in w.active())]
             for w in online:
                 w.revoke(tid)
                 if terminate:
-                    self.faults.terminate(w, tid)
-            if idle and self.backend.state(tid) in _REVOCABLE:
-                self.backend.store(tid, states.REVOKED, TaskRevokedError("revoked"))
+                    self.faults.terminate(w, tid, signal)
+            if idle and self.backend.state_of(tid) in _REVOCABLE:
+                self.acting(idle[0])
+                try:
+                    self.backend.mark_as_revoked(tid, reason="revoked", store_result=True)
+                finally:
+                    self.acting(None)
 
     # -- faults (CELERY_SEMANTICS.md §3) -----------------------------------------------
 
@@ -437,11 +490,10 @@ class Simulation:
         self._require_active("waiting for a result")
         loop = self.loop
         if ready is None:
-            metas, done = self.backend._metas, states.READY_STATES
+            status, done = self.backend.status, states.READY_STATES
 
             def ready() -> bool:
-                meta = metas.get(task_id)
-                return meta is not None and meta["status"] in done
+                return status.get(task_id) in done
 
         deadline = None if timeout is None else loop.now + timeout
         while not ready():
@@ -455,7 +507,7 @@ class Simulation:
 
     def explain(self, task_id: str) -> str:
         """Why ``task_id`` has no ready result although nothing is left to run."""
-        state = self.backend.state(task_id)
+        state = self.backend.state_of(task_id)
         head = f"task {task_id} can never become ready: the simulation is idle and it is {state}"
         events = self.history.where(task_id=task_id)
         if not len(events):
@@ -493,3 +545,6 @@ class Simulation:
 
 
 _REVOCABLE = frozenset({states.PENDING, states.RECEIVED, states.RETRY, states.REJECTED})
+
+#: The simulation active in this process, if any: time is patched process-wide.
+_ACTIVE: list[Simulation | None] = [None]

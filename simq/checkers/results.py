@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from simq import states
+from celery import states
 from simq.checkers.base import CheckConfig, Violation, when
 from simq.checkers.delivery import evidence
 from simq.checkers.index import Index, index_of

@@ -252,6 +252,41 @@ class Broker:
         self.dispatch(message.queue)
         return envelope
 
+    def unroutable(self, message: Message, exchange: str, routing_key: str) -> None:
+        """A message no queue is bound for: published, then lost, as on a real broker."""
+        headers = message.headers
+        self._record(
+            "published",
+            task_id=message.task_id,
+            message_id=message.message_id,
+            task=message.task,
+            queue=None,
+            retries=headers.get("retries", 0),
+            eta=headers.get("eta"),
+            expires=headers.get("expires"),
+            priority=message.priority,
+            parent_id=headers.get("parent_id"),
+            root_id=headers.get("root_id"),
+        )
+        self._record(
+            "lost",
+            task_id=message.task_id,
+            message_id=message.message_id,
+            reason="unroutable",
+            exchange=exchange,
+            routing_key=routing_key,
+        )
+
+    def purge(self, name: str) -> int:
+        """Drop every ready message of queue ``name`` (``app.control.purge``)."""
+        q = self.queues.get(name)
+        if q is None:
+            return 0
+        dropped = q.clear()
+        for envelope in dropped:
+            self.lose(envelope, "purged")
+        return len(dropped)
+
     # -- consuming ---------------------------------------------------------------------
 
     def consume(self, queue: str, consumer: Consumer) -> None:

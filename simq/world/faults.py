@@ -14,14 +14,16 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from simq import states
-from simq.exceptions import Retry, UnknownTarget
-from simq.runtime import LOST, Outcome, pop_request, push_request
+from celery import signals
+from celery.platforms import signals as platform_signals
+
+from simq.exceptions import UnknownTarget
+from simq.seams.pool import Slot
 from simq.world.request import RequestState
-from simq.world.worker import Slot, Worker
+from simq.world.worker import Worker
 
 if TYPE_CHECKING:
-    from simq.world.request import Request
+    from simq.world.request import Delivery as Request
 
 __all__ = ["Faults"]
 
@@ -119,10 +121,7 @@ class Faults:
             worker=worker.name,
             exitcode=exitcode,
         )
-        slot.replace_child()
-        worker._child_lost(request, Outcome(LOST, exitcode=exitcode))
-        worker._schedule_pump()
-        worker.maybe_idle()
+        worker.pool.kill(slot, exitcode)
 
     # -- G7: the broker connection drops -----------------------------------------------
 
@@ -237,17 +236,17 @@ class Faults:
         if worker.alive:
             worker.alive = False
             self.sim.record("worker-offline", worker=worker.name, reason="shutdown")
+            signals.worker_shutdown.send(sender=worker)
 
     # -- G10: revoke -------------------------------------------------------------------
 
-    def terminate(self, worker: Worker, task_id: str) -> None:
-        """``revoke(terminate=True)``: kill the child running ``task_id`` on ``worker``."""
-        for slot in worker.slots:
-            request = slot.request
-            if request is not None and request.id == task_id:
-                slot.replace_child()
-                worker._announce_revoked(request, "terminated", terminated=True)
-                worker._schedule_pump()
+    def terminate(self, worker: Worker, task_id: str, signal: Any = None) -> None:
+        """``revoke(terminate=True)``: Celery's ``Request.terminate`` on ``worker``."""
+        signum = platform_signals.signum(signal or "TERM")
+        for request in worker.active():
+            if request.id == task_id:
+                worker.load_revoked()
+                request.celery.terminate(worker.pool, signal=signum)
 
 
 def _go_offline(
@@ -310,19 +309,14 @@ def _cancel(
     restore_now: bool,
 ) -> None:
     """Celery's ``Request.cancel``: terminate the child; RETRY('cancelled by Celery')."""
-    slot.replace_child()
-    worker._note("cancelled", request, reason=reason)
-    if emit_retry:
-        exc = Retry(message="cancelled by Celery")
-        ctx, task = request.context, request.task
-        worker.backend.store(request.id, states.RETRY, exc, ctx, None, worker=worker.name)
-        push_request(task, ctx)
-        try:
-            task.on_retry(exc, request.id, ctx.args, ctx.kwargs, None)
-        except Exception:
-            pass
-        finally:
-            pop_request(task)
+    worker.note("cancelled", request, reason=reason)
+    worker.sim.acting(worker)
+    try:
+        request.celery.cancel(worker.pool, emit_retry=emit_retry)
+    finally:
+        worker.sim.acting(None)
+    if slot.job is not None and slot.request is request:
+        slot.replace_child()  # not yet accepted: nothing for Celery to terminate
     _give_back(worker, request, reason, restore_now)
     _forget(worker, request)
     worker.maybe_idle()  # a warm shutdown waiting for this task may now end

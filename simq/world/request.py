@@ -1,8 +1,9 @@
-"""A worker's record of one delivered message, its ack decision and its rate bucket.
+"""A worker's record of one delivered message, and its rate bucket.
 
-Internal. :class:`Request` follows one lifecycle table (received -> ETA-held ->
-rate-wait -> reserved -> active -> done); :func:`ack_decision` is CELERY_SEMANTICS.md
-§3.1; :class:`TokenBucket` is kombu's bucket with capacity 1 (§6).
+Internal. :class:`Delivery` follows one lifecycle table (received -> ETA-held ->
+rate-wait -> reserved -> active -> done); the ack decision itself is Celery's
+(``Request.on_success``/``on_failure``); :class:`TokenBucket` is kombu's bucket with
+capacity 1 (§6).
 """
 
 from __future__ import annotations
@@ -14,16 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from simq import states
 from simq.exceptions import SimqError
 from simq.message import Message
-from simq.runtime import LOST, Context, Outcome
 from simq.world.broker import Envelope
 
 if TYPE_CHECKING:
     from simq.engine.loop import Timer
 
-__all__ = ["ACK", "NONE", "Decision", "Request", "RequestState", "TokenBucket", "ack_decision"]
+__all__ = ["Delivery", "RequestState", "TokenBucket"]
 
 
 class RequestState(enum.Enum):
@@ -53,17 +52,16 @@ _ALLOWED = {old.value: frozenset(n.value for n in new) for old, new in _NEXT.ite
 
 
 @attrs.define(eq=False, slots=True)
-class Request:
-    """The worker's live record of one delivered message."""
+class Delivery:
+    """The worker's live record of one delivered message and its Celery Request."""
 
     envelope: Envelope
-    task: Any
-    context: Context
+    worker: Any
+    celery: Any = None  # the celery.worker.request.Request made for this delivery
     state: RequestState = RequestState.RECEIVED
     acked: bool = False
     timer: Timer | None = None
     orphaned: bool = False  # its channel closed: an ack or reject can no longer land
-    cancelled: bool = False
 
     @property
     def message(self) -> Message:
@@ -74,48 +72,24 @@ class Request:
         return self.envelope.message.task_id
 
     @property
+    def task_name(self) -> str:
+        return self.envelope.message.task
+
+    @property
+    def task(self) -> Any:
+        return self.celery.task
+
+    @property
     def acks_late(self) -> bool:
-        return bool(self.task.acks_late)
+        return bool(self.celery.task.acks_late)
 
     def move(self, new: RequestState) -> None:
         if new._value_ not in _ALLOWED[self.state._value_]:
             raise SimqError(
                 f"illegal request transition {self.state.value} -> {new.value} "
-                f"for task {self.context.task}[{self.id}]"
+                f"for task {self.task_name}[{self.id}]"
             )
         self.state = new
-
-
-@attrs.frozen(slots=True)
-class Decision:
-    """What the parent does with the message after an attempt."""
-
-    action: str  # "ack" | "reject" | "none" (already acked at start)
-    requeue: bool = False
-
-
-NONE = Decision("none")
-ACK = Decision("ack")
-
-
-def ack_decision(task: Any, outcome: Outcome, acked: bool) -> Decision:
-    """The disposition of the message for ``outcome`` (CELERY_SEMANTICS.md §3.1)."""
-    if acked:
-        return NONE
-    if not task.acks_late:
-        return NONE
-    state = outcome.state
-    if state in (states.SUCCESS, states.RETRY, states.IGNORED):
-        return ACK
-    if state == states.REJECTED:
-        return Decision("reject", outcome.requeue)
-    if state == states.FAILURE:
-        return ACK if task.acks_on_failure else Decision("reject", False)
-    if state == LOST:
-        if task.reject_on_worker_lost:
-            return Decision("reject", True)
-        return ACK if task.acks_on_failure else Decision("reject", False)
-    raise SimqError(f"no ack decision for outcome {outcome.state!r}")
 
 
 class TokenBucket:

@@ -1,130 +1,69 @@
-"""A simulated worker node: consumer, prefetch window, ETA timer, rate limits, pool.
+"""A simulated worker node: consumer, prefetch window, ETA timer, rate limits. Internal.
 
-Internal. The worker follows Celery's ``strategy.py`` / ``request.py`` / ``consumer.py``:
-
-* receipt: unknown task -> FAILURE(NotRegistered) and reject; revoked or expired ->
-  REVOKED and ack; ETA in the future -> held on a timer (still unacked, outside the
-  prefetch window); rate limited -> token bucket; else reserved for the pool;
-* start (a child slot is free): revoked/expired re-check, early ack unless ``acks_late``,
-  then the task body runs in the slot's fiber;
-* end: the ack decision table of CELERY_SEMANTICS.md §3.1 (:func:`ack_decision`).
+What happens inside Celery's worker process is Celery's code: each delivery becomes a
+Celery ``Request`` (``celery.worker.request``), which decides revokes and expiry,
+starts the task in the pool (:mod:`simq.seams.pool`), runs Celery's tracer there and
+makes the ack decision of CELERY_SEMANTICS.md §3.1 through its ``on_ack``/``on_reject``
+callbacks. What stays modelled here is the consumer around it, following Celery's
+``consumer.py`` and ``strategy.py``: unknown tasks and undecodable messages, the
+prefetch window, ETA holding (outside the window) and rate limits (a token bucket of
+capacity 1 per task, ``worker_disable_rate_limits``). The conformance suite's
+differential check compares this model with real workers.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from simq import states
-from simq.engine.fibers import SUSPENDED, Exited, Fiber
-from simq.exceptions import (
-    NotRegistered,
-    Reject,
-    SoftTimeLimitExceeded,
-    TaskRevokedError,
-    TimeLimitExceeded,
-)
-from simq.message import Message
-from simq.rates import parse_rate
-from simq.runtime import (
-    LOST,
-    Context,
-    Outcome,
-    lost_error,
-    mark_as_failure,
-    run_parent_hooks,
-    trace,
-)
-from simq.serialization import encode_exception, loads
+from celery import signals
+from celery.exceptions import NotRegistered, TaskRevokedError
+from celery.utils.imports import symbol_by_name
+from celery.utils.time import rate as parse_rate
+from celery.worker import state as celery_state
+from kombu.message import Message as KombuMessage
+from kombu.serialization import prepare_accept_content
+from kombu.utils.objects import cached_property
+
+from simq.seams.pool import Pool, Slot
 from simq.world.broker import Envelope, MessageState
-from simq.world.request import (
-    ACK,
-    NONE,
-    Decision,
-    Request,
-    RequestState,
-    TokenBucket,
-    ack_decision,
-)
+from simq.world.request import Delivery, RequestState, TokenBucket
 
 if TYPE_CHECKING:
-    from simq.engine.loop import Loop, Timer
-    from simq.world.backend import Backend
+    from simq.engine.loop import Loop
     from simq.world.broker import Broker
 
-__all__ = ["Request", "RequestState", "Worker", "ack_decision"]
+__all__ = ["Delivery", "RequestState", "Worker"]
 
 
-# Protocol-2 header names; any other header is a custom one (``request.headers``).
-_PROTOCOL_HEADERS = frozenset(
-    {
-        "lang",
-        "task",
-        "id",
-        "shadow",
-        "eta",
-        "expires",
-        "group",
-        "group_index",
-        "retries",
-        "timelimit",
-        "root_id",
-        "parent_id",
-        "argsrepr",
-        "kwargsrepr",
-        "origin",
-        "ignore_result",
-        "replaced_task_nesting",
-        "stamped_headers",
-        "stamps",
-    }
-)
+class _Recorded:
+    """Mixed into a task's Request class: the worker hears what Celery announces."""
+
+    _simq: Any = None
+
+    def _announce_revoked(self, reason: str, terminated: bool, signum: Any, expired: bool) -> None:
+        delivery = self._simq
+        if delivery is not None:
+            delivery.worker.note(
+                "revoked", delivery, reason=reason, expired=bool(expired), terminated=terminated
+            )
+        super()._announce_revoked(reason, terminated, signum, expired)  # type: ignore[misc]
 
 
-class Slot:
-    """A child process slot: a fiber, the request it runs and that run's timers."""
+_REQUEST_CLASSES: dict[type, type] = {}
 
-    __slots__ = ("fiber", "index", "request", "timers", "token", "worker")
 
-    def __init__(self, worker: Worker, index: int) -> None:
-        self.worker = worker
-        self.index = index
-        self.fiber = Fiber(f"{worker.name}/child-{index + 1}", owner=self)
-        self.request: Request | None = None
-        self.timers: list[Timer] = []
-        self.token = 0  # bumped when the child is replaced: stale timers do nothing
-
-    def sleep(self, seconds: float) -> None:
-        """Called inside the fiber: suspend the task for ``seconds`` of virtual time."""
-        timer = self.worker.loop.call_later(seconds, self.wake, self.token)
-        self.timers.append(timer)
-        try:
-            self.fiber.suspend()
-        finally:
-            # An interrupted sleep (soft time limit) must not wake the task's next one.
-            timer.cancel()
-            if timer in self.timers:
-                self.timers.remove(timer)
-
-    def wake(self, token: int) -> None:
-        """Resume the task suspended in this slot (end of a virtual sleep)."""
-        if token == self.token and self.request is not None:
-            self.worker.switched(self, self.fiber.resume())
-
-    def throw(self, exc: BaseException) -> None:
-        """Raise ``exc`` in the task at its suspension point (a soft time limit)."""
-        self.worker.switched(self, self.fiber.throw(exc))
-
-    def replace_child(self) -> None:
-        """The child died: its code stops where it is; a fresh child takes the slot."""
-        self.token += 1
-        for timer in self.timers:
-            timer.cancel()
-        self.timers.clear()
-        if self.fiber.busy:
-            self.fiber.abandon()
-        self.request = None
+def request_class(task: Any) -> type:
+    """The task's Request class (``Task.Request``) with simq's recording mixed in."""
+    base = task.Request
+    if isinstance(base, str):
+        base = symbol_by_name(base)
+    cls = _REQUEST_CLASSES.get(base)
+    if cls is None:
+        cls = _REQUEST_CLASSES[base] = type(base.__name__, (_Recorded, base), {})
+    return cls
 
 
 class Worker:
@@ -148,21 +87,19 @@ class Worker:
         self.sim = sim
         self.name = name
         self.hostname = name
-        self.eager = False
         self.concurrency = concurrency
         self.queues = list(queues)
         self.prefetch_multiplier = prefetch_multiplier
         self.app = sim.app
         self.loop: Loop = sim.loop
         self.broker: Broker = sim.broker
-        self.backend: Backend = sim.backend
         self._record: Callable[..., None] = sim.record
-        self.slots = [Slot(self, i) for i in range(concurrency)]
-        self.reserved: deque[Request] = deque()
-        self.requests: dict[Envelope, Request] = {}  # live requests by delivery
+        self.pool = Pool(self, concurrency)
+        self.reserved: deque[Delivery] = deque()
+        self.requests: dict[Envelope, Delivery] = {}  # live deliveries
         self.revoked: set[str] = set()
-        self.successful: set[str] = set()  # successful_requests (dedup cache)
         self.buckets: dict[str, TokenBucket] = {}
+        self.starting: Delivery | None = None  # the delivery handed to the pool now
         self._held = 0  # ETA-held messages (outside the prefetch window)
         self._live_unacked = 0  # every message delivered here and not yet acked/rejected
         self._pump_scheduled = False
@@ -171,6 +108,14 @@ class Worker:
         self.alive = True  # the process exists (False after a crash)
         self.stopping = False  # warm shutdown in progress
         self.on_idle: Callable[[], None] | None = None  # called when no child is busy
+
+    @property
+    def slots(self) -> list[Slot]:
+        return self.pool.slots
+
+    @cached_property
+    def accept(self) -> set[str]:
+        return set(prepare_accept_content(self.app.conf.accept_content))
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -185,6 +130,7 @@ class Worker:
         )
         for queue in self.queues:
             self.broker.consume(queue, self)
+        signals.worker_ready.send(sender=self)
 
     # -- consumer side -----------------------------------------------------------------
 
@@ -212,55 +158,54 @@ class Worker:
         if task is None:
             self._unknown_task(envelope)
             return
-        args, kwargs, embed = loads(message.body, message.serializer)
-        request = Request(envelope, task, self._context(message, args, kwargs, embed, envelope))
-        self.requests[envelope] = request
-        if self._revoked_or_expired(request):
-            return
-        eta = message.eta
-        if eta is not None and eta > self.loop.now:
-            request.move(RequestState.ETA_HELD)
-            self._held += 1
-            request.timer = self.loop.call_at(eta, self._eta_fired, request)
-            return
-        self._ready(request)
-
-    def _context(
-        self, message: Message, args: Any, kwargs: Any, embed: dict[str, Any], envelope: Envelope
-    ) -> Context:
-        headers = message.headers
-        extra = headers.keys() - _PROTOCOL_HEADERS
-        custom = {k: headers[k] for k in headers if k in extra} if extra else None
-        return Context(
-            headers,
-            id=message.task_id,
-            task=message.task,
-            args=args,
-            kwargs=kwargs,
-            retries=headers.get("retries") or 0,
-            is_eager=False,
-            called_directly=False,
+        kmsg = KombuMessage(
+            body=message.body,
+            delivery_tag=f"{message.message_id}.{envelope.deliveries}",
+            content_type=message.content_type,
+            content_encoding=message.content_encoding,
             delivery_info={
                 "exchange": message.exchange,
                 "routing_key": message.routing_key,
-                "priority": message.priority,
                 "redelivered": envelope.redelivered,
             },
-            hostname=self.hostname,
-            callbacks=embed.get("callbacks"),
-            errbacks=embed.get("errbacks"),
-            chain=embed.get("chain"),
-            chord=embed.get("chord"),
-            correlation_id=message.task_id,
-            reply_to=headers.get("reply_to"),
-            headers=custom,
-            properties={"correlation_id": message.task_id, "priority": message.priority},
+            properties=message.properties,
+            headers=message.headers,
+            accept=self.accept,
         )
+        delivery = Delivery(envelope, self)
+        try:
+            kmsg.payload  # noqa: B018 - Celery's consumer decodes here (on_decode_error)
+        except Exception as exc:
+            self._undecodable(delivery, exc)
+            return
+        req = request_class(task)(
+            kmsg,
+            on_ack=partial(self._on_ack, delivery),
+            on_reject=partial(self._on_reject, delivery),
+            app=self.app,
+            hostname=self.hostname,
+            eventer=None,
+            task=task,
+            connection_errors=(),
+        )
+        req._simq = delivery
+        delivery.celery = req
+        self.requests[envelope] = delivery
+        self.load_revoked()
+        if (req.expires or req.id in celery_state.revoked) and self._revoked(delivery):
+            return
+        signals.task_received.send(sender=self, request=req)
+        eta = message.eta
+        if eta is not None and eta > self.loop.now:
+            delivery.move(RequestState.ETA_HELD)
+            self._held += 1
+            delivery.timer = self.loop.call_at(eta, self._eta_fired, delivery)
+            return
+        self._ready(delivery)
 
     def _unknown_task(self, envelope: Envelope) -> None:
-        # consumer.py on_unknown_task: store FAILURE(NotRegistered), reject without requeue.
+        # consumer.py on_unknown_task: reject without requeue, store FAILURE(NotRegistered).
         message = envelope.message
-        exc = NotRegistered(message.task)
         self._record(
             "unregistered",
             task_id=message.task_id,
@@ -268,63 +213,62 @@ class Worker:
             worker=self.name,
             task=message.task,
         )
-        self.backend.store(message.task_id, states.FAILURE, exc, None, None, worker=self.name)
         self._live_unacked -= 1
         self.broker.reject(envelope, requeue=False)
+        self.sim.acting(self)
+        try:
+            self.app.backend.mark_as_failure(message.task_id, NotRegistered(message.task))
+        finally:
+            self.sim.acting(None)
+        signals.task_unknown.send(
+            sender=self, message=None, exc=NotRegistered(message.task), name=message.task,
+            id=message.task_id,
+        )
         self.broker.dispatch(*self.queues)
 
-    def _revoked_or_expired(self, request: Request) -> bool:
-        message = request.message
-        expired = message.expires is not None and self.loop.now > message.expires
-        if expired:
-            self.revoked.add(request.id)
-        if not expired and request.id not in self.revoked:
-            return False
-        reason = "expired" if expired else "revoked"
-        self._announce_revoked(request, reason)
-        return True
+    def _undecodable(self, delivery: Delivery, exc: Exception) -> None:
+        # consumer.py on_decode_error: the message is acked and dropped, with a log line.
+        self.note("undecodable", delivery, error=f"{type(exc).__name__}: {exc}")
+        self._on_ack(delivery)
+        delivery.state = RequestState.DONE
 
-    def _announce_revoked(self, request: Request, reason: str, terminated: bool = False) -> None:
-        self._note(
-            "revoked",
-            request,
-            reason=reason,
-            expired=reason == "expired",
-            terminated=terminated,
-        )
-        ctx = request.context
-        if not ctx.ignore_result or request.task.store_errors_even_if_ignored:
-            self.backend.store(
-                request.id, states.REVOKED, TaskRevokedError(reason), ctx, None, worker=self.name
-            )
-        if not request.acked:
-            self._ack(request)
-        self._done(request)
-
-    def _eta_fired(self, request: Request) -> None:
-        request.timer = None
-        if request.state is not RequestState.ETA_HELD:
+    def _eta_fired(self, delivery: Delivery) -> None:
+        delivery.timer = None
+        if delivery.state is not RequestState.ETA_HELD:
             return
         self._held -= 1
-        if self._revoked_or_expired(request):
+        self.load_revoked()
+        if self._revoked(delivery):
             return
-        self._ready(request)
+        self._ready(delivery)
 
-    def _ready(self, request: Request) -> None:
-        task = request.task
+    def _revoked(self, delivery: Delivery) -> bool:
+        """Celery's ``Request.revoked()``: skip (REVOKED, ack) a revoked or expired task."""
+        sim = self.sim
+        sim.acting_worker = self.name
+        try:
+            revoked = bool(delivery.celery.revoked())
+        finally:
+            sim.acting_worker = None
+        if revoked:
+            self._done(delivery)
+        return revoked
+
+    def _ready(self, delivery: Delivery) -> None:
+        task = delivery.celery.task
         rate = task.rate_limit
         if rate and not self.app.conf.worker_disable_rate_limits:
             bucket = self.buckets.get(task.name)
             if bucket is None:
                 bucket = self.buckets[task.name] = TokenBucket(parse_rate(rate), self.loop.now)
             if bucket.waiting or not bucket.can_consume(self.loop.now):
-                request.move(RequestState.RATE_WAIT)
-                bucket.waiting.append(request)
+                delivery.move(RequestState.RATE_WAIT)
+                bucket.waiting.append(delivery)
                 if len(bucket.waiting) == 1:
                     self.loop.call_later(bucket.expected_time(), self._drain_bucket, bucket)
                 return
-        request.move(RequestState.RESERVED)
-        self.reserved.append(request)
+        delivery.move(RequestState.RESERVED)
+        self.reserved.append(delivery)
         self._schedule_pump()
 
     def _drain_bucket(self, bucket: TokenBucket) -> None:
@@ -344,6 +288,20 @@ class Worker:
             self.reserved.append(head)
             self._schedule_pump()
 
+    def load_revoked(self) -> None:
+        """Make Celery's process-wide revoked set this worker's before its code runs."""
+        sim = self.sim
+        owner = sim.revoked_owner
+        if owner is self:
+            return
+        revoked = celery_state.revoked
+        if owner is not None and len(revoked):
+            owner.revoked = set(revoked)  # keep what Celery added there (maybe_expire)
+        if len(revoked) or self.revoked:
+            revoked.clear()
+            revoked.update(self.revoked)
+        sim.revoked_owner = self
+
     # -- pool side ---------------------------------------------------------------------
 
     def _schedule_pump(self) -> None:
@@ -358,78 +316,69 @@ class Worker:
         self._pumping = True
         try:
             reserved = self.reserved
-            for slot in self.slots:
-                while slot.request is None and reserved:
-                    request = reserved.popleft()
-                    if request.state is RequestState.RESERVED:
-                        self._start(slot, request)
+            while reserved:
+                slot = self.pool.free_slot()
+                if slot is None:
+                    break
+                delivery = reserved.popleft()
+                if delivery.state is RequestState.RESERVED:
+                    self._start(slot, delivery)
         finally:
             self._pumping = False
 
-    def _start(self, slot: Slot, request: Request) -> None:
-        # execute_using_pool re-checks revoked() (which includes expiry) before starting.
-        if self._revoked_or_expired(request):
+    def _start(self, slot: Slot, delivery: Delivery) -> None:
+        delivery.move(RequestState.ACTIVE)
+        self.load_revoked()
+        self.pool.next_slot = slot
+        self.starting = delivery
+        sim = self.sim
+        sim.acting_worker = self.name
+        try:
+            delivery.celery.execute_using_pool(self.pool)
+        except TaskRevokedError:
+            # execute_using_pool re-checks revoked() (expiry included) before starting.
+            self.pool.next_slot = None
+            self._done(delivery)
+        finally:
+            self.starting = None
+            sim.acting_worker = None
+
+    def outcome(self, delivery: Delivery, retval: Any) -> None:
+        """Record how the tracer ended an attempt (before Celery's ack decision)."""
+        failed, value, runtime = retval
+        if not failed:
+            extra = {"deduplicated": True} if runtime is None else {}
+            self.note("succeeded", delivery, **extra)
             return
-        request.move(RequestState.ACTIVE)
-        slot.request = request
-        ctx = request.context
-        self._note(
-            "started",
-            request,
-            task=ctx.task,
-            retries=ctx.retries,
-        )
-        if not request.acks_late:
-            self._ack(request)
-        elif request.envelope.redelivered and self._already_succeeded(request):
-            # worker_deduplicate_successful_tasks (G14): the tracer returns at once.
-            slot.request = None
-            self._note(
-                "succeeded",
-                request,
-                deduplicated=True,
+        exc = getattr(value, "exception", value)
+        exc = getattr(exc, "exc", exc) if type(exc).__name__ == "ExceptionWithTraceback" else exc
+        kind = type(exc).__name__
+        if kind == "Retry" and hasattr(exc, "when"):
+            inner = exc.exc
+            when = exc.when
+            self.note(
+                "retried",
+                delivery,
+                exception=self.encode_exception(inner) if isinstance(inner, BaseException) else None,
+                when=when if isinstance(when, int | float) or when is None else str(when),
             )
-            self._dispose(request, ACK)
-            return
-        task = request.task
-        hard, soft = self.time_limits(request)
-        if soft:
-            slot.timers.append(self.loop.call_later(soft, self._soft_limit, slot, request, soft))
-        if hard:
-            slot.timers.append(self.loop.call_later(hard, self._hard_limit, slot, request, hard))
-        self.switched(slot, slot.fiber.run(lambda: trace(task, ctx, self)))
-
-    def _already_succeeded(self, request: Request) -> bool:
-        if not self.app.conf.worker_deduplicate_successful_tasks:
-            return False
-        return request.id in self.successful or self.backend.state(request.id) == states.SUCCESS
-
-    def time_limits(self, request: Request) -> tuple[float | None, float | None]:
-        """(hard, soft) in seconds: the message's ``timelimit``, else the task's."""
-        hard, soft = request.context.timelimit or (None, None)
-        task = request.task
-        return (
-            hard if hard is not None else task.time_limit,
-            soft if soft is not None else task.soft_time_limit,
-        )
-
-    def switched(self, slot: Slot, result: Any) -> None:
-        """The engine regained control from ``slot``'s fiber; finish the job if it ended."""
-        self.sim.vtime.ensure()
-        if result is SUSPENDED:
-            return
-        request = slot.request
-        if isinstance(result, Exited):
-            slot.replace_child()
-            if request is not None:
-                self._child_lost(request, Outcome(LOST, exitcode=result.code))
+        elif kind == "Reject" and hasattr(exc, "requeue"):
+            self.note("declined", delivery, requeue=bool(exc.requeue))
+        elif kind == "Ignore":
+            self.note("ignored", delivery, exception=self.encode_exception(exc))
         else:
-            for timer in slot.timers:
-                timer.cancel()
-            slot.timers.clear()
-            slot.request = None
-            if request is not None:
-                self._finish(request, result)
+            self.note("failed", delivery, exception=self.encode_exception(exc))
+
+    def encode_exception(self, exc: BaseException) -> Any:
+        """Celery's json form of ``exc`` (type, module, message), as the history shows it."""
+        from simq.seams.backend import jsonable  # noqa: PLC0415
+
+        return jsonable(self.app.backend.prepare_exception(exc, "json"))
+
+    def finished(self, delivery: Delivery | None) -> None:
+        """The pool is done with ``delivery``: forget it, start the next, maybe go idle."""
+        if delivery is not None:
+            self._done(delivery)
         if self.reserved and not self._pumping:
             self._pump()
         if self.on_idle is not None:
@@ -437,226 +386,58 @@ class Worker:
 
     def maybe_idle(self) -> None:
         """Tell a shutdown waiting for the running tasks that the last one ended."""
-        if self.on_idle is not None and all(slot.request is None for slot in self.slots):
+        if self.on_idle is not None and all(slot.job is None for slot in self.slots):
             self.on_idle()
 
-    def _note(self, kind: str, request: Request, **details: Any) -> None:
-        """Record an event about ``request`` on this worker."""
+    def note(self, kind: str, delivery: Delivery, **details: Any) -> None:
+        """Record an event about ``delivery`` on this worker."""
+        message = delivery.envelope.message
         self._record(
-            kind,
-            task_id=request.id,
-            message_id=request.message.message_id,
-            worker=self.name,
+            kind, task_id=message.task_id, message_id=message.message_id, worker=self.name,
             **details,
         )
 
-    # -- time limits (G11, G12) --------------------------------------------------------
+    # -- the ack callbacks Celery's Request calls --------------------------------------
 
-    def _soft_limit(self, slot: Slot, request: Request, limit: float) -> None:
-        if slot.request is not request:
-            return
-        self._note(
-            "time-limit",
-            request,
-            which="soft",
-            limit=limit,
-        )
-        slot.throw(SoftTimeLimitExceeded())
-
-    def _hard_limit(self, slot: Slot, request: Request, limit: float) -> None:
-        if slot.request is not request:
-            return
-        self._note(
-            "time-limit",
-            request,
-            which="hard",
-            limit=limit,
-        )
-        slot.replace_child()
-        self._timed_out(request, TimeLimitExceeded(limit))
-        if self.reserved:
-            self._schedule_pump()
-        self.maybe_idle()
-
-    def _timed_out(self, request: Request, exc: TimeLimitExceeded) -> None:
-        """Celery 5.7's hard-timeout path, run in the parent (§1.11, G12)."""
-        task, ctx = request.task, request.context
-        self._note(
-            "failed",
-            request,
-            exception=encode_exception(exc),
-        )
-        requeue = task.acks_late and not request.acked and not task.acks_on_timeout
-        # on_failure(return_ok=False) stores FAILURE and calls errbacks unless requeued;
-        # on_timeout then does it again: errbacks fire twice in 5.7.0 (exp15).
-        if not requeue:
-            mark_as_failure(task, ctx, exc, None, self)
-        mark_as_failure(task, ctx, exc, None, self)
-        run_parent_hooks(task, ctx, exc)
-        if request.acked:
-            self._done(request)
-        elif task.acks_on_timeout or not task.acks_late:
-            self._dispose(request, ACK)
-        else:
-            self._dispose(request, Decision("reject", True))
-
-    # -- Env for the tracer: how long the body takes -----------------------------------
-
-    def work(self, task: Any) -> None:
-        """Called in the fiber before the body: take the task's configured duration."""
-        if not self.sim.durations:
-            return
-        duration = self.sim.duration_for(task.name)
-        if duration:
-            current = self.slot_running()
-            if current is not None:
-                current.sleep(duration)
-
-    def slot_running(self) -> Slot | None:
-        from simq.engine.fibers import current_fiber
-
-        fiber = current_fiber()
-        owner = fiber.owner if fiber is not None else None
-        return owner if isinstance(owner, Slot) else None
-
-    def _finish(self, request: Request, outcome: Outcome) -> None:
-        task, ctx = request.task, request.context
-        message_id = request.message.message_id
-        state = outcome.state
-        if state == states.REJECTED:
-            self._record(
-                "declined",
-                task_id=request.id,
-                message_id=message_id,
-                worker=self.name,
-                requeue=outcome.requeue,
-            )
-            if not outcome.requeue:
-                # 5.7: Reject(requeue=False) stores FAILURE, errbacks included (#4222).
-                mark_as_failure(task, ctx, outcome.exc or Reject(), outcome.traceback, self)
-        elif state == LOST:
-            self._child_lost(request, outcome)
-            return
-        else:
-            if state == states.SUCCESS and request.acks_late:
-                self.successful.add(request.id)
-            self._record(
-                _OUTCOME_KINDS[state],
-                task_id=request.id,
-                message_id=message_id,
-                worker=self.name,
-                **_outcome_details(outcome),
-            )
-        self._dispose(request, ack_decision(task, outcome, request.acked))
-
-    def _child_lost(self, request: Request, outcome: Outcome) -> None:
-        task, ctx = request.task, request.context
-        exc = lost_error(outcome.exitcode, outcome.exc)
-        self._note(
-            "child-lost",
-            request,
-            exitcode=outcome.exitcode,
-        )
-        if self.backend.state(request.id) == states.SUCCESS:
-            self._dispose(request, NONE if request.acked else ACK)
-            return
-        exhausted = False
-        if task.retry_on_worker_lost:
-            if task.max_retries is None or ctx.retries < task.max_retries:
-                task.retry_on_lost(ctx, exc, self)
-                self._dispose(request, NONE if request.acked else ACK)
-                return
-            exhausted = True
-        # request.py: reject_on_worker_lost is not applied once retries are exhausted.
-        lost = Outcome(states.FAILURE if exhausted else LOST, exc=exc)
-        decision = ack_decision(task, lost, request.acked)
-        if not (decision.action == "reject" and decision.requeue):
-            mark_as_failure(task, ctx, exc, None, self)
-        self._dispose(request, decision)
-
-    def _dispose(self, request: Request, decision: Decision) -> None:
-        if decision.action == "ack":
-            self._ack(request)
-        elif decision.action == "reject":
-            self._reject(request, decision.requeue)
-        self._done(request)
-
-    def _ack(self, request: Request) -> None:
-        request.acked = True
-        if request.orphaned:
+    def _on_ack(self, delivery: Delivery, *_: Any) -> None:
+        delivery.acked = True
+        if delivery.orphaned:
             # The delivery tag belonged to a closed channel (G7): the ack cannot land.
-            self._note(
-                "ack-failed",
-                request,
-            )
+            self.note("ack-failed", delivery)
             return
         self._live_unacked -= 1
-        self.broker.ack(request.envelope)
+        self.broker.ack(delivery.envelope)
         self.broker.dispatch(*self.queues)
 
-    def _reject(self, request: Request, requeue: bool) -> None:
-        request.acked = True
-        if request.orphaned:
-            self._note(
-                "ack-failed",
-                request,
-                requeue=requeue,
-            )
+    def _on_reject(self, delivery: Delivery, logger: Any, errors: Any, requeue: bool) -> None:
+        delivery.acked = True
+        if delivery.orphaned:
+            self.note("ack-failed", delivery, requeue=requeue)
             return
         self._live_unacked -= 1
-        self.broker.reject(request.envelope, requeue)
+        self.broker.reject(delivery.envelope, requeue)
         self.broker.dispatch(*self.queues)
 
-    def _done(self, request: Request) -> None:
-        if request.state is not RequestState.DONE:
-            request.move(RequestState.DONE)
-        # A requeued message may already be back here as a new request under the same
+    def _done(self, delivery: Delivery) -> None:
+        if delivery.state is not RequestState.DONE:
+            delivery.move(RequestState.DONE)
+        # A requeued message may already be back here as a new delivery under the same
         # envelope (reject_on_worker_lost, Reject(requeue=True)): leave that one alone.
-        if self.requests.get(request.envelope) is request:
-            del self.requests[request.envelope]
-
-    # -- Env for the tracer ------------------------------------------------------------
-
-    def store(
-        self, task_id: str, state: str, result: Any, request: Context, traceback: str | None
-    ) -> None:
-        self.backend.store(task_id, state, result, request, traceback, worker=self.name)
-
-    def get_state(self, task_id: str) -> str:
-        return self.backend.state(task_id)
+        if self.requests.get(delivery.envelope) is delivery:
+            del self.requests[delivery.envelope]
 
     # -- control -----------------------------------------------------------------------
 
     def revoke(self, task_id: str) -> None:
         self.revoked.add(task_id)
+        if self.sim.revoked_owner is self:
+            celery_state.revoked.add(task_id)
 
-    def active(self) -> list[Request]:
+    def active(self) -> list[Delivery]:
         return [s.request for s in self.slots if s.request is not None]
 
-    def held(self) -> list[Request]:
+    def held(self) -> list[Delivery]:
         return [r for r in self.requests.values() if r.envelope.state is MessageState.UNACKED]
 
     def __repr__(self) -> str:
         return f"<Worker {self.name} c={self.concurrency} queues={self.queues}>"
-
-
-_OUTCOME_KINDS = {
-    states.SUCCESS: "succeeded",
-    states.FAILURE: "failed",
-    states.RETRY: "retried",
-    states.IGNORED: "ignored",
-}
-
-
-def _outcome_details(outcome: Outcome) -> dict[str, Any]:
-    if outcome.state == states.SUCCESS:
-        return {}
-    exc = outcome.exc
-    if outcome.state == states.RETRY:
-        inner = getattr(exc, "exc", None)
-        when = getattr(exc, "when", None)
-        return {
-            "exception": encode_exception(inner) if inner is not None else None,
-            "when": when if isinstance(when, int | float) or when is None else str(when),
-        }
-    return {"exception": encode_exception(exc) if exc is not None else None}

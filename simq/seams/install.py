@@ -1,0 +1,170 @@
+"""Install the seams on a Celery app for one simulation, and restore everything after.
+
+Internal. One :class:`Installation` holds every change simq makes while a simulation is
+active, applied in order and undone in reverse order, even on error:
+
+* the app: its producer pool and connection pool publish into the simulated broker, its
+  result backend is the simulation's store, it is the current app, and each task's
+  cached tracer is dropped so that Celery builds one over the simulated backend;
+* Celery's process-wide worker state (``celery.worker.state``) starts empty;
+* randomness and identity: kombu's ``uuid()`` (task ids, delivery tags, group ids) and
+  ``uuid.uuid4`` draw from the seed; the ``origin`` header and the tracer's hostname name
+  the simulated node instead of this machine.
+
+After :meth:`Installation.restore` the app and the interpreter are as they were.
+"""
+
+from __future__ import annotations
+
+import uuid as uuid_module
+from collections.abc import Callable
+from typing import Any
+
+import celery._state as celery_state_module
+from kombu.utils.uuid import uuid as kombu_uuid
+from celery.app import amqp as celery_amqp
+from celery.app import trace as celery_trace
+from celery.worker import state as worker_state
+
+from simq.engine.fibers import current_fiber
+from simq.exceptions import SimqError
+from simq.seams.transport import ProducerPool, connect
+
+__all__ = ["Installation"]
+
+_MISSING = object()
+
+#: The process-wide collections of ``celery.worker.state`` that a simulation empties.
+_WORKER_STATE = (
+    "requests",
+    "reserved_requests",
+    "active_requests",
+    "scheduled_requests",
+    "successful_requests",
+    "total_count",
+    "revoked",
+    "revoked_stamps",
+)
+
+
+class Installation:
+    """Every change one simulation makes to its app and the interpreter."""
+
+    def __init__(self, sim: Any) -> None:
+        self.sim = sim
+        self.app = sim.app
+        self._undo: list[Callable[[], None]] = []
+
+    # -- install -----------------------------------------------------------------------
+
+    def install(self) -> None:
+        """Apply every change; on an error, undo what was applied and re-raise."""
+        app = self.app
+        if app.conf.task_always_eager:
+            raise SimqError(
+                f"app {app.main!r} has task_always_eager=True, which would run every call "
+                "in the caller and bypass the simulation; set app.conf.task_always_eager = "
+                "False for the simulated run"
+            )
+        try:
+            self._install_app()
+            self._install_worker_state()
+            self._install_identity()
+        except BaseException:
+            self.restore()
+            raise
+
+    def _set(self, obj: Any, name: str, value: Any) -> None:
+        """Set ``obj.name`` to ``value``, remembering how to put the old one back."""
+        old = obj.__dict__.get(name, _MISSING) if hasattr(obj, "__dict__") else _MISSING
+        if old is _MISSING:
+            old = getattr(obj, name, _MISSING)
+
+        def undo() -> None:
+            if old is _MISSING:
+                try:
+                    delattr(obj, name)
+                except AttributeError:
+                    pass
+            else:
+                setattr(obj, name, old)
+
+        setattr(obj, name, value)
+        self._undo.append(undo)
+
+    def _install_app(self) -> None:
+        app, sim = self.app, self.sim
+        app.finalize(auto=True)
+        connection = connect(sim)
+        self._undo.append(connection.release)
+        producers = ProducerPool(connection)
+        self._set(app.amqp, "_producer_pool", producers)
+        pool = connection.Pool(limit=app.conf.broker_pool_limit or 10)
+        self._undo.append(pool.force_close_all)
+        self._set(app, "_pool", pool)
+        backend = sim.backend
+        self._set(app, "_backend_cache", None)
+        self._set(app._local, "backend", backend)
+        self._set(celery_state_module._tls, "current_app", app)
+        self._forget_tracers()
+        self._undo.append(self._forget_tracers)
+
+    def _forget_tracers(self) -> None:
+        # build_tracer captures the backend and hostname: a tracer built outside must not
+        # run inside, nor one built inside outside.
+        for task in self.app.tasks.values():
+            if task.__dict__.get("__trace__") is not None:
+                task.__trace__ = None
+
+    def _install_worker_state(self) -> None:
+        saved = {}
+        for name in _WORKER_STATE:
+            obj = getattr(worker_state, name)
+            saved[name] = list(obj.items()) if hasattr(obj, "items") else list(obj)
+        saved_all = list(worker_state.all_total_count)
+
+        def restore() -> None:
+            worker_state.reset_state()
+            for name, items in saved.items():
+                obj = getattr(worker_state, name)
+                if isinstance(obj, dict):
+                    obj.update(items)
+                elif hasattr(obj, "update"):
+                    obj.update(dict(items) if hasattr(obj, "items") else items)
+                else:
+                    for item in items:
+                        obj.add(item)
+            worker_state.all_total_count[:] = saved_all
+
+        worker_state.reset_state()
+        self._undo.append(restore)
+
+    def _install_identity(self) -> None:
+        sim = self.sim
+
+        def seeded_uuid4() -> uuid_module.UUID:
+            return uuid_module.UUID(sim.streams.uuid("uuids"))
+
+        def node_hostname() -> str:
+            fiber = current_fiber()
+            worker = getattr(getattr(fiber, "owner", None), "worker", None)
+            return str(worker.hostname) if worker is not None else "simq"
+
+        self._set(kombu_uuid, "__defaults__", (seeded_uuid4,))
+        self._set(uuid_module, "uuid4", seeded_uuid4)
+        self._set(celery_amqp, "anon_nodename", lambda *_: "gen0@simq")
+        self._set(celery_trace, "gethostname", node_hostname)
+
+    # -- restore -----------------------------------------------------------------------
+
+    def restore(self) -> None:
+        """Undo every change, newest first; every undo runs even if one fails."""
+        errors: list[BaseException] = []
+        while self._undo:
+            undo = self._undo.pop()
+            try:
+                undo()
+            except Exception as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+        if errors:
+            raise errors[0]

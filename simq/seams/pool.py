@@ -1,0 +1,335 @@
+"""The worker pool Celery's ``Request`` talks to: child slots as fibers. Internal.
+
+Celery's ``Request.execute_using_pool`` calls ``pool.apply_async(trace, args,
+accept_callback=, callback=, error_callback=, timeout_callback=, soft_timeout=,
+timeout=)``. This pool answers the way billiard's prefork pool does:
+
+* the child takes the job: ``accept_callback(pid, monotonic())`` (the early ack);
+* the tracer returns: ``callback((failed, retval, runtime))``;
+* the child dies (a kill, ``os._exit``, ``SystemExit`` or any BaseException escaping
+  the tracer): ``error_callback(ExceptionInfo(WorkerLostError(...)))``, or
+  ``Terminated`` when Celery terminated the job itself (revoke, cancel);
+* a soft limit: ``timeout_callback(True, soft)``, then SoftTimeLimitExceeded is raised
+  inside the task where it stands;
+* a hard limit: ``error_callback(ExceptionInfo(TimeLimitExceeded(hard)))``, then
+  ``timeout_callback(False, hard)``, then the child is killed (billiard's
+  ``TimeoutHandler.on_hard_timeout``).
+
+Each callback runs the way billiard's ``safe_apply_callback`` does: an exception in it is
+logged and the worker goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from billiard.common import human_status
+from billiard.einfo import ExceptionInfo
+from billiard.exceptions import SoftTimeLimitExceeded, Terminated, TimeLimitExceeded
+from billiard.exceptions import WorkerLostError
+from celery import signals
+
+from simq.engine.fibers import SUSPENDED, Exited, Fiber
+
+if TYPE_CHECKING:
+    from simq.engine.loop import Timer
+
+__all__ = ["Job", "Pool", "Slot"]
+
+logger = logging.getLogger("simq.pool")
+
+
+def exception_info(exc: BaseException) -> ExceptionInfo:
+    """billiard's ExceptionInfo for ``exc``, as the pool hands it to Celery."""
+    try:
+        raise exc
+    except BaseException:
+        return ExceptionInfo()
+
+
+def safe_apply(fn: Callable[..., Any] | None, *args: Any, **kwargs: Any) -> None:
+    """Call a Celery callback the way billiard does: log an error, never raise it."""
+    if fn is None:
+        return
+    try:
+        fn(*args, **kwargs)
+    except Exception:
+        logger.exception("pool callback %r raised", fn)
+
+
+class Job:
+    """One ``apply_async`` call: the callbacks Celery gave and the job's fate."""
+
+    __slots__ = (
+        "accept_callback",
+        "args",
+        "callback",
+        "error_callback",
+        "number",
+        "ready",
+        "request",
+        "soft_timeout",
+        "target",
+        "terminated",
+        "timeout",
+        "timeout_callback",
+        "__weakref__",
+    )
+
+    def __init__(self, number: int, target: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        self.number = number
+        self.target = target
+        self.args = args
+        self.accept_callback: Callable[..., Any] | None = None
+        self.callback: Callable[..., Any] | None = None
+        self.error_callback: Callable[..., Any] | None = None
+        self.timeout_callback: Callable[..., Any] | None = None
+        self.soft_timeout: float | None = None
+        self.timeout: float | None = None
+        self.terminated: int | None = None
+        self.ready = False
+        self.request: Any = None  # the worker's record of the delivery
+
+    def terminate(self, signum: int | None = None) -> None:
+        """Celery's ``ApplyResult.terminate``: the job ends as Terminated."""
+        self.terminated = signum or 15
+
+    def __repr__(self) -> str:
+        return f"<Job {self.number} ready={self.ready}>"
+
+
+class Slot:
+    """A child process slot: a fiber, the job it runs and that job's timers."""
+
+    __slots__ = ("fiber", "index", "initialized", "job", "pid", "pool", "timers", "token")
+
+    def __init__(self, pool: Pool, index: int) -> None:
+        self.pool = pool
+        self.index = index
+        self.fiber = Fiber(f"{pool.worker.name}/child-{index + 1}", owner=self)
+        self.job: Job | None = None
+        self.timers: list[Timer] = []
+        self.token = 0  # bumped when the child is replaced: stale timers do nothing
+        self.pid = pool.new_pid()
+        self.initialized = False
+
+    @property
+    def worker(self) -> Any:
+        return self.pool.worker
+
+    @property
+    def request(self) -> Any:
+        """The worker's record of the delivery this child runs, or None."""
+        job = self.job
+        return job.request if job is not None else None
+
+    def sleep(self, seconds: float) -> None:
+        """Called inside the fiber: suspend the task for ``seconds`` of virtual time."""
+        timer = self.pool.loop.call_later(seconds, self.wake, self.token)
+        self.timers.append(timer)
+        try:
+            self.fiber.suspend()
+        finally:
+            # An interrupted sleep (soft time limit) must not wake the task's next one.
+            timer.cancel()
+            if timer in self.timers:
+                self.timers.remove(timer)
+
+    def wake(self, token: int) -> None:
+        """Resume the task suspended in this slot (end of a virtual sleep)."""
+        if token == self.token and self.job is not None:
+            self.pool.switched(self, self.fiber.resume())
+
+    def replace_child(self) -> None:
+        """The child died: its code stops where it is; a fresh child takes the slot."""
+        self.token += 1
+        for timer in self.timers:
+            timer.cancel()
+        self.timers.clear()
+        if self.fiber.busy:
+            self.fiber.abandon()
+        self.job = None
+        self.pid = self.pool.new_pid()
+        self.initialized = False
+
+    def __repr__(self) -> str:
+        return f"<Slot {self.fiber.name} pid={self.pid} job={self.job!r}>"
+
+
+class Pool:
+    """The pool of one simulated worker: ``concurrency`` child slots."""
+
+    def __init__(self, worker: Any, concurrency: int) -> None:
+        self.worker = worker
+        self.sim = worker.sim
+        self.loop = worker.loop
+        self.app = worker.app
+        self.limit = concurrency
+        self._jobs = 0
+        self.slots = [Slot(self, i) for i in range(concurrency)]
+        self.next_slot: Slot | None = None  # the slot the worker chose for the next job
+
+    def new_pid(self) -> int:
+        return int(self.sim.new_pid())
+
+    def call(self, fn: Callable[..., Any] | None, *args: Any, **kwargs: Any) -> None:
+        """Run a Celery callback in this worker's parent process (billiard's way)."""
+        sim = self.sim
+        sim.acting_worker = self.worker.name
+        try:
+            safe_apply(fn, *args, **kwargs)
+        finally:
+            sim.acting_worker = None
+
+    def free_slot(self) -> Slot | None:
+        for slot in self.slots:
+            if slot.job is None:
+                return slot
+        return None
+
+    # -- what Celery's Request calls ---------------------------------------------------
+
+    def apply_async(
+        self,
+        target: Callable[..., Any],
+        args: tuple[Any, ...] = (),
+        kwargs: Any = None,
+        callback: Callable[..., Any] | None = None,
+        error_callback: Callable[..., Any] | None = None,
+        accept_callback: Callable[..., Any] | None = None,
+        timeout_callback: Callable[..., Any] | None = None,
+        soft_timeout: float | None = None,
+        timeout: float | None = None,
+        **options: Any,
+    ) -> Job:
+        slot = self.next_slot
+        if slot is None or slot.job is not None:
+            raise RuntimeError("simq pool: apply_async without a free child slot chosen")
+        self.next_slot = None
+        self._jobs += 1
+        job = Job(self._jobs, target, tuple(args))
+        job.callback, job.error_callback = callback, error_callback
+        job.accept_callback, job.timeout_callback = accept_callback, timeout_callback
+        job.soft_timeout, job.timeout = soft_timeout, timeout
+        job.request = self.worker.starting
+        slot.job = job
+        self._start(slot, job)
+        return job
+
+    def terminate_job(self, pid: int, signal: int | None = None) -> None:
+        """Kill the child ``pid``; its job ends as Terminated (or lost) a moment later."""
+        for slot in self.slots:
+            if slot.pid == pid and slot.job is not None:
+                job = slot.job
+                slot.replace_child()
+                self.loop.call_soon(self._reap, job, -(signal or 15))
+                return
+
+    # -- running a job -----------------------------------------------------------------
+
+    def _start(self, slot: Slot, job: Job) -> None:
+        self.worker.note("started", job.request)
+        self.call(job.accept_callback, slot.pid, time.monotonic())
+        if slot.job is not job:
+            return  # terminated on accept (a revoke that arrived before the start)
+        if job.soft_timeout:
+            slot.timers.append(
+                self.loop.call_later(job.soft_timeout, self._soft_limit, slot, job)
+            )
+        if job.timeout:
+            slot.timers.append(self.loop.call_later(job.timeout, self._hard_limit, slot, job))
+        self.switched(slot, slot.fiber.run(lambda: self._child(slot, job)))
+
+    def _child(self, slot: Slot, job: Job) -> Any:
+        """What runs in the child process: init once, the task's duration, the tracer."""
+        try:
+            if not slot.initialized:
+                slot.initialized = True
+                signals.worker_process_init.send(sender=None)
+            duration = self.sim.duration_for(job.request.task_name)
+            if duration:
+                slot.sleep(duration)
+            return ("ok", job.target(*job.args, app=self.app))
+        except SystemExit as exc:
+            code = exc.code
+            return ("exit", code if isinstance(code, int) else (0 if code is None else 1))
+        except BaseException:  # noqa: BLE001 - anything escaping the tracer kills the child
+            return ("exit", 1)
+
+    def switched(self, slot: Slot, result: Any) -> None:
+        """The engine regained control from ``slot``'s fiber; finish the job if it ended."""
+        self.sim.vtime.ensure()
+        if result is SUSPENDED:
+            return
+        job = slot.job
+        if job is None:
+            return
+        if isinstance(result, Exited):
+            self._lost(slot, job, result.code)
+        elif result[0] == "exit":
+            slot.replace_child()
+            self._lost(slot, job, result[1])
+        else:
+            for timer in slot.timers:
+                timer.cancel()
+            slot.timers.clear()
+            slot.job = None
+            job.ready = True
+            self.worker.outcome(job.request, result[1])
+            self.call(job.callback, result[1])
+            self.worker.finished(job.request)
+
+    def _lost(self, slot: Slot, job: Job, code: int) -> None:
+        if slot.job is job:
+            slot.replace_child()
+        self.worker.note("child-lost", job.request, exitcode=code)
+        self._reap(job, code)
+
+    def _reap(self, job: Job, code: int) -> None:
+        """billiard's result handler sees a dead child that held ``job``."""
+        if job.ready:
+            return
+        job.ready = True
+        if job.terminated is not None:
+            einfo = exception_info(Terminated(-job.terminated))
+        else:
+            einfo = exception_info(
+                WorkerLostError(
+                    f"Worker exited prematurely: {human_status(code)} Job: {job.number}."
+                )
+            )
+        self.call(job.error_callback, einfo)
+        self.worker.finished(job.request)
+
+    def kill(self, slot: Slot, exitcode: int) -> None:
+        """A fault: the child in ``slot`` dies with ``exitcode``."""
+        job = slot.job
+        if job is None:
+            return
+        slot.replace_child()
+        self._lost(slot, job, exitcode)
+
+    # -- time limits (billiard's TimeoutHandler) ---------------------------------------
+
+    def _soft_limit(self, slot: Slot, job: Job) -> None:
+        if slot.job is not job:
+            return
+        self.worker.note("time-limit", job.request, which="soft", limit=job.soft_timeout)
+        self.call(job.timeout_callback, soft=True, timeout=job.soft_timeout)
+        self.switched(slot, slot.fiber.throw(SoftTimeLimitExceeded()))
+
+    def _hard_limit(self, slot: Slot, job: Job) -> None:
+        if slot.job is not job or job.ready:
+            return
+        request = job.request
+        self.worker.note("time-limit", request, which="hard", limit=job.timeout)
+        exc = TimeLimitExceeded(job.timeout)
+        self.worker.note("failed", request, exception=self.worker.encode_exception(exc))
+        slot.replace_child()
+        job.ready = True
+        self.call(job.error_callback, exception_info(exc))
+        self.call(job.timeout_callback, soft=False, timeout=job.timeout)
+        self.worker.finished(request)

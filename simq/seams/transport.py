@@ -1,0 +1,138 @@
+"""A kombu transport whose channel publishes into the simulated broker. Internal.
+
+Celery publishes through its own code: ``send_task`` builds the protocol-2 message,
+routes it, serializes it with kombu and hands it to a producer. The producer's channel
+is this module's :class:`Channel`, a kombu virtual channel (exchanges, bindings and
+routing are kombu's) whose ``basic_publish`` gives the encoded message to the
+simulation instead of a socket. Consuming is the simulated workers' job, so ``_get``
+never returns anything. Broadcasts on the control exchange (``app.control.revoke``,
+``AsyncResult.revoke``) reach the simulated workers as control commands.
+
+A connection to this transport exists only inside a simulation; outside one, creating
+it raises :class:`~simq.exceptions.NoActiveSimulation` naming the fix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from queue import Empty
+from typing import Any
+
+from kombu import Connection, Producer
+from kombu.serialization import loads
+from kombu.transport import TRANSPORT_ALIASES, virtual
+
+from simq.exceptions import NoActiveSimulation
+
+__all__ = ["Channel", "ProducerPool", "Transport", "connect"]
+
+
+class Channel(virtual.Channel):
+    """A virtual channel over the simulation's broker."""
+
+    do_restore = False
+    body_encoding = None
+
+    def basic_publish(
+        self, message: dict[str, Any], exchange: str, routing_key: str, **kwargs: Any
+    ) -> None:
+        sim = self.connection.simulation
+        if exchange and exchange == sim.control_exchange:
+            body = loads(message["body"], message["content-type"], message["content-encoding"])
+            sim.control(body.get("method"), body.get("arguments") or {}, body.get("destination"))
+            return
+        if exchange:
+            queues = self._lookup(exchange, routing_key)
+        else:
+            queues = [routing_key] if self._has_queue(routing_key) else []
+        sim.receive(message, exchange, routing_key, queues)
+
+    def _new_queue(self, queue: str, **kwargs: Any) -> None:
+        self.connection.simulation.broker.queue(queue)
+
+    def _has_queue(self, queue: str, **kwargs: Any) -> bool:
+        return queue in self.connection.simulation.broker.queues
+
+    def _size(self, queue: str) -> int:
+        q = self.connection.simulation.broker.queues.get(queue)
+        return len(q) if q is not None else 0
+
+    def _purge(self, queue: str) -> int:
+        return int(self.connection.simulation.broker.purge(queue))
+
+    def _delete(self, queue: str, *args: Any, **kwargs: Any) -> None:
+        self._purge(queue)
+
+    def _get(self, queue: str, timeout: float | None = None) -> Any:
+        # The simulated workers consume; nothing else reads a queue.
+        raise Empty()
+
+    def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
+        self.connection.simulation.receive(message, "", queue, [queue])
+
+
+class Transport(virtual.Transport):
+    """kombu transport ``simq``: the simulated broker of the active simulation."""
+
+    Channel = Channel
+    driver_type = "simq"
+    driver_name = "simq"
+    default_port = 0
+
+    def __init__(self, client: Any, **kwargs: Any) -> None:
+        sim = client.transport_options.get("simulation")
+        if sim is None:
+            raise NoActiveSimulation(
+                "this app's broker is simq's simulated broker, which exists only inside a "
+                "simulation; use `with simq.Simulation(app) as sim:` around the call, or "
+                "configure a real broker_url for use outside simq"
+            )
+        super().__init__(client, **kwargs)
+        self.simulation = sim
+        self.state = sim.exchange_state
+        self.driver_type = sim.broker.transport
+
+    def driver_version(self) -> str:
+        return "1"
+
+
+class ProducerPool:
+    """Stands in for ``app.amqp.producer_pool``: one producer on the simulation."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.connections = self  # Celery reads producer_pool.connections.connection
+        self.limit = 1
+        self.producer = Producer(connection.default_channel)
+
+    def acquire(self, block: bool = True, timeout: float | None = None) -> Any:
+        return _Lease(self.producer)
+
+    def force_close_all(self) -> None:
+        self.connection.release()
+
+
+class _Lease(contextlib.AbstractContextManager[Any]):
+    __slots__ = ("producer",)
+
+    def __init__(self, producer: Producer) -> None:
+        self.producer = producer
+
+    def __enter__(self) -> Producer:
+        return self.producer
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+    def release(self) -> None:
+        return None
+
+
+def connect(sim: Any) -> Connection:
+    """A kombu connection to ``sim``'s broker."""
+    return Connection("simq://", transport=Transport, transport_options={"simulation": sim})
+
+
+# kombu resolves transports by alias: ``broker_url="simq://"`` (what simq.App sets) names
+# this transport, which refuses to connect outside a simulation with a clear error.
+TRANSPORT_ALIASES.setdefault("simq", "simq.seams.transport:Transport")
