@@ -47,7 +47,7 @@ def docs(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Run the benchmarks; extra arguments go to `python -m bench`."""
-    session.install(".[celery]")
+    session.install(".[test]")
     session.run("python", "-m", "bench", *session.posargs)
 
 

@@ -159,6 +159,8 @@ class Simulation:
         installation.install()
         self._installation = installation
         _ACTIVE[0] = self
+        for worker in self.workers.values():
+            self.declare_queues(worker.queues)
         self.vtime.start()
         self._gc = relaxed_gc()
         self._gc.__enter__()
@@ -240,6 +242,24 @@ class Simulation:
             if qname and qname not in names:
                 names.append(qname)
         return names
+
+    def declare_queues(self, names: Iterable[str]) -> None:
+        """Declare ``names`` with their exchanges and bindings, as a starting worker does.
+
+        A real worker declares the queues it consumes (``app.amqp.queues``, created on
+        demand when ``task_create_missing_queues``), so messages routed by exchange and
+        routing key reach them. Before :meth:`start` this waits for the start.
+        """
+        installation = self._installation
+        if installation is None:
+            return
+        channel = installation.channel
+        queues = self.app.amqp.queues
+        for name in names:
+            # .get, not [], so that a worker's queue not in task_queues is not added to
+            # the app's queues (the app stays as it was after the simulation).
+            queue = queues.get(name) or queues.new_missing(name)
+            queue.bind(channel).declare()
 
     def worker(self, name: str) -> Worker:
         """The worker called ``name``; UnknownTarget names the workers that exist."""

@@ -14,9 +14,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from simq import App
+import celery
 
-app = App("orders")
+app = celery.Celery("orders")
 
 #: Charges the gateway declines, by order id: the demo's deterministic "flakiness".
 DECLINES = {order: order % 4 for order in range(1000)}

@@ -30,8 +30,9 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, _PLAIN):
         return value
     try:
-        json.dumps(value)
-        return value
+        # Through JSON and back: tuples become lists (Celery's exc_message is a tuple),
+        # as a history read back from JSON Lines has them.
+        return json.loads(json.dumps(value))
     except (TypeError, ValueError):
         pass
     try:
@@ -48,33 +49,43 @@ class Backend(KeyValueStoreBackend):
     persistent = True
 
     def __init__(self, app: Any = None, simulation: Any = None, **kwargs: Any) -> None:
-        if simulation is None:
-            raise NoActiveSimulation(
-                "this app's result backend is simq's simulated store, which exists only "
-                "inside a simulation; use `with simq.Simulation(app) as sim:` around the "
-                "call, or configure a real result_backend for use outside simq"
-            )
+        # Celery makes this backend from result_backend= when the app's backend is first
+        # used. Outside a simulation it exists (so that Celery's eager apply(), which
+        # builds a tracer over the app's backend, works) but every read or write raises.
         super().__init__(app=app, **kwargs)
         self.simulation = simulation
         self.data: dict[str, Any] = {}
         self.status: dict[str, str] = {}  # task id -> last stored state, for waiting
 
+    def _require_simulation(self) -> None:
+        if self.simulation is None:
+            raise NoActiveSimulation(
+                "this app's result backend is simq's simulated store, which exists only "
+                "inside a simulation; use `with simq.Simulation(app) as sim:` around the "
+                "call, or configure a real result_backend for use outside simq"
+            )
+
     # -- the key-value client (KeyValueStoreBackend's interface) -----------------------
 
     def get(self, key: Any) -> Any:
+        self._require_simulation()
         return self.data.get(_key(key))
 
     def mget(self, keys: Any) -> list[Any]:
+        self._require_simulation()
         data = self.data
         return [data.get(_key(k)) for k in keys]
 
     def set(self, key: Any, value: Any) -> None:
+        self._require_simulation()
         self.data[_key(key)] = value
 
     def delete(self, key: Any) -> None:
+        self._require_simulation()
         self.data.pop(_key(key), None)
 
     def incr(self, key: Any) -> int:
+        self._require_simulation()
         k = _key(key)
         value = int(self.data.get(k) or 0) + 1
         self.data[k] = value
@@ -131,6 +142,7 @@ class Backend(KeyValueStoreBackend):
         on_interval: Any = None,
     ) -> Any:
         self._ensure_not_eager()
+        self._require_simulation()
         status, ready_states = self.status, states.READY_STATES
 
         def ready() -> bool:

@@ -7,9 +7,9 @@ active, applied in order and undone in reverse order, even on error:
   result backend is the simulation's store, it is the current app, and each task's
   cached tracer is dropped so that Celery builds one over the simulated backend;
 * Celery's process-wide worker state (``celery.worker.state``) starts empty;
-* randomness and identity: kombu's ``uuid()`` (task ids, delivery tags, group ids) and
-  ``uuid.uuid4`` draw from the seed; the ``origin`` header and the tracer's hostname name
-  the simulated node instead of this machine.
+* randomness and identity: kombu's ``uuid()`` (task ids, delivery tags, group ids),
+  ``uuid.uuid4`` and Celery's retry jitter draw from the seed; the ``origin`` header and
+  the tracer's hostname name the simulated node instead of this machine.
 
 After :meth:`Installation.restore` the app and the interpreter are as they were.
 """
@@ -24,6 +24,8 @@ import celery._state as celery_state_module
 from kombu.utils.uuid import uuid as kombu_uuid
 from celery.app import amqp as celery_amqp
 from celery.app import trace as celery_trace
+from celery import result as celery_result
+from celery.utils import time as celery_time
 from celery.worker import state as worker_state
 
 from simq.engine.fibers import current_fiber
@@ -54,6 +56,7 @@ class Installation:
         self.sim = sim
         self.app = sim.app
         self._undo: list[Callable[[], None]] = []
+        self.channel: Any = None  # a channel on the simulated broker, for declarations
 
     # -- install -----------------------------------------------------------------------
 
@@ -69,15 +72,19 @@ class Installation:
         try:
             self._install_app()
             self._install_worker_state()
+            self._install_join_guard()
             self._install_identity()
         except BaseException:
             self.restore()
             raise
 
-    def _set(self, obj: Any, name: str, value: Any) -> None:
-        """Set ``obj.name`` to ``value``, remembering how to put the old one back."""
+    def _set(self, obj: Any, name: str, value: Any, cached: bool = False) -> None:
+        """Set ``obj.name`` to ``value``, remembering how to put the old one back.
+
+        ``cached``: ``name`` is a cached property; only an already computed value is kept.
+        """
         old = obj.__dict__.get(name, _MISSING) if hasattr(obj, "__dict__") else _MISSING
-        if old is _MISSING:
+        if old is _MISSING and not cached:
             old = getattr(obj, name, _MISSING)
 
         def undo() -> None:
@@ -98,13 +105,27 @@ class Installation:
         connection = connect(sim)
         self._undo.append(connection.release)
         producers = ProducerPool(connection)
+        self.channel = producers.producer.channel
         self._set(app.amqp, "_producer_pool", producers)
+        # Celery 5.5 builds the (disabled) task-sent event dispatcher on the configured
+        # broker's connection: give it the simulated one.
+        dispatcher = app.events.Dispatcher(connection, enabled=False)
+        self._set(app.amqp, "_event_dispatcher", dispatcher, cached=True)
         pool = connection.Pool(limit=app.conf.broker_pool_limit or 10)
         self._undo.append(pool.force_close_all)
         self._set(app, "_pool", pool)
         backend = sim.backend
         self._set(app, "_backend_cache", None)
-        self._set(app._local, "backend", backend)
+        # The app's thread-local caches (backend, oid) go back exactly as they were.
+        local = app._local.__dict__
+        saved_local = dict(local)
+
+        def restore_local() -> None:
+            local.clear()
+            local.update(saved_local)
+
+        self._undo.append(restore_local)
+        app._local.backend = backend
         self._set(celery_state_module._tls, "current_app", app)
         self._forget_tracers()
         self._undo.append(self._forget_tracers)
@@ -119,7 +140,9 @@ class Installation:
     def _install_worker_state(self) -> None:
         saved = {}
         for name in _WORKER_STATE:
-            obj = getattr(worker_state, name)
+            obj = getattr(worker_state, name, None)  # scheduled_requests is 5.6+
+            if obj is None:
+                continue
             saved[name] = list(obj.items()) if hasattr(obj, "items") else list(obj)
         saved_all = list(worker_state.all_total_count)
 
@@ -139,6 +162,31 @@ class Installation:
         worker_state.reset_state()
         self._undo.append(restore)
 
+    def _install_join_guard(self) -> None:
+        # A prefork child sets task_join_will_block (prefork.py process_initializer), so
+        # result.get() inside a task raises RuntimeError(E_WOULDBLOCK) unless wrapped in
+        # allow_join_result(). Here the children are fibers: the flag is per fiber (True
+        # by default), while test code on the main greenlet keeps the process-wide flag.
+        blocks: dict[Any, bool] = {}
+
+        def task_join_will_block() -> bool:
+            fiber = current_fiber()
+            if fiber is None:
+                return bool(celery_state_module._task_join_will_block)
+            return blocks.get(fiber, True)
+
+        def set_task_join_will_block(value: bool) -> None:
+            fiber = current_fiber()
+            if fiber is None:
+                celery_state_module._task_join_will_block = value
+            else:
+                blocks[fiber] = bool(value)
+
+        for module in (celery_state_module, celery_result):
+            self._set(module, "task_join_will_block", task_join_will_block)
+            self._set(module, "_set_task_join_will_block", set_task_join_will_block)
+        self._undo.append(blocks.clear)
+
     def _install_identity(self) -> None:
         sim = self.sim
 
@@ -154,6 +202,9 @@ class Installation:
         self._set(uuid_module, "uuid4", seeded_uuid4)
         self._set(celery_amqp, "anon_nodename", lambda *_: "gen0@simq")
         self._set(celery_trace, "gethostname", node_hostname)
+        # Celery's retry jitter (get_exponential_backoff_interval) draws from the global
+        # random module: here it draws from the seed's "retry_jitter" stream instead.
+        self._set(celery_time, "random", sim.random("retry_jitter"))
 
     # -- restore -----------------------------------------------------------------------
 

@@ -6,9 +6,15 @@ timeout=)``. This pool answers the way billiard's prefork pool does:
 
 * the child takes the job: ``accept_callback(pid, monotonic())`` (the early ack);
 * the tracer returns: ``callback((failed, retval, runtime))``;
-* the child dies (a kill, ``os._exit``, ``SystemExit`` or any BaseException escaping
-  the tracer): ``error_callback(ExceptionInfo(WorkerLostError(...)))``, or
-  ``Terminated`` when Celery terminated the job itself (revoke, cancel);
+* the child dies (a kill, ``os._exit``): ``error_callback(ExceptionInfo(
+  WorkerLostError("Worker exited prematurely: <status> Job: <n>.")))`` (billiard's
+  ``mark_as_worker_lost``; ``n`` counts this worker's jobs from 0, as billiard's
+  ``job_counter`` does per process), or ``Terminated`` when Celery terminated the job
+  itself (revoke, cancel);
+* ``SystemExit``/``KeyboardInterrupt`` escaping the tracer: billiard 4.3's child reports
+  it as the job's result, ``error_callback(ExceptionInfo(exc))`` (Celery turns it into
+  ``WorkerLostError("Worker exited prematurely: exitcode 3.")``), then exits; any other
+  BaseException escaping the tracer is reported the same way and the child lives on;
 * a soft limit: ``timeout_callback(True, soft)``, then SoftTimeLimitExceeded is raised
   inside the task where it stands;
 * a hard limit: ``error_callback(ExceptionInfo(TimeLimitExceeded(hard)))``, then
@@ -21,6 +27,7 @@ logged and the worker goes on.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -168,7 +175,7 @@ class Pool:
         self.loop = worker.loop
         self.app = worker.app
         self.limit = concurrency
-        self._jobs = 0
+        self._jobs = itertools.count()  # billiard's job_counter: from 0, per process
         self.slots = [Slot(self, i) for i in range(concurrency)]
         self.next_slot: Slot | None = None  # the slot the worker chose for the next job
 
@@ -209,8 +216,7 @@ class Pool:
         if slot is None or slot.job is not None:
             raise RuntimeError("simq pool: apply_async without a free child slot chosen")
         self.next_slot = None
-        self._jobs += 1
-        job = Job(self._jobs, target, tuple(args))
+        job = Job(next(self._jobs), target, tuple(args))
         job.callback, job.error_callback = callback, error_callback
         job.accept_callback, job.timeout_callback = accept_callback, timeout_callback
         job.soft_timeout, job.timeout = soft_timeout, timeout
@@ -231,7 +237,13 @@ class Pool:
     # -- running a job -----------------------------------------------------------------
 
     def _start(self, slot: Slot, job: Job) -> None:
-        self.worker.note("started", job.request)
+        delivery = job.request
+        self.worker.note(
+            "started",
+            delivery,
+            task=delivery.task_name,
+            retries=(delivery.message.headers or {}).get("retries", 0),
+        )
         self.call(job.accept_callback, slot.pid, time.monotonic())
         if slot.job is not job:
             return  # terminated on accept (a revoke that arrived before the start)
@@ -254,10 +266,15 @@ class Pool:
                 slot.sleep(duration)
             return ("ok", job.target(*job.args, app=self.app))
         except SystemExit as exc:
+            # billiard 4.3 workloop: the job's own SystemExit is its result; then the
+            # child exits with the SystemExit's status.
             code = exc.code
-            return ("exit", code if isinstance(code, int) else (0 if code is None else 1))
-        except BaseException:  # noqa: BLE001 - anything escaping the tracer kills the child
-            return ("exit", 1)
+            status = code if isinstance(code, int) else (0 if code is None else 1)
+            return ("exit-raised", ExceptionInfo(), status)
+        except KeyboardInterrupt:
+            return ("exit-raised", ExceptionInfo(), 1)
+        except BaseException:  # noqa: BLE001 - billiard reports it; the child lives on
+            return ("raised", ExceptionInfo())
 
     def switched(self, slot: Slot, result: Any) -> None:
         """The engine regained control from ``slot``'s fiber; finish the job if it ended."""
@@ -269,17 +286,28 @@ class Pool:
             return
         if isinstance(result, Exited):
             self._lost(slot, job, result.code)
-        elif result[0] == "exit":
+        elif result[0] == "exit-raised":
+            # The result arrives first (Request.on_failure), then the child is gone.
+            _, einfo, code = result
             slot.replace_child()
-            self._lost(slot, job, result[1])
+            self.worker.note("child-lost", job.request, exitcode=code)
+            job.ready = True
+            self.call(job.error_callback, einfo)
+            self.worker.finished(job.request)
         else:
             for timer in slot.timers:
                 timer.cancel()
             slot.timers.clear()
             slot.job = None
             job.ready = True
-            self.worker.outcome(job.request, result[1])
-            self.call(job.callback, result[1])
+            if result[0] == "raised":
+                einfo = result[1]
+                exc = getattr(einfo.exception, "exc", einfo.exception)  # ExceptionWithTraceback
+                self.worker.note("failed", job.request, exception=self.worker.encode_exception(exc))
+                self.call(job.error_callback, einfo)
+            else:
+                self.worker.outcome(job.request, result[1])
+                self.call(job.callback, result[1])
             self.worker.finished(job.request)
 
     def _lost(self, slot: Slot, job: Job, code: int) -> None:

@@ -82,6 +82,12 @@ class Transport(virtual.Transport):
     def __init__(self, client: Any, **kwargs: Any) -> None:
         sim = client.transport_options.get("simulation")
         if sim is None:
+            # A connection Celery makes itself (the event dispatcher of send_task, ...)
+            # while a simulation is active reaches that simulation.
+            from simq.simulation import _ACTIVE  # noqa: PLC0415 - import cycle
+
+            sim = _ACTIVE[0]
+        if sim is None:
             raise NoActiveSimulation(
                 "this app's broker is simq's simulated broker, which exists only inside a "
                 "simulation; use `with simq.Simulation(app) as sim:` around the call, or "

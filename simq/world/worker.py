@@ -23,6 +23,7 @@ from celery.exceptions import NotRegistered, TaskRevokedError
 from celery.utils.imports import symbol_by_name
 from celery.utils.time import rate as parse_rate
 from celery.worker import state as celery_state
+from kombu.exceptions import ContentDisallowed
 from kombu.message import Message as KombuMessage
 from kombu.serialization import prepare_accept_content
 from kombu.utils.objects import cached_property
@@ -120,6 +121,7 @@ class Worker:
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> None:
+        self.sim.declare_queues(self.queues)
         self.online = True
         self._record(
             "worker-online",
@@ -227,8 +229,15 @@ class Worker:
         self.broker.dispatch(*self.queues)
 
     def _undecodable(self, delivery: Delivery, exc: Exception) -> None:
-        # consumer.py on_decode_error: the message is acked and dropped, with a log line.
         self.note("undecodable", delivery, error=f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, ContentDisallowed):
+            # consumer.py on_task_received -> on_invalid_task: a content type the worker
+            # does not accept is rejected without requeue (signal task_rejected).
+            self._on_reject(delivery, None, (), False)
+            delivery.state = RequestState.DONE
+            signals.task_rejected.send(sender=self, message=delivery.envelope.message, exc=exc)
+            return
+        # consumer.py on_decode_error: the message is acked and dropped, with a log line.
         self._on_ack(delivery)
         delivery.state = RequestState.DONE
 
