@@ -20,6 +20,16 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", "-n", "auto", *session.posargs)
 
 
+@nox.session(name="tests-celery55")
+def tests_celery55(session: nox.Session) -> None:
+    """The in-process tests on Celery 5.5, the oldest release simq supports."""
+    session.install("-e", ".[test]", "celery[redis]==5.5.3")
+    session.run(
+        "pytest", "-n", "auto", "-m", "not services", "tests/unit", "tests/faults",
+        "tests/determinism", "tests/properties", *session.posargs,
+    )
+
+
 @nox.session
 def lint(session: nox.Session) -> None:
     """Check lint rules and formatting without changing files."""

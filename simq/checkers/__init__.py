@@ -141,6 +141,9 @@ def config_from(sim: Any, **overrides: Any) -> CheckConfig:
     for name, task in app.tasks.items():
         for setting in _TASK_SETTINGS:
             value = getattr(task, setting, None)
+            if value is None and setting in ("acks_on_failure", "acks_on_timeout"):
+                # Celery 5.5 has only the combined attribute (5.7 falls back to it too).
+                value = getattr(task, "acks_on_failure_or_timeout", None)
             if setting in (
                 "acks_late",
                 "acks_on_failure",

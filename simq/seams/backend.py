@@ -112,7 +112,7 @@ class Backend(KeyValueStoreBackend):
         worker = getattr(getattr(slot, "worker", None), "name", None)
         if worker is None:
             worker = self.simulation.acting_worker
-        value = jsonable(self.encode_result(result, state))
+        value = result if type(result) in _PLAIN else jsonable(self.encode_result(result, state))
         if final:
             self.simulation.record(
                 "state-discarded", task_id=task_id, worker=worker, state=state, result=value

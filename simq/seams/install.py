@@ -16,6 +16,7 @@ After :meth:`Installation.restore` the app and the interpreter are as they were.
 
 from __future__ import annotations
 
+import os
 import uuid as uuid_module
 from collections.abc import Callable
 from typing import Any
@@ -198,7 +199,16 @@ class Installation:
             worker = getattr(getattr(fiber, "owner", None), "worker", None)
             return str(worker.hostname) if worker is not None else "simq"
 
+        real_getpid = os.getpid
+
+        def child_getpid() -> int:
+            # Inside a task, the simulated child's pid; elsewhere this process's.
+            slot = getattr(current_fiber(), "owner", None)
+            pid = getattr(slot, "pid", None)
+            return int(pid) if pid is not None else real_getpid()
+
         self._set(kombu_uuid, "__defaults__", (seeded_uuid4,))
+        self._set(os, "getpid", child_getpid)
         self._set(uuid_module, "uuid4", seeded_uuid4)
         self._set(celery_amqp, "anon_nodename", lambda *_: "gen0@simq")
         self._set(celery_trace, "gethostname", node_hostname)

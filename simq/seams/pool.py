@@ -111,7 +111,17 @@ class Job:
 class Slot:
     """A child process slot: a fiber, the job it runs and that job's timers."""
 
-    __slots__ = ("fiber", "index", "initialized", "job", "pid", "pool", "timers", "token")
+    __slots__ = (
+        "fiber",
+        "index",
+        "initialized",
+        "job",
+        "pid",
+        "pool",
+        "timers",
+        "token",
+        "tracers",
+    )
 
     def __init__(self, pool: Pool, index: int) -> None:
         self.pool = pool
@@ -122,6 +132,8 @@ class Slot:
         self.token = 0  # bumped when the child is replaced: stale timers do nothing
         self.pid = pool.new_pid()
         self.initialized = False
+        # Each child process builds its own tracers (they capture its pid and hostname).
+        self.tracers: dict[str, Any] = {}
 
     @property
     def worker(self) -> Any:
@@ -161,6 +173,7 @@ class Slot:
         self.job = None
         self.pid = self.pool.new_pid()
         self.initialized = False
+        self.tracers = {}
 
     def __repr__(self) -> str:
         return f"<Slot {self.fiber.name} pid={self.pid} job={self.job!r}>"
@@ -185,11 +198,14 @@ class Pool:
     def call(self, fn: Callable[..., Any] | None, *args: Any, **kwargs: Any) -> None:
         """Run a Celery callback in this worker's parent process (billiard's way)."""
         sim = self.sim
-        sim.acting_worker = self.worker.name
+        # Restored, not cleared: a callback's ack dispatches the next message, whose
+        # handling (revoked at receipt, ...) runs nested and must not end the attribution
+        # of the writes the callback makes after it (Request.on_failure's FAILURE).
+        acting, sim.acting_worker = sim.acting_worker, self.worker.name
         try:
             safe_apply(fn, *args, **kwargs)
         finally:
-            sim.acting_worker = None
+            sim.acting_worker = acting
 
     def free_slot(self) -> Slot | None:
         for slot in self.slots:
@@ -261,10 +277,18 @@ class Pool:
             if not slot.initialized:
                 slot.initialized = True
                 signals.worker_process_init.send(sender=None)
-            duration = self.sim.duration_for(job.request.task_name)
+            name = job.request.task_name
+            duration = self.sim.duration_for(name)
             if duration:
                 slot.sleep(duration)
-            return ("ok", job.target(*job.args, app=self.app))
+            # Celery caches one tracer per task (task.__trace__); a prefork child has its
+            # own, built in that child. Swap this child's in for the call.
+            task = self.app.tasks[name]
+            task.__trace__ = slot.tracers.get(name)
+            try:
+                return ("ok", job.target(*job.args, app=self.app))
+            finally:
+                slot.tracers[name] = task.__trace__
         except SystemExit as exc:
             # billiard 4.3 workloop: the job's own SystemExit is its result; then the
             # child exits with the SystemExit's status.
@@ -322,7 +346,8 @@ class Pool:
             return
         job.ready = True
         if job.terminated is not None:
-            einfo = exception_info(Terminated(-job.terminated))
+            # billiard: job._set_terminated(exitcode), Terminated(-exitcode), the signal.
+            einfo = exception_info(Terminated(-(code or 0)))
         else:
             einfo = exception_info(
                 WorkerLostError(

@@ -173,3 +173,30 @@ def test_a_worker_declares_its_queues_so_topic_routing_reaches_them() -> None:
         sim.run()
         assert sim.history.where(task_id=stray.id).kinds() == ["published", "lost"]
         assert sim.history.where(task_id=stray.id, kind="lost")[0]["reason"] == "unroutable"
+
+
+def test_each_simulated_child_has_its_own_pid_and_node_name() -> None:
+    """os.getpid() in a task and the STARTED meta name the simulated child and worker."""
+    import os
+    import time
+
+    app = celery.Celery("pids", set_as_current=False)
+    app.conf.task_track_started = True
+
+    @app.task(bind=True, shared=False)
+    def who(self: celery.Task) -> list[object]:
+        time.sleep(1)
+        return [os.getpid(), self.request.hostname]
+
+    real_pid = os.getpid()
+    with simq.Simulation(app, seed=1, workers=2, concurrency=2) as sim:
+        results = [r.get() for r in [who.delay() for _ in range(4)]]
+        started = [e["result"] for e in sim.history.where(kind="state", state="STARTED")]
+    assert sorted(map(tuple, results)) == [
+        (101, "worker-1"),
+        (102, "worker-1"),
+        (103, "worker-2"),
+        (104, "worker-2"),
+    ]
+    assert sorted(s["pid"] for s in started) == [101, 102, 103, 104]
+    assert os.getpid() == real_pid
