@@ -466,11 +466,14 @@ class Simulation:
                 if terminate:
                     self.faults.terminate(w, tid, signal)
             if idle and self.backend.state_of(tid) in _REVOCABLE:
-                self.acting(idle[0])
+                # The command's write belongs to no attempt (a task that ignored itself
+                # may already have run): recorded without a worker, as the conformance
+                # recorder records it on real workers, so no attempt is charged with it.
+                acting, self.acting_worker = self.acting_worker, None
                 try:
                     self.backend.mark_as_revoked(tid, reason="revoked", store_result=True)
                 finally:
-                    self.acting(None)
+                    self.acting_worker = acting
 
     # -- faults (CELERY_SEMANTICS.md §3) -----------------------------------------------
 

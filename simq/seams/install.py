@@ -22,10 +22,10 @@ from collections.abc import Callable
 from typing import Any
 
 import celery._state as celery_state_module
+from celery import result as celery_result
 from kombu.utils.uuid import uuid as kombu_uuid
 from celery.app import amqp as celery_amqp
 from celery.app import trace as celery_trace
-from celery import result as celery_result
 from celery.utils import time as celery_time
 from celery.worker import state as worker_state
 

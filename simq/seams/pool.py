@@ -35,8 +35,12 @@ from typing import TYPE_CHECKING, Any
 
 from billiard.common import human_status
 from billiard.einfo import ExceptionInfo
-from billiard.exceptions import SoftTimeLimitExceeded, Terminated, TimeLimitExceeded
-from billiard.exceptions import WorkerLostError
+from billiard.exceptions import (
+    SoftTimeLimitExceeded,
+    Terminated,
+    TimeLimitExceeded,
+    WorkerLostError,
+)
 from celery import signals
 
 from simq.engine.fibers import SUSPENDED, Exited, Fiber
@@ -71,6 +75,7 @@ class Job:
     """One ``apply_async`` call: the callbacks Celery gave and the job's fate."""
 
     __slots__ = (
+        "__weakref__",
         "accept_callback",
         "args",
         "callback",
@@ -83,7 +88,6 @@ class Job:
         "terminated",
         "timeout",
         "timeout_callback",
-        "__weakref__",
     )
 
     def __init__(self, number: int, target: Callable[..., Any], args: tuple[Any, ...]) -> None:
@@ -264,9 +268,7 @@ class Pool:
         if slot.job is not job:
             return  # terminated on accept (a revoke that arrived before the start)
         if job.soft_timeout:
-            slot.timers.append(
-                self.loop.call_later(job.soft_timeout, self._soft_limit, slot, job)
-            )
+            slot.timers.append(self.loop.call_later(job.soft_timeout, self._soft_limit, slot, job))
         if job.timeout:
             slot.timers.append(self.loop.call_later(job.timeout, self._hard_limit, slot, job))
         self.switched(slot, slot.fiber.run(lambda: self._child(slot, job)))
@@ -297,7 +299,7 @@ class Pool:
             return ("exit-raised", ExceptionInfo(), status)
         except KeyboardInterrupt:
             return ("exit-raised", ExceptionInfo(), 1)
-        except BaseException:  # noqa: BLE001 - billiard reports it; the child lives on
+        except BaseException:  # billiard reports it as the job's failure; the child lives on
             return ("raised", ExceptionInfo())
 
     def switched(self, slot: Slot, result: Any) -> None:

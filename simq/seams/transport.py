@@ -84,7 +84,7 @@ class Transport(virtual.Transport):
         if sim is None:
             # A connection Celery makes itself (the event dispatcher of send_task, ...)
             # while a simulation is active reaches that simulation.
-            from simq.simulation import _ACTIVE  # noqa: PLC0415 - import cycle
+            from simq.simulation import _ACTIVE  # here: simq.simulation imports this module
 
             sim = _ACTIVE[0]
         if sim is None:

@@ -246,7 +246,12 @@ class Faults:
         for request in worker.active():
             if request.id == task_id:
                 worker.load_revoked()
-                request.celery.terminate(worker.pool, signal=signum)
+                # Celery's code runs in this worker's parent: its writes are this worker's.
+                self.sim.acting(worker)
+                try:
+                    request.celery.terminate(worker.pool, signal=signum)
+                finally:
+                    self.sim.acting(None)
 
 
 def _go_offline(

@@ -217,11 +217,12 @@ class Worker:
         )
         self._live_unacked -= 1
         self.broker.reject(envelope, requeue=False)
-        self.sim.acting(self)
+        sim = self.sim
+        acting, sim.acting_worker = sim.acting_worker, self.name
         try:
             self.app.backend.mark_as_failure(message.task_id, NotRegistered(message.task))
         finally:
-            self.sim.acting(None)
+            sim.acting_worker = acting
         signals.task_unknown.send(
             sender=self, message=None, exc=NotRegistered(message.task), name=message.task,
             id=message.task_id,
@@ -254,11 +255,13 @@ class Worker:
     def _revoked(self, delivery: Delivery) -> bool:
         """Celery's ``Request.revoked()``: skip (REVOKED, ack) a revoked or expired task."""
         sim = self.sim
-        sim.acting_worker = self.name
+        # Restored, not cleared: this may run inside a callback of another request of
+        # this worker (an ack dispatches the next message) whose writes follow.
+        acting, sim.acting_worker = sim.acting_worker, self.name
         try:
             revoked = bool(delivery.celery.revoked())
         finally:
-            sim.acting_worker = None
+            sim.acting_worker = acting
         if revoked:
             self._done(delivery)
         return revoked
@@ -341,7 +344,7 @@ class Worker:
         self.pool.next_slot = slot
         self.starting = delivery
         sim = self.sim
-        sim.acting_worker = self.name
+        acting, sim.acting_worker = sim.acting_worker, self.name
         try:
             delivery.celery.execute_using_pool(self.pool)
         except TaskRevokedError:
@@ -350,7 +353,7 @@ class Worker:
             self._done(delivery)
         finally:
             self.starting = None
-            sim.acting_worker = None
+            sim.acting_worker = acting
 
     def outcome(self, delivery: Delivery, retval: Any) -> None:
         """Record how the tracer ended an attempt (before Celery's ack decision)."""

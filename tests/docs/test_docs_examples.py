@@ -3,7 +3,8 @@
 Every fenced ``python`` block in ``README.md`` and ``docs/*.md`` whose first line is
 ``# test: NAME`` is one test, with id ``NAME``. It runs as a fresh ``__main__`` module,
 the way a reader runs it as a script, so its tasks are named ``<app main>.<function>`` and its
-exception classes can be found again when results are decoded. Each example asserts
+exception classes can be found again when results are decoded; like a script in a process
+of its own, it sees none of the shared tasks earlier examples defined. Each example asserts
 what it shows by itself; the test adds that it leaves no simulation active. A module-level
 ``test_*`` function in an example (the pytest page's test file) is called too, with a
 ``simulation`` factory that behaves like the plugin's fixture. The ``simq demo`` output
@@ -20,9 +21,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import celery._state as celery_state
 import pytest
 
 import simq
+from simq import simulation as simulation_module
 from simq.engine import vtime
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,14 +66,22 @@ EXAMPLES = collect()
 
 @pytest.fixture
 def fresh_main() -> Iterator[types.ModuleType]:
-    """A new, empty ``__main__`` module for the example; the real one is put back after."""
+    """A new, empty ``__main__`` module for the example; the real one is put back after.
+
+    As a script runs in a process of its own, the example starts with none of the shared
+    tasks that earlier examples defined: Celery's ``@app.task`` (``shared=True``)
+    registers each task with every app finalized later in the process.
+    """
     original = sys.modules["__main__"]
     module = types.ModuleType("__main__")
     sys.modules["__main__"] = module
+    finalizers = set(celery_state._on_app_finalizers)
     try:
         yield module
     finally:
         sys.modules["__main__"] = original
+        celery_state._on_app_finalizers.clear()
+        celery_state._on_app_finalizers.update(finalizers)
 
 
 def _simulation_factory(made: list[simq.Simulation]) -> Callable[..., simq.Simulation]:
@@ -126,10 +137,13 @@ def _close_leaked_simulations(namespace: dict[str, Any]) -> bool:
     """Close what an example left active, so one bad example cannot break the next."""
     leaked = False
     for value in list(namespace.values()):
-        world = getattr(value, "_world", None) if isinstance(value, simq.App) else None
-        if world is not None:
-            world.close()
+        if isinstance(value, simq.Simulation) and value.active:
+            value.close()
             leaked = True
+    active = simulation_module._ACTIVE[0]
+    if active is not None:
+        active.close()
+        leaked = True
     clock = vtime._active
     if clock is not None:
         clock.stop()
@@ -154,7 +168,16 @@ def test_example_names_are_unique() -> None:
 
 @pytest.mark.parametrize(
     "page",
-    ["README.md", "getting-started.md", "api.md", "simulation.md", "history.md", "pytest.md"],
+    [
+        "README.md",
+        "getting-started.md",
+        "celery.md",
+        "api.md",
+        "simulation.md",
+        "faults.md",
+        "history.md",
+        "pytest.md",
+    ],
 )
 def test_page_has_an_executed_example(page: str) -> None:
     """Each user-facing page carries at least one example that this module runs."""

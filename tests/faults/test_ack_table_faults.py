@@ -12,10 +12,11 @@ from __future__ import annotations
 import time
 
 import pytest
+from celery.exceptions import Ignore, Reject
 
-from simq.exceptions import Ignore, Reject
-
-LOST = "WorkerLostError('Worker exited prematurely: signal 9 (SIGKILL).')"
+#: billiard's mark_as_worker_lost (billiard/pool.py:1365-1369): the status, then the job
+#: number (this worker process's first job is 0).
+LOST = "WorkerLostError('Worker exited prematurely: signal 9 (SIGKILL) Job: 0.')"
 
 
 def build(app, options):
@@ -129,12 +130,12 @@ TERMINATED = [
     "2 revoked m1 terminated",
     "2 state REVOKED TaskRevokedError('terminated')",
 ]
-TIMED_OUT = [
-    "2 time-limit m1 hard 2",
-    "2 failed m1 TimeLimitExceeded(2)",
-    "2 state FAILURE TimeLimitExceeded(2)",
-    "2 state FAILURE TimeLimitExceeded(2)",
-]
+# billiard's on_hard_timeout: error_callback (Request.on_failure: ack or reject first, then
+# FAILURE unless requeued, request.py:766-790), then timeout_callback (Request.on_timeout:
+# FAILURE again, request.py:539-614).
+TIME_LIMIT = ["2 time-limit m1 hard 2", "2 failed m1 TimeLimitExceeded(2)"]
+FAILED_BY_TIME_LIMIT = "2 state FAILURE TimeLimitExceeded(2)"
+TIMED_OUT = [*TIME_LIMIT, FAILED_BY_TIME_LIMIT, FAILED_BY_TIME_LIMIT]
 LATE = {"acks_late": True}
 RTWL_OPTIONS = {"retry_on_worker_lost": True, "max_retries": 1, "default_retry_delay": 3}
 
@@ -189,19 +190,21 @@ CASES = [
     # -- hard time limit: FAILURE; acked@start / AoT ACK / not AoT REJ(requeue=True) ------
     ("time-limit-early", {"time_limit": 2}, "return", "none", {}, [*EARLY, *TIMED_OUT], [0]),
     ("time-limit-late", {**LATE, "time_limit": 2}, "return", "none", {}, [
-        *RUNNING, *TIMED_OUT, "2 acked m1"], [0]),
+        *RUNNING, *TIME_LIMIT, "2 acked m1", FAILED_BY_TIME_LIMIT, FAILED_BY_TIME_LIMIT], [0]),
+    # Requeued: on_failure stores nothing, on_timeout stores FAILURE once.
     ("time-limit-late-no-aot", {**LATE, "time_limit": 2, "acks_on_timeout": False},
      "quicker-again", "none", {}, [
-        *RUNNING, *TIMED_OUT[:3], "2 rejected m1 requeue=True", "2 delivered m1 w1 redelivered",
-        "2 started m1 w1 retries=0", "3 state SUCCESS 'ok'", "3 succeeded m1", "3 acked m1"],
+        *RUNNING, *TIME_LIMIT, "2 rejected m1 requeue=True", "2 delivered m1 w1 redelivered",
+        FAILED_BY_TIME_LIMIT, "2 started m1 w1 retries=0", "3 state SUCCESS 'ok'",
+        "3 succeeded m1", "3 acked m1"],
      [0, 0]),
     # -- child died, default: FAILURE(WorkerLostError); acked@start / AoF ACK / REJ(False) -
     ("child-died-early", {}, "return", "kill", {}, [*EARLY, *KILLED, f"2 state FAILURE {LOST}"],
      [0]),
     ("child-died-late", LATE, "return", "kill", {}, [
-        *RUNNING, *KILLED, f"2 state FAILURE {LOST}", "2 acked m1"], [0]),
+        *RUNNING, *KILLED, "2 acked m1", f"2 state FAILURE {LOST}"], [0]),
     ("child-died-late-no-aof", {**LATE, "acks_on_failure": False}, "return", "kill", {}, [
-        *RUNNING, *KILLED, f"2 state FAILURE {LOST}", "2 rejected m1 requeue=False"], [0]),
+        *RUNNING, *KILLED, "2 rejected m1 requeue=False", f"2 state FAILURE {LOST}"], [0]),
     # -- child died, RoWL: no effect early / REJ(requeue=True), no state, runs again ------
     ("child-died-rowl-early", {"reject_on_worker_lost": True}, "return", "kill", {}, [
         *EARLY, *KILLED, f"2 state FAILURE {LOST}"], [0]),
@@ -221,7 +224,7 @@ CASES = [
      "return", "kill", {}, [*EARLY, *KILLED, f"2 state FAILURE {LOST}"], [0]),
     ("child-died-rtwl-exhausted-late", {**LATE, "retry_on_worker_lost": True,
                                         "reject_on_worker_lost": True, "max_retries": 0},
-     "return", "kill", {}, [*RUNNING, *KILLED, f"2 state FAILURE {LOST}", "2 acked m1"], [0]),
+     "return", "kill", {}, [*RUNNING, *KILLED, "2 acked m1", f"2 state FAILURE {LOST}"], [0]),
     # -- child died after storing SUCCESS: SUCCESS kept; acked@start / ACK ----------------
     ("child-died-after-success-early", {}, "linger", "kill-after-success", {}, [
         *EARLY, "4 state SUCCESS 'ok'", "5 child-killed m1 exitcode=-9",

@@ -8,11 +8,18 @@ import re
 import time
 
 import pytest
+from celery import signals, states
+from celery.exceptions import WorkerLostError
 
-from simq import states
-from simq.exceptions import UnknownTarget, WorkerLostError
+from simq.exceptions import UnknownTarget
 
-SIGKILL_LOST = "WorkerLostError('Worker exited prematurely: signal 9 (SIGKILL).')"
+#: billiard's mark_as_worker_lost (billiard/pool.py:1365-1369) names the job: its number
+#: counts the jobs of this worker process from 0 (billiard's job_counter).
+SIGKILL_LOST = "WorkerLostError('Worker exited prematurely: signal 9 (SIGKILL) Job: 0.')"
+
+
+def sigkill_lost(job: int) -> str:
+    return f"WorkerLostError('Worker exited prematurely: signal 9 (SIGKILL) Job: {job}.')"
 
 
 def sleeper(app, **options):
@@ -36,7 +43,7 @@ def test_killed_child_of_an_early_ack_task_stores_failure(app, simulation, trail
     r = task.delay()
     sim.kill_child(r.id, at=2)
     with pytest.raises(
-        WorkerLostError, match=r"^Worker exited prematurely: signal 9 \(SIGKILL\)\.$"
+        WorkerLostError, match=r"^Worker exited prematurely: signal 9 \(SIGKILL\) Job: 0\.$"
     ):
         r.get()
     sim.run()
@@ -63,19 +70,21 @@ def test_killed_child_of_an_early_ack_task_stores_failure(app, simulation, trail
     ],
 )
 def test_the_exit_code_names_the_lost_worker(app, simulation, exitcode, message):
-    """A negative exit code is reported as the signal, a positive one as the exit code (G3)."""
+    """A negative exit code is reported as the signal, a positive one as the exit code,
+    then billiard's job number (billiard/common.py human_status, pool.py:1365) (G3)."""
     task, _ = sleeper(app)
     sim = simulation(app)
     r = task.delay()
     sim.kill_child(r.id, at=1, exitcode=exitcode)
     with pytest.raises(
-        WorkerLostError, match=rf"^Worker exited prematurely: {re.escape(message)}\.$"
+        WorkerLostError, match=rf"^Worker exited prematurely: {re.escape(message)} Job: 0\.$"
     ):
         r.get()
 
 
 def test_killed_child_is_acked_even_with_acks_late(app, simulation, trail):
-    """With acks_late alone the lost child's message is acked after FAILURE: one run (G3)."""
+    """With acks_late alone the lost child's message is acked, then FAILURE is stored:
+    one run (G3; Request.on_failure acks before mark_as_failure, request.py:766-790)."""
     task, attempts = sleeper(app, acks_late=True)
     sim = simulation(app)
     r = task.delay()
@@ -84,8 +93,8 @@ def test_killed_child_is_acked_even_with_acks_late(app, simulation, trail):
     assert trail(sim, r.id)[-4:] == [
         "2 child-killed m1 exitcode=-9",
         "2 child-lost m1 exitcode=-9",
-        f"2 state FAILURE {SIGKILL_LOST}",
         "2 acked m1",
+        f"2 state FAILURE {SIGKILL_LOST}",
     ]
     assert attempts == [(0, False)]
     assert sim.check() == []
@@ -93,15 +102,15 @@ def test_killed_child_is_acked_even_with_acks_late(app, simulation, trail):
 
 def test_acks_late_without_acks_on_failure_rejects_the_lost_child(app, simulation, trail):
     """With acks_late and acks_on_failure=False the lost child's message is rejected
-    without requeue after FAILURE is stored (§3.1)."""
+    without requeue, then FAILURE is stored (§3.1, request.py:766-790)."""
     task, attempts = sleeper(app, acks_late=True, acks_on_failure=False)
     sim = simulation(app)
     r = task.delay()
     sim.kill_child(r.id, at=2)
     sim.run()
     assert trail(sim, r.id)[-2:] == [
-        f"2 state FAILURE {SIGKILL_LOST}",
         "2 rejected m1 requeue=False",
+        f"2 state FAILURE {SIGKILL_LOST}",
     ]
     assert attempts == [(0, False)]
 
@@ -181,8 +190,8 @@ def test_retry_on_worker_lost_retries_then_fails_when_exhausted(app, simulation,
     second = [
         "12 child-killed m2 exitcode=-9",
         "12 child-lost m2 exitcode=-9",
-        f"12 state FAILURE {SIGKILL_LOST}",
     ]
+    # The worker's second job: billiard numbers them from 0.
     if acks_late:
         assert trail(sim, r.id)[3:] == [
             *first,
@@ -190,6 +199,7 @@ def test_retry_on_worker_lost_retries_then_fails_when_exhausted(app, simulation,
             "9 started m2 worker-1 retries=1",
             *second,
             "12 acked m2",
+            f"12 state FAILURE {sigkill_lost(1)}",
         ]
     else:
         assert trail(sim, r.id)[4:] == [
@@ -197,6 +207,7 @@ def test_retry_on_worker_lost_retries_then_fails_when_exhausted(app, simulation,
             "9 started m2 worker-1 retries=1",
             "9 acked m2",
             *second,
+            f"12 state FAILURE {sigkill_lost(1)}",
         ]
     assert attempts == [(0, False), (1, False)]
     assert [e["state"] for e in sim.history.where(kind="state")] == [states.RETRY, states.FAILURE]
@@ -206,7 +217,8 @@ def test_retry_on_worker_lost_retries_then_fails_when_exhausted(app, simulation,
 def test_exhausted_retry_on_worker_lost_does_not_apply_reject_on_worker_lost(
     app, simulation, trail
 ):
-    """With retries exhausted, reject_on_worker_lost is not applied: ack and FAILURE (§3.1)."""
+    """With retries exhausted, reject_on_worker_lost is not applied: ack, then FAILURE
+    (§3.1, request.py:749-790)."""
     task, attempts = sleeper(
         app, acks_late=True, retry_on_worker_lost=True, reject_on_worker_lost=True, max_retries=0
     )
@@ -216,8 +228,8 @@ def test_exhausted_retry_on_worker_lost_does_not_apply_reject_on_worker_lost(
     sim.run()
     assert trail(sim, r.id)[-3:] == [
         "2 child-lost m1 exitcode=-9",
-        f"2 state FAILURE {SIGKILL_LOST}",
         "2 acked m1",
+        f"2 state FAILURE {SIGKILL_LOST}",
     ]
     assert attempts == [(0, False)]
     assert sim.check() == []
@@ -315,9 +327,50 @@ def test_a_task_raising_system_exit_or_keyboard_interrupt_is_a_dead_child(
     assert sim.history.where(kind="child-lost").first()["exitcode"] == code
 
 
+class Fatal(BaseException):
+    """A BaseException that is neither SystemExit nor KeyboardInterrupt."""
+
+
+def test_another_base_exception_escaping_the_tracer_fails_the_task_and_the_child_lives(
+    app, simulation
+):
+    """billiard's child reports any BaseException escaping the tracer as the job's failure
+    and goes on; only SystemExit and KeyboardInterrupt end it (billiard/pool.py:368-416).
+    Request.on_failure stores FAILURE(exc); no child is lost (G3)."""
+    inits = []
+
+    @signals.worker_process_init.connect(weak=False)
+    def count_init(**_):
+        inits.append(1)
+
+    @app.task
+    def fatal():
+        raise Fatal("deep")
+
+    @app.task
+    def ok():
+        return "fine"
+
+    try:
+        sim = simulation(app)
+        r = fatal.delay()
+        after = ok.delay()
+        assert after.get() == "fine"
+        assert r.state == states.FAILURE
+    finally:
+        signals.worker_process_init.disconnect(count_init)
+    stored = sim.history.where(kind="state", task_id=r.id).last()["result"]
+    assert (stored["exc_type"], stored["exc_message"]) == ("Fatal", ["deep"])
+    assert sim.history.where(task_id=r.id).kinds()[-2:] == ["failed", "state"]
+    assert not sim.history.where(kind="child-lost")
+    assert inits == [1]  # one child ran both tasks
+    assert sim.check() == []
+
+
 def test_os_exit_ends_the_child_where_it_stands(app, simulation, trail):
     """os._exit(3) in a task ends only the simulated child: no code after it runs, not even
-    finally; FAILURE(WorkerLostError exitcode 3) (G3, exp3)."""
+    finally; FAILURE(WorkerLostError exitcode 3 Job: 0), billiard's mark_as_worker_lost
+    (G3, exp3)."""
     effects = []
 
     @app.task
@@ -331,13 +384,13 @@ def test_os_exit_ends_the_child_where_it_stands(app, simulation, trail):
 
     sim = simulation(app)
     r = bail.delay()
-    with pytest.raises(WorkerLostError, match=r"^Worker exited prematurely: exitcode 3\.$"):
+    with pytest.raises(WorkerLostError, match=r"^Worker exited prematurely: exitcode 3 Job: 0\.$"):
         r.get()
     assert effects == ["before"]
     assert trail(sim, r.id)[-3:] == [
         "0 acked m1",
         "0 child-lost m1 exitcode=3",
-        "0 state FAILURE WorkerLostError('Worker exited prematurely: exitcode 3.')",
+        "0 state FAILURE WorkerLostError('Worker exited prematurely: exitcode 3 Job: 0.')",
     ]
 
 

@@ -7,9 +7,9 @@ import datetime as dt
 import time
 
 import pytest
+from celery import states
 
 import simq
-from simq import states
 from simq.exceptions import SimulationIdle, UnknownTarget
 
 

@@ -10,25 +10,32 @@ import textwrap
 import time
 
 import pytest
+from celery.exceptions import Reject
 
 import simq
-from simq.exceptions import Reject
 
 SCRIPT = textwrap.dedent("""
     import time
+    import celery
     import simq
-    from simq.exceptions import Reject
+    from celery.exceptions import Reject
 
-    def scenario(seed, transport):
-        app = simq.App("shop", broker_transport_options={"visibility_timeout": 40},
-                       task_queue_max_priority=10)
+    def scenario(seed, transport, plain=False):
+        settings = {"broker_transport_options": {"visibility_timeout": 40},
+                    "task_queue_max_priority": 10}
+        if plain:  # a celery.Celery app as users write it, broker and backend untouched
+            app = celery.Celery("shop")
+            app.conf.update(settings)
+        else:
+            app = simq.App("shop", **settings)
+        task = lambda **options: app.task(shared=False, **options)  # this app's tasks only
 
-        @app.task(bind=True, name="shop.charge", acks_late=True, reject_on_worker_lost=True)
+        @task(bind=True, name="shop.charge", acks_late=True, reject_on_worker_lost=True)
         def charge(self, n):
             time.sleep(8)
             return n
 
-        @app.task(bind=True, name="shop.flaky", autoretry_for=(ValueError,),
+        @task(bind=True, name="shop.flaky", autoretry_for=(ValueError,),
                   retry_backoff=True, max_retries=3)
         def flaky(self, n):
             time.sleep(2)
@@ -36,13 +43,13 @@ SCRIPT = textwrap.dedent("""
                 raise ValueError(n)
             return n
 
-        @app.task(bind=True, name="shop.picky", acks_late=True)
+        @task(bind=True, name="shop.picky", acks_late=True)
         def picky(self, n):
             if n % 3 == 0 and not self.request.delivery_info["redelivered"]:
                 raise Reject("later", requeue=n % 2 == 0)
             return n
 
-        @app.task(name="shop.report", soft_time_limit=5, time_limit=9,
+        @task(name="shop.report", soft_time_limit=5, time_limit=9,
                   retry_on_worker_lost=True, default_retry_delay=4)
         def report(n):
             return n
@@ -69,11 +76,12 @@ exec(compile(SCRIPT, "fault_scenario", "exec"), namespace)
 scenario = namespace["scenario"]
 
 
+@pytest.mark.parametrize("plain", [False, True], ids=["simq-App", "celery-Celery"])
 @pytest.mark.parametrize("transport", ["amqp", "redis", "sqs"])
-def test_same_seed_and_faults_give_the_same_history(transport):
+def test_same_seed_and_faults_give_the_same_history(transport, plain):
     """Two runs with one seed and one fault script give byte-identical JSON Lines."""
-    first = scenario(11, transport)
-    assert first == scenario(11, transport)
+    first = scenario(11, transport, plain)
+    assert first == scenario(11, transport, plain)
     kinds = {line.split('"kind":"')[1].split('"')[0] for line in first.splitlines()}
     assert {
         "worker-crashed",
@@ -98,10 +106,10 @@ def test_the_fault_history_round_trips_through_jsonl():
 
 def test_a_faulty_run_does_not_depend_on_pythonhashseed():
     """The fault history is the same under two PYTHONHASHSEED values (no set/dict-order
-    leak into crash, connection or shutdown handling)."""
-    code = SCRIPT + "\nimport sys\nsys.stdout.write(scenario(5, 'redis'))\n"
+    leak into crash, connection or shutdown handling), on a plain celery.Celery app."""
+    code = SCRIPT + "\nimport sys\nsys.stdout.write(scenario(5, 'redis', plain=True))\n"
     outputs = []
-    for hashseed in ("1", "2"):
+    for hashseed in ("1", "2", "random"):
         env = {**os.environ, "PYTHONHASHSEED": hashseed}
         done = subprocess.run(
             [sys.executable, "-c", code],
@@ -112,8 +120,8 @@ def test_a_faulty_run_does_not_depend_on_pythonhashseed():
             timeout=120,
         )
         outputs.append(done.stdout)
-    assert outputs[0] == outputs[1]
-    assert outputs[0] == scenario(5, "redis")
+    assert outputs[0] == outputs[1] == outputs[2]
+    assert outputs[0] == scenario(5, "redis", plain=True)
 
 
 def test_fault_times_as_datetimes_and_seconds_agree():

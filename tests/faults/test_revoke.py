@@ -6,9 +6,8 @@ from __future__ import annotations
 import time
 
 import pytest
-
-from simq import states
-from simq.exceptions import TaskRevokedError
+from celery import states
+from celery.exceptions import TaskRevokedError
 
 REVOKED = "TaskRevokedError('revoked')"
 TERMINATED = "TaskRevokedError('terminated')"
@@ -92,6 +91,7 @@ def test_terminate_kills_the_running_task(app, simulation, trail, acks_late):
         "0 published m1 retries=0",
         "0 delivered m1 worker-1",
         "0 started m1 worker-1 retries=0",
+        "5 control",  # AsyncResult.revoke broadcasts on the control exchange
         "5 revoke terminate",
         "5 revoked m1 terminated",
         f"5 state REVOKED {TERMINATED}",

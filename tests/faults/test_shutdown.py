@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 import pytest
+from celery import states
 
-from simq import states
 from simq.exceptions import SimulationIdle, UnknownTarget
 
 CANCELLED = "Retry('Retry(Retry(...), None, None)', None, None)"

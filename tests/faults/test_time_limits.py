@@ -6,9 +6,9 @@ from __future__ import annotations
 import time
 
 import pytest
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
 import simq
-from simq.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
 TLE5 = "TimeLimitExceeded(5)"
 
@@ -157,7 +157,9 @@ def test_a_hard_limit_kills_the_task_and_fires_errbacks_twice(app, simulation, t
 
 
 def test_acks_late_hard_limit_is_acked_with_acks_on_timeout(app, simulation, trail):
-    """With acks_late and acks_on_timeout (default) the timed-out message is acked (§3.1)."""
+    """With acks_late and acks_on_timeout (default) the timed-out message is acked, then
+    FAILURE is stored twice: Request.on_failure acks before mark_as_failure, then
+    on_timeout stores again (§3.1; request.py:539-614, 766-790)."""
 
     @app.task(acks_late=True, time_limit=5)
     def slow():
@@ -167,9 +169,9 @@ def test_acks_late_hard_limit_is_acked_with_acks_on_timeout(app, simulation, tra
     r = slow.delay()
     sim.run()
     assert trail(sim, r.id)[-3:] == [
-        f"5 state FAILURE {TLE5}",
-        f"5 state FAILURE {TLE5}",
         "5 acked m1",
+        f"5 state FAILURE {TLE5}",
+        f"5 state FAILURE {TLE5}",
     ]
     assert len(sim.history.where(kind="started")) == 1
 
@@ -184,8 +186,9 @@ def test_acks_late_hard_limit_is_acked_with_acks_on_timeout(app, simulation, tra
 def test_acks_late_without_acks_on_timeout_stores_failure_then_runs_again(
     app, simulation, trail, options
 ):
-    """acks_late + acks_on_timeout=False: FAILURE stored, rejected with requeue, run again,
-    and SUCCESS replaces FAILURE: PENDING -> FAILURE -> SUCCESS (§3.1, G12b, exp6)."""
+    """acks_late + acks_on_timeout=False: rejected with requeue (Request.on_failure), then
+    FAILURE stored once (on_timeout), run again, and SUCCESS replaces FAILURE:
+    PENDING -> FAILURE -> SUCCESS (§3.1, G12b, exp6)."""
     calls, on_error, base = recorder(app)
 
     @app.task(bind=True, base=base, acks_late=True, time_limit=5, **options)
@@ -202,9 +205,9 @@ def test_acks_late_without_acks_on_timeout_stores_failure_then_runs_again(
         "0 started m1 worker-1 retries=0",
         "5 time-limit m1 hard 5",
         f"5 failed m1 {TLE5}",
-        f"5 state FAILURE {TLE5}",
         "5 rejected m1 requeue=True",
         "5 delivered m1 worker-1 redelivered",
+        f"5 state FAILURE {TLE5}",
         "5 started m1 worker-1 retries=0",
         "6 state SUCCESS 'second time'",
         "6 succeeded m1",
@@ -293,20 +296,24 @@ def test_a_soft_limit_above_the_hard_limit_is_refused_per_task(app, simulation):
         slow.delay()
 
 
-def test_a_soft_limit_above_the_hard_limit_is_refused_per_call(app, simulation):
-    """simq also refuses the pair per call (Celery 5.7 checks only the task's attributes and
-    lets the hard limit win), because the soft limit could never fire (G12)."""
+def test_a_soft_limit_above_the_hard_limit_per_call_is_sent_and_the_hard_limit_wins(
+    app, simulation
+):
+    """Celery 5.7 checks only the task's attributes (task.py:710-711): a per-call soft limit
+    above the hard one is sent, and the hard limit ends the task; the soft one never fires
+    (G12)."""
 
     @app.task
     def slow():
-        pass
+        time.sleep(60)
 
     sim = simulation(app)
-    with pytest.raises(
-        ValueError, match=r"^soft_time_limit must be less than or equal to time_limit$"
-    ):
-        slow.apply_async(time_limit=5, soft_time_limit=10)
-    assert not sim.history.where(kind="published")
+    r = slow.apply_async(time_limit=5, soft_time_limit=10)
+    with pytest.raises(TimeLimitExceeded, match=r"^TimeLimitExceeded\(5,\)$"):
+        r.get()
+    assert sim.elapsed == 5
+    assert [e["which"] for e in sim.history.where(kind="time-limit")] == ["hard"]
+    assert sim.check() == []
 
 
 # -- durations ----------------------------------------------------------------------

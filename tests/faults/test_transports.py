@@ -6,9 +6,9 @@ from __future__ import annotations
 import time
 
 import pytest
+from celery import states
 
 import simq
-from simq import states
 
 VT5 = {"broker_transport_options": {"visibility_timeout": 5}}
 

@@ -1,4 +1,5 @@
-"""Tests for simq.app: the App (simq.Celery), its settings, registry, naming and routing."""
+"""Tests for simq.App (a real celery.Celery app on the simulated broker and backend): its
+settings, registry, naming and routing, all Celery's own, running on the simulation."""
 
 from __future__ import annotations
 
@@ -7,12 +8,15 @@ from typing import Any
 
 import celery
 import pytest
+from celery.exceptions import NotRegistered, QueueNotFound, TaskError
+from celery.result import AsyncResult
+from kombu import Queue
 
 import simq
-from simq.exceptions import NotRegistered, QueueNotFound, TaskError
+from simq.app import SIMULATED_BACKEND, SIMULATED_BROKER
 
 
-def make_app(main: str | None = "proj", **settings: Any) -> simq.App:
+def make_app(main: str | None = "proj", **settings: Any) -> celery.Celery:
     return simq.App(main, **settings)
 
 
@@ -24,13 +28,32 @@ def published(sim: simq.Simulation, task_id: str) -> simq.Event:
 # -- the app and its settings -----------------------------------------------------------
 
 
-def test_celery_is_the_app_class() -> None:
-    """simq.Celery is the same class as simq.App, so Celery code constructs it unchanged."""
-    assert simq.Celery is simq.App
-    app = simq.Celery("proj", task_acks_late=True)
-    assert isinstance(app, simq.App)
+def test_app_is_a_real_celery_app() -> None:
+    """simq.App() builds a celery.Celery app with the settings given, on simq's broker and
+    result backend."""
+    app = simq.App("proj", task_acks_late=True)
+    assert type(app) is celery.Celery
     assert app.main == "proj"
     assert app.conf.task_acks_late is True
+    assert app.conf.broker_url == SIMULATED_BROKER == "simq://"
+    assert app.conf.result_backend == SIMULATED_BACKEND
+
+
+def test_a_plain_celery_app_runs_on_the_simulation() -> None:
+    """A celery.Celery app built without simq runs on the simulation unchanged, and its
+    broker and backend settings are as they were once the simulation ends."""
+    app = celery.Celery("plain", broker="amqp://nowhere//", backend="redis://nowhere/0")
+
+    @app.task(name="plain.add")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    with simq.Simulation(app, seed=1) as sim:
+        result = add.delay(2, 3)
+        assert result.get() == 5
+        assert published(sim, result.id)["task"] == "plain.add"
+    assert app.conf.broker_url == "amqp://nowhere//"
+    assert app.conf.result_backend == "redis://nowhere/0"
 
 
 def test_main_defaults_to_none() -> None:
@@ -94,9 +117,11 @@ def test_conf_update_and_assignment_change_settings() -> None:
     assert app.conf["worker_prefetch_multiplier"] == 1
 
 
-def test_conf_unknown_setting_raises_attribute_error() -> None:
-    """Reading a setting nobody set and Celery has no default for names it in the error."""
-    with pytest.raises(AttributeError, match=r"^app\.conf has no setting 'no_such_thing'$"):
+def test_conf_unknown_setting_raises_celerys_attribute_error() -> None:
+    """Reading a setting nobody set and Celery has no default for is Celery's AttributeError."""
+    with pytest.raises(
+        AttributeError, match=r"^'Settings' object has no attribute 'no_such_thing'$"
+    ):
         make_app().conf.no_such_thing  # noqa: B018
 
 
@@ -118,8 +143,10 @@ def test_tasks_holds_decorated_tasks_by_name() -> None:
     def add(x: int, y: int) -> int:
         return x + y
 
-    assert app.tasks["proj.add"] is add
+    # Before the app is finalized Celery's decorator returns a proxy to the task.
+    assert app.tasks["proj.add"] is add._get_current_object()
     assert "proj.add" in app.tasks
+    assert app.tasks["proj.add"](2, 3) == 5
 
 
 def test_tasks_miss_raises_not_registered_with_celerys_repr() -> None:
@@ -138,7 +165,7 @@ def test_register_task_registers_a_class_based_task() -> None:
     """register_task() binds and registers a Task subclass instance under its name."""
     app = make_app(task_acks_late=True)
 
-    class Multiply(simq.Task):
+    class Multiply(celery.Task):
         name = "proj.multiply"
 
         def run(self, x: int, y: int) -> int:
@@ -158,7 +185,7 @@ def test_register_task_names_an_unnamed_class_from_its_module() -> None:
     """A class registered without a name gets module.ClassName."""
     app = make_app()
 
-    class Unnamed(simq.Task):
+    class Unnamed(celery.Task):
         def run(self) -> str:
             return "ok"
 
@@ -195,17 +222,23 @@ def test_gen_task_name_follows_celery(main: str | None, module: str, expected: s
 def test_gen_task_name_can_be_overridden_in_a_subclass() -> None:
     """A subclass's gen_task_name names every decorated task (§1.3)."""
 
-    class ShortNames(simq.App):
+    class ShortNames(celery.Celery):
         def gen_task_name(self, name: str, module: str) -> str:
             return f"{module.rsplit('.', 1)[-1]}:{name}"
 
     app = ShortNames("proj")
 
-    def refund() -> None: ...
+    def refund() -> str:
+        return "refunded"
 
     refund.__module__ = "shop.billing"
-    assert app.task(refund).name == "billing:refund"
+    task = app.task(refund)
+    assert task.name == "billing:refund"
     assert "billing:refund" in app.tasks
+    with simq.Simulation(app) as sim:
+        result = task.delay()
+        assert result.get() == "refunded"
+        assert published(sim, result.id)["task"] == "billing:refund"
 
 
 def test_explicit_name_beats_generated_name() -> None:
@@ -216,20 +249,22 @@ def test_explicit_name_beats_generated_name() -> None:
     def anything() -> None: ...
 
     assert anything.name == "custom-name"
-    assert list(app.tasks) == ["custom-name"]
+    assert app.tasks["custom-name"] is anything._get_current_object()
+    assert "proj.anything" not in app.tasks
+    assert "test_app.anything" not in app.tasks
 
 
 # -- app.Task, send_task, AsyncResult ----------------------------------------------------
 
 
 def test_app_task_is_the_default_base() -> None:
-    """Decorated tasks derive from app.Task, which derives from simq.Task."""
+    """Decorated tasks derive from app.Task, which derives from celery.Task."""
     app = make_app()
 
     @app.task
     def job() -> None: ...
 
-    assert issubclass(app.Task, simq.Task)
+    assert issubclass(app.Task, celery.Task)
     assert isinstance(job, app.Task)
     assert app.Task is app.Task
     assert app.Task.app is app
@@ -275,7 +310,7 @@ def test_app_async_result_reads_the_task_state() -> None:
     with simq.Simulation(app):
         task_id = three.delay().id
         handle = app.AsyncResult(task_id)
-        assert isinstance(handle, simq.AsyncResult)
+        assert isinstance(handle, AsyncResult)
         assert handle.id == task_id
         assert handle.state == "PENDING"
         assert handle.get() == 3
@@ -285,7 +320,7 @@ def test_app_async_result_reads_the_task_state() -> None:
 # -- routing ---------------------------------------------------------------------------
 
 
-def routed_queue(app: simq.App, name: str, **options: Any) -> str:
+def routed_queue(app: celery.Celery, name: str, **options: Any) -> str:
     def body() -> None: ...
 
     task = app.task(name=name)(body)
@@ -378,6 +413,7 @@ def test_missing_queue_raises_queue_not_found_when_creation_is_off() -> None:
 
 
 def test_declared_queue_is_allowed_when_creation_is_off() -> None:
-    """A queue listed in task_queues is routable with task_create_missing_queues=False."""
-    app = make_app(task_create_missing_queues=False, task_queues=["extra"])
+    """A queue declared in task_queues (kombu Queue objects, as Celery requires) is
+    routable with task_create_missing_queues=False."""
+    app = make_app(task_create_missing_queues=False, task_queues=[Queue("extra")])
     assert routed_queue(app, "proj.a", queue="extra") == "extra"

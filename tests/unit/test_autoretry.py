@@ -1,20 +1,27 @@
-"""Behaviour tests of ``autoretry_for`` and retry backoff on simulated workers (§4.4)."""
+"""Behaviour tests of ``autoretry_for`` and retry backoff on simulated workers (§4.4).
+
+The autoretry wrapper and the backoff are Celery's own (``celery.app.autoretry``); these
+tests check what they do on the simulation. Tasks use ``shared=False`` so a task of one
+test is not registered on the apps of later tests (Celery's shared tasks).
+"""
 
 from __future__ import annotations
 
 import itertools
 from typing import Any
 
+import celery
 import pytest
+from celery import states
+from celery.exceptions import Ignore
 
 import simq
-from simq import states
-from simq.exceptions import Ignore, SimulationIdle
+from simq.exceptions import SimulationIdle
 
 
 @pytest.fixture
-def app() -> simq.App:
-    return simq.App("shop")
+def app() -> celery.Celery:
+    return celery.Celery("shop")
 
 
 def starts(sim: simq.Simulation, task_id: str) -> list[float]:
@@ -28,11 +35,11 @@ def gaps(sim: simq.Simulation, task_id: str) -> list[float]:
     return [b - a for a, b in itertools.pairwise(times)]
 
 
-def failing(app: simq.App, exc: BaseException, **options: Any) -> Any:
+def failing(app: celery.Celery, exc: BaseException, **options: Any) -> Any:
     """A task that records its attempts and always raises ``exc``."""
     runs: list[int] = []
 
-    @app.task(bind=True, name="shop.failing", **options)
+    @app.task(shared=False, bind=True, name="shop.failing", **options)
     def task(self):
         runs.append(self.request.retries)
         raise exc
@@ -215,7 +222,7 @@ def test_default_backoff_max_is_600(app, simulation):
 
 def jittered_gaps(seed: int) -> list[float]:
     """The gaps between attempts of a jittered backoff run with ``seed``."""
-    app = simq.App("shop")
+    app = celery.Celery("shop")
     task = failing(
         app, ValueError("x"), autoretry_for=(ValueError,), max_retries=10, retry_backoff=True
     )
@@ -252,7 +259,12 @@ def test_explicit_retry_inside_an_autoretry_task_is_not_wrapped_again(app, simul
     runs = []
 
     @app.task(
-        bind=True, autoretry_for=(Exception,), max_retries=2, retry_backoff=True, retry_jitter=False
+        shared=False,
+        bind=True,
+        autoretry_for=(Exception,),
+        max_retries=2,
+        retry_backoff=True,
+        retry_jitter=False,
     )
     def explicit(self):
         runs.append(self.request.retries)
@@ -271,7 +283,7 @@ def test_retry_max_retries_override_is_honoured_by_autoretry(app, simulation):
     """retry(max_retries=0) in an autoretry task stops it with its exc (Celery test #14)."""
     runs = []
 
-    @app.task(bind=True, autoretry_for=(Exception,), retry_kwargs={"countdown": 1})
+    @app.task(shared=False, bind=True, autoretry_for=(Exception,), retry_kwargs={"countdown": 1})
     def override(self):
         runs.append(self.request.retries)
         if self.request.retries < 2:

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import time
 
+import celery
 import pytest
+from celery import states
+from kombu.exceptions import EncodeError
 
 import simq
-from simq import states
-from simq.exceptions import EncodeError, SimulationIdle
+from simq.exceptions import SimulationIdle
 
 
 @pytest.fixture
-def app() -> simq.App:
+def app() -> celery.Celery:
     return simq.App("shop")
 
 
@@ -27,7 +29,7 @@ def writes(sim: simq.Simulation, task_id: str, kind: str = "state") -> list[tupl
 def test_a_write_after_success_is_discarded(app, simulation):
     """A later run of a succeeded task id cannot replace SUCCESS; its write is discarded (G15)."""
 
-    @app.task(bind=True)
+    @app.task(shared=False, bind=True)
     def once(self, fail):
         if fail:
             raise ValueError("second run")
@@ -47,7 +49,7 @@ def test_a_write_after_success_is_discarded(app, simulation):
 def test_update_state_after_success_is_discarded(app, simulation):
     """update_state() on a succeeded task leaves it SUCCESS (§1.10)."""
 
-    @app.task
+    @app.task(shared=False)
     def done():
         return 1
 
@@ -62,7 +64,7 @@ def test_update_state_after_success_is_discarded(app, simulation):
 def test_failure_can_be_replaced_by_success(app, simulation):
     """Only SUCCESS is sticky: a later run of a failed task id overwrites FAILURE (§2.2)."""
 
-    @app.task
+    @app.task(shared=False)
     def flip(fail):
         if fail:
             raise ValueError("first run")
@@ -85,7 +87,7 @@ def test_failure_can_be_replaced_by_success(app, simulation):
 def test_track_started_stores_started_with_pid_and_hostname(app, simulation):
     """track_started stores STARTED {'pid', 'hostname'} before the body runs (§2.1)."""
 
-    @app.task(track_started=True)
+    @app.task(shared=False, track_started=True)
     def slow():
         time.sleep(5)
         return "done"
@@ -104,7 +106,7 @@ def test_task_track_started_setting(simulation):
     """The task_track_started setting turns STARTED on for tasks that do not say (§1.2)."""
     app = simq.App("shop", task_track_started=True)
 
-    @app.task
+    @app.task(shared=False)
     def quick():
         return 1
 
@@ -117,7 +119,7 @@ def test_task_track_started_setting(simulation):
 def test_without_track_started_the_state_stays_pending_while_running(app, simulation):
     """By default a running task still reads PENDING (§2.1)."""
 
-    @app.task
+    @app.task(shared=False)
     def slow():
         time.sleep(5)
 
@@ -135,7 +137,7 @@ def test_without_track_started_the_state_stays_pending_while_running(app, simula
 def test_ignore_result_stores_no_state(app, simulation, fails):
     """With ignore_result no state is written for success or failure, STARTED included (§1.2)."""
 
-    @app.task(ignore_result=True, track_started=True)
+    @app.task(shared=False, ignore_result=True, track_started=True)
     def fire_and_forget():
         if fails:
             raise ValueError("unseen")
@@ -153,7 +155,7 @@ def test_ignore_result_stores_no_state(app, simulation, fails):
 def test_per_call_ignore_result(app, simulation):
     """apply_async(ignore_result=True) ignores the result of that call only (§1.5)."""
 
-    @app.task
+    @app.task(shared=False)
     def quick(x):
         return x
 
@@ -169,7 +171,7 @@ def test_per_call_ignore_result(app, simulation):
 def test_store_errors_even_if_ignored_stores_failure(app, simulation):
     """store_errors_even_if_ignored writes FAILURE although the result is ignored (§1.2)."""
 
-    @app.task(ignore_result=True, store_errors_even_if_ignored=True)
+    @app.task(shared=False, ignore_result=True, store_errors_even_if_ignored=True)
     def fragile(fail):
         if fail:
             raise ValueError("kept")
@@ -188,7 +190,7 @@ def test_store_errors_even_if_ignored_stores_failure(app, simulation):
 def test_ignored_retry_stores_no_retry_state(app, simulation):
     """RETRY is not written when the result is ignored (§4.3)."""
 
-    @app.task(bind=True, ignore_result=True, max_retries=1)
+    @app.task(shared=False, bind=True, ignore_result=True, max_retries=1)
     def flaky(self):
         if self.request.retries == 0:
             raise self.retry(countdown=1)
@@ -206,7 +208,7 @@ def test_ignored_retry_stores_no_retry_state(app, simulation):
 def test_results_are_stored_encoded(app, simulation):
     """A tuple return value comes back as a list, as from a JSON backend (§2.1)."""
 
-    @app.task
+    @app.task(shared=False)
     def pair():
         return (1, ("a", 2.5))
 
@@ -217,15 +219,22 @@ def test_results_are_stored_encoded(app, simulation):
 
 
 def test_unserializable_result_fails_with_encode_error(app, simulation):
-    """A return value the serializer cannot encode makes the task FAILURE(EncodeError)."""
+    """A return value the serializer cannot encode makes the task FAILURE(EncodeError).
 
-    @app.task
+    kombu wraps the TypeError (``EncodeError(TypeError(...))``, kombu/serialization.py
+    ``_reraise_errors``); Celery stores ``exc.args`` with ``ensure_serializable``, which
+    keeps the repr of the inner TypeError (celery/backends/base.py ``prepare_exception``).
+    """
+
+    @app.task(shared=False)
     def weird():
         return {1, 2}
 
     sim = simulation(app)
     r = weird.delay()
-    with pytest.raises(EncodeError, match=r"^Object of type set is not JSON serializable$"):
+    with pytest.raises(
+        EncodeError, match=r"^TypeError\('Object of type set is not JSON serializable'\)$"
+    ):
         r.get()
     assert [state for state, _ in writes(sim, r.id)] == [states.FAILURE]
     assert sim.history.where(kind="failed", task_id=r.id).first()["exception"]["exc_type"] == (
@@ -236,7 +245,7 @@ def test_unserializable_result_fails_with_encode_error(app, simulation):
 def test_exception_is_rebuilt_from_its_stored_form(app, simulation):
     """A stored exception is rebuilt with its type and arguments (§2.3)."""
 
-    @app.task
+    @app.task(shared=False)
     def bad():
         raise KeyError("missing", 3)
 
@@ -260,7 +269,7 @@ def test_exception_is_rebuilt_from_its_stored_form(app, simulation):
 def test_custom_state_precedes_success(app, simulation):
     """update_state('PROGRESS') shows while the task runs; SUCCESS replaces it (§1.10)."""
 
-    @app.task(bind=True)
+    @app.task(shared=False, bind=True)
     def work(self):
         self.update_state(state="PROGRESS", meta={"done": 50})
         time.sleep(5)
@@ -277,7 +286,7 @@ def test_custom_state_precedes_success(app, simulation):
 def test_date_done_is_the_virtual_completion_time(app, simulation):
     """A ready result's date_done is the virtual time it was stored (§2.3)."""
 
-    @app.task
+    @app.task(shared=False)
     def slow():
         time.sleep(30)
 
@@ -291,7 +300,7 @@ def test_date_done_is_the_virtual_completion_time(app, simulation):
 def test_forget_removes_the_result(app, simulation):
     """forget() drops the stored result, so the id reads PENDING again (§2.3)."""
 
-    @app.task
+    @app.task(shared=False)
     def quick():
         return 1
 

@@ -6,10 +6,13 @@ import datetime as dt
 import time
 from typing import Any
 
+import celery
+import celery.exceptions
 import pytest
+from kombu.exceptions import EncodeError
 
 import simq
-from simq.exceptions import EncodeError, NoActiveSimulation
+from simq.exceptions import NoActiveSimulation
 
 
 def published(sim: simq.Simulation, task_id: str) -> simq.Event:
@@ -21,6 +24,9 @@ def started(sim: simq.Simulation, task_id: str) -> simq.Event:
     return sim.history.where(kind="started", task_id=task_id).first()
 
 
+MISSING = "<missing>"  # a request field the Context does not have at all
+
+
 class Recorder:
     """A task body that keeps a copy of the request it ran with, by task id."""
 
@@ -30,14 +36,14 @@ class Recorder:
         "timelimit", "time_limit", "soft_time_limit", "ignore_result", "headers", "shadow",
     )  # fmt: skip
 
-    def __init__(self, app: simq.App) -> None:
+    def __init__(self, app: celery.Celery) -> None:
         self.requests: dict[str | None, dict[str, Any]] = {}
         recorder = self
 
-        @app.task(bind=True, name="proj.record")
-        def record(self: simq.Task, *args: Any, **kwargs: Any) -> str | None:
+        @app.task(shared=False, bind=True, name="proj.record")
+        def record(self: celery.Task, *args: Any, **kwargs: Any) -> str | None:
             request = self.request
-            seen = {name: getattr(request, name) for name in Recorder.FIELDS}
+            seen = {name: getattr(request, name, MISSING) for name in Recorder.FIELDS}
             seen["__dict__"] = dict(vars(request))
             recorder.requests[request.id] = seen
             return request.id
@@ -56,9 +62,12 @@ def test_direct_call_runs_the_body_in_process_without_a_message() -> None:
         assert recorder.task(1, k=2) is None
         assert not sim.history.where(kind="published")
         assert not sim.history.where(kind="state")
+    # A direct call pushes a bare Context: no id, no task name (celery/app/task.py
+    # Task.__call__ and Context's class defaults).
     seen = recorder.requests[None]
     assert seen["called_directly"] is True
     assert seen["is_eager"] is False
+    assert seen["task"] == MISSING
     assert seen["args"] == (1,)
     assert seen["kwargs"] == {"k": 2}
 
@@ -67,7 +76,7 @@ def test_direct_call_outside_a_simulation_works() -> None:
     """A direct call needs no simulation at all."""
     app = simq.App("proj")
 
-    @app.task
+    @app.task(shared=False)
     def add(x: int, y: int) -> int:
         return x + y
 
@@ -78,19 +87,19 @@ def test_direct_call_outside_a_simulation_works() -> None:
 
 
 def test_delay_outside_a_simulation_says_how_to_start_one() -> None:
-    """delay() with no active simulation raises NoActiveSimulation naming the fix."""
+    """delay() on a simq.App with no active simulation raises NoActiveSimulation naming the fix."""
     app = simq.App("proj")
 
-    @app.task(name="proj.add")
+    @app.task(shared=False, name="proj.add")
     def add(x: int, y: int) -> int:
         return x + y
 
     with pytest.raises(
         NoActiveSimulation,
         match=(
-            r"^sending task 'proj\.add' publishes a message, but app 'proj' has no active "
-            r"simulation; start one with `with simq\.Simulation\(app\) as sim:` \(or the "
-            r"`simulation` pytest fixture\), or run the task in process with task\.apply\(\)$"
+            r"^this app's broker is simq's simulated broker, which exists only inside a "
+            r"simulation; use `with simq\.Simulation\(app\) as sim:` around the call, or "
+            r"configure a real broker_url for use outside simq$"
         ),
     ):
         add.delay(1, 2)
@@ -125,7 +134,7 @@ def test_unserializable_argument_raises_encode_error_and_publishes_nothing() -> 
     """An argument JSON cannot encode fails at the call; no message is published."""
     app = simq.App("proj")
 
-    @app.task
+    @app.task(shared=False)
     def take(x: Any) -> None: ...
 
     with simq.Simulation(app) as sim:
@@ -184,20 +193,25 @@ def test_expired_task_is_revoked_on_receipt() -> None:
     """A task whose expires passed before it could start is REVOKED('expired') (§1.5)."""
     app = simq.App("proj")
 
-    @app.task
+    @app.task(shared=False)
     def job() -> int:
         return 1
 
     with simq.Simulation(app) as sim:
         result = job.apply_async(countdown=60, expires=10)
-        with pytest.raises(simq.exceptions.TaskRevokedError, match=r"^expired$"):
+        with pytest.raises(celery.exceptions.TaskRevokedError, match=r"^expired$"):
             result.get()
         assert sim.history.where(kind="revoked", task_id=result.id).first()["reason"] == "expired"
         assert not sim.history.where(kind="started", task_id=result.id)
 
 
 def test_queue_routing_key_and_priority_reach_the_message() -> None:
-    """queue, routing_key and priority are the message's routing and request.delivery_info."""
+    """queue and priority are the message's routing and request.delivery_info.
+
+    queue="fast" names a direct queue, so Celery publishes to the default (anonymous)
+    exchange with the queue's name as routing key and drops the routing_key option
+    (celery/app/amqp.py send_task_message: "convert to anon-exchange").
+    """
     app = simq.App("proj")
     recorder = Recorder(app)
     with simq.Simulation(app) as sim:
@@ -208,7 +222,7 @@ def test_queue_routing_key_and_priority_reach_the_message() -> None:
         assert (event["queue"], event["priority"]) == ("fast", 7)
         assert started(sim, result.id).worker == "fast"
     info = recorder.requests[result.id]["delivery_info"]
-    assert info["routing_key"] == "fast.key"
+    assert (info["exchange"], info["routing_key"]) == ("", "fast")
     assert info["priority"] == 7
 
 
@@ -240,7 +254,7 @@ def test_ignore_result_stores_nothing_and_get_returns_none() -> None:
     """ignore_result=True: AsyncResult.ignored, get() returns None, no state is stored."""
     app = simq.App("proj")
 
-    @app.task
+    @app.task(shared=False)
     def job() -> int:
         return 1
 
@@ -270,7 +284,7 @@ def test_soft_limit_above_hard_limit_is_refused() -> None:
     """A task whose soft_time_limit exceeds its time_limit cannot be sent (§1.2)."""
     app = simq.App("proj")
 
-    @app.task(time_limit=10, soft_time_limit=20)
+    @app.task(shared=False, time_limit=10, soft_time_limit=20)
     def job() -> None: ...
 
     with simq.Simulation(app) as sim:
@@ -298,7 +312,7 @@ def test_typing_rejects_wrong_arguments_at_the_call() -> None:
     """With typing on (the default), a call that does not fit the signature raises TypeError."""
     app = simq.App("proj")
 
-    @app.task
+    @app.task(shared=False)
     def add(x: int, y: int) -> int:
         return x + y
 
@@ -316,7 +330,7 @@ def test_typing_false_sends_the_bad_call() -> None:
     """typing=False sends the call; the body fails in the worker instead."""
     app = simq.App("proj")
 
-    @app.task(typing=False)
+    @app.task(shared=False, typing=False)
     def add(x: int, y: int) -> int:
         return x + y
 
@@ -325,10 +339,13 @@ def test_typing_false_sends_the_bad_call() -> None:
 
 
 def test_strict_typing_false_turns_checks_off_for_the_app() -> None:
-    """App(strict_typing=False) publishes calls that do not fit the signature."""
-    app = simq.App("proj", strict_typing=False)
+    """Celery(strict_typing=False) publishes calls that do not fit the signature.
 
-    @app.task
+    strict_typing is an argument of the Celery constructor, not a setting.
+    """
+    app = celery.Celery("proj", strict_typing=False)
+
+    @app.task(shared=False)
     def add(x: int, y: int) -> int:
         return x + y
 
@@ -360,7 +377,7 @@ def test_request_fields_in_a_worker() -> None:
     assert seen["delivery_info"] == {
         "exchange": "",
         "routing_key": "celery",
-        "priority": None,
+        "priority": 0,  # kombu's Producer.publish(priority=0) default
         "redelivered": False,
     }
     assert seen["hostname"] == "worker-1" == next(iter(sim.workers))
@@ -376,11 +393,11 @@ def test_task_sent_from_a_task_has_parent_and_root_ids() -> None:
     app = simq.App("proj")
     recorder = Recorder(app)
 
-    @app.task(name="proj.outer")
+    @app.task(shared=False, name="proj.outer")
     def outer() -> str:
         return recorder.task.delay().id
 
-    @app.task(name="proj.top")
+    @app.task(shared=False, name="proj.top")
     def top() -> str:
         return outer.delay().id
 
@@ -403,8 +420,8 @@ def test_update_state_shows_custom_states_during_the_run() -> None:
     """A task's PROGRESS state is seen while it runs, then SUCCESS (exp7)."""
     app = simq.App("proj")
 
-    @app.task(bind=True)
-    def crunch(self: simq.Task) -> str:
+    @app.task(shared=False, bind=True)
+    def crunch(self: celery.Task) -> str:
         self.update_state(state="PROGRESS", meta={"done": 1})
         time.sleep(10)
         self.update_state(state="PROGRESS", meta={"done": 2})
@@ -430,11 +447,11 @@ def test_update_state_shows_custom_states_during_the_run() -> None:
 # -- hooks (§1.11) ---------------------------------------------------------------------
 
 
-def hooked_app(log: list[tuple[Any, ...]]) -> tuple[simq.App, type[simq.Task]]:
+def hooked_app(log: list[tuple[Any, ...]]) -> tuple[celery.Celery, type[celery.Task]]:
     """An app whose base task logs each hook with the stored state at that moment."""
     app = simq.App("proj")
 
-    class Hooked(simq.Task):
+    class Hooked(celery.Task):
         def state(self, task_id: str) -> str:
             return app.AsyncResult(task_id).state
 
@@ -467,7 +484,7 @@ def test_success_hooks_run_in_celerys_order() -> None:
     log: list[tuple[Any, ...]] = []
     app, hooked = hooked_app(log)
 
-    @app.task(base=hooked)
+    @app.task(shared=False, base=hooked)
     def job() -> int:
         log.append(("run",))
         return 7
@@ -487,11 +504,11 @@ def test_failure_hooks_run_in_celerys_order() -> None:
     log: list[tuple[Any, ...]] = []
     app, hooked = hooked_app(log)
 
-    @app.task(name="proj.errback")
+    @app.task(shared=False, name="proj.errback")
     def errback(request: Any, exc: BaseException, traceback: Any) -> None:
         log.append(("errback", type(exc).__name__))
 
-    @app.task(base=hooked)
+    @app.task(shared=False, base=hooked)
     def job() -> None:
         log.append(("run",))
         raise KeyError("boom")
@@ -512,8 +529,8 @@ def test_retry_runs_on_retry_and_no_after_return() -> None:
     log: list[tuple[Any, ...]] = []
     app, hooked = hooked_app(log)
 
-    @app.task(bind=True, base=hooked)
-    def job(self: simq.Task) -> int:
+    @app.task(shared=False, bind=True, base=hooked)
+    def job(self: celery.Task) -> int:
         log.append(("run", self.request.retries))
         if self.request.retries == 0:
             raise self.retry(exc=ValueError("again"), countdown=1)

@@ -1,15 +1,14 @@
-"""Tests for simq.canvas: signatures, merging, link and link_error (§5.2-§5.4)."""
+"""Celery's canvas on the simulation: signatures, merging, link and link_error (§5.2-§5.4)."""
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import celery
 import pytest
+from celery import states
 
 import simq
-from simq import states
 
 
 class Calls:
@@ -20,8 +19,8 @@ class Calls:
         self.runs: dict[str, dict[str, Any]] = {}
         runs = self.runs
 
-        @self.app.task(bind=True, name="proj.record")
-        def record(self: simq.Task, *args: Any, **kwargs: Any) -> list[Any]:
+        @self.app.task(shared=False, bind=True, name="proj.record")
+        def record(self: celery.Task, *args: Any, **kwargs: Any) -> list[Any]:
             r = self.request
             runs[r.id or ""] = {
                 "args": list(args), "kwargs": kwargs, "group": r.group, "eta": r.eta,
@@ -30,11 +29,11 @@ class Calls:
             }  # fmt: skip
             return list(args)
 
-        @self.app.task(name="proj.add")
+        @self.app.task(shared=False, name="proj.add")
         def add(x: int, y: int) -> int:
             return x + y
 
-        @self.app.task(name="proj.subtract")
+        @self.app.task(shared=False, name="proj.subtract")
         def subtract(x: int, y: int) -> int:
             return x - y
 
@@ -44,43 +43,6 @@ class Calls:
 
 
 # -- structure and merging (§5.2) ------------------------------------------------------
-
-
-def test_s_builds_a_signature_dict() -> None:
-    """task.s(...) is a dict with task, args, kwargs, options, subtask_type, immutable."""
-    calls = Calls()
-    sig = calls.add.s(1, y=2)
-    assert isinstance(sig, simq.Signature)
-    assert dict(sig) == {
-        "task": "proj.add", "args": (1,), "kwargs": {"y": 2}, "options": {},
-        "subtask_type": None, "immutable": False,
-    }  # fmt: skip
-    assert calls.add.si(1).immutable is True
-    assert simq.signature("proj.add", args=(1, 2), app=calls.app).task == "proj.add"
-
-
-@pytest.mark.parametrize(
-    ("base", "call"),
-    [
-        (
-            {"args": (1,), "kwargs": {"a": 1}, "options": {"countdown": 1, "group_id": "g"}},
-            ((2,), {"a": 2, "b": 3}, {"countdown": 5, "group_id": "h", "queue": "q"}),
-        ),
-        ({"args": (1,), "kwargs": {"a": 1}, "immutable": True}, ((2,), {"a": 2}, {"countdown": 5})),
-        ({"args": (), "kwargs": {}}, ((2,), {}, {})),
-        (
-            {"args": (1,), "options": {"stamped_headers": ["s"], "s": 1}},
-            ((), {}, {"s": 2, "stamped_headers": ["x"]}),
-        ),
-    ],
-)
-def test_clone_merges_like_celery(base: dict[str, Any], call: tuple[Any, ...]) -> None:
-    """clone(args, kwargs, **opts) gives the signature Celery's clone gives (§5.2)."""
-    args, kwargs, options = call
-    real_app = celery.Celery("proj", set_as_current=False)
-    real = celery.Signature("t", app=real_app, **base).clone(args, kwargs, **options)
-    ours = simq.Signature("t", app=simq.App("proj"), **base).clone(args, kwargs, **options)
-    assert dict(ours) == dict(real)
 
 
 def test_partial_args_are_prepended() -> None:
@@ -130,28 +92,6 @@ def test_none_options_are_dropped() -> None:
         assert sim.elapsed == 10
 
 
-def test_clone_deep_copies_options() -> None:
-    """A clone's options are a deep copy: changing them leaves the original alone (§5.2)."""
-    calls = Calls()
-    sig = calls.record.s(1).set(headers={"h": [1]})
-    clone = sig.clone((0,), {"k": 1})
-    clone.options["headers"]["h"].append(2)
-    assert sig.options["headers"] == {"h": [1]}
-    assert clone.args == (0, 1)
-    assert clone.kwargs == {"k": 1}
-    assert sig.args == (1,)
-    assert copy.deepcopy(sig) == sig
-
-
-def test_set_updates_in_place_and_returns_self() -> None:
-    """set(**options) changes the signature itself and returns it (§5.2)."""
-    calls = Calls()
-    sig = calls.record.s()
-    assert sig.set(queue="q", priority=3) is sig
-    assert sig.options == {"queue": "q", "priority": 3}
-    assert sig.set(immutable=True).immutable is True
-
-
 def test_delay_and_apply_async_send_the_task() -> None:
     """Signature.delay and apply_async publish the signature's task."""
     calls = Calls()
@@ -160,12 +100,6 @@ def test_delay_and_apply_async_send_the_task() -> None:
         second = calls.add.s(1, 2).apply_async()
         assert (first.get(), second.get()) == (3, 3)
         assert len(sim.history.where(kind="published", task="proj.add")) == 2
-
-
-def test_signature_call_runs_in_process() -> None:
-    """Calling a signature runs the body directly with the merged arguments."""
-    calls = Calls()
-    assert calls.subtract.s(1)(10) == 9
 
 
 def test_signature_apply_runs_eagerly() -> None:
@@ -214,7 +148,7 @@ def test_link_callback_has_the_parent_as_parent_and_its_root() -> None:
     """A callback's parent_id is the parent task and its root_id the parent's root (§5.5)."""
     calls = Calls()
 
-    @calls.app.task(name="proj.outer")
+    @calls.app.task(shared=False, name="proj.outer")
     def outer() -> str:
         return calls.add.apply_async((1, 1), link=calls.record.s()).id
 
@@ -251,7 +185,7 @@ def test_link_is_not_called_on_failure() -> None:
     """Callbacks run only on success."""
     calls = Calls()
 
-    @calls.app.task(name="proj.boom")
+    @calls.app.task(shared=False, name="proj.boom")
     def boom() -> None:
         raise KeyError("k")
 
@@ -265,15 +199,15 @@ def test_link_is_not_called_on_failure() -> None:
 # -- link_error (§5.4) -----------------------------------------------------------------
 
 
-def errback_app() -> tuple[Calls, simq.Task, list[tuple[Any, ...]]]:
+def errback_app() -> tuple[Calls, celery.Task, list[tuple[Any, ...]]]:
     calls = Calls()
     seen: list[tuple[Any, ...]] = []
 
-    @calls.app.task(name="proj.inline_errback")
+    @calls.app.task(shared=False, name="proj.inline_errback")
     def inline_errback(request: Any, exc: BaseException, traceback: Any) -> None:
         seen.append(("inline", request.id, repr(exc), "KeyError" in traceback))
 
-    @calls.app.task(name="proj.boom")
+    @calls.app.task(shared=False, name="proj.boom")
     def boom() -> None:
         raise KeyError("k")
 
@@ -327,8 +261,8 @@ def test_bound_errback_is_sent_as_a_task() -> None:
     calls, boom, _ = errback_app()
     seen: list[Any] = []
 
-    @calls.app.task(bind=True, name="proj.bound_errback")
-    def bound_errback(self: simq.Task, *args: Any) -> None:
+    @calls.app.task(shared=False, bind=True, name="proj.bound_errback")
+    def bound_errback(self: celery.Task, *args: Any) -> None:
         seen.append(list(args))
 
     with simq.Simulation(calls.app) as sim:

@@ -6,11 +6,13 @@ import datetime as dt
 import time
 from typing import Any
 
+import celery
 import pytest
+from celery import states
+from celery.exceptions import TaskRevokedError
 
 import simq
-from simq import states
-from simq.exceptions import SimulationIdle, TaskRevokedError
+from simq.exceptions import SimulationIdle
 
 # Events that end a worker's hold on a delivered message (its attempt is over).
 _RELEASES = frozenset(
@@ -29,25 +31,25 @@ _RELEASES = frozenset(
 
 
 @pytest.fixture
-def app() -> simq.App:
+def app() -> celery.Celery:
     return simq.App("shop")
 
 
 @pytest.fixture
-def tasks(app: simq.App) -> Any:
+def tasks(app: celery.Celery) -> Any:
     """``sleepy(seconds)`` sleeps in virtual time; ``quick(x)`` returns x."""
 
     class Tasks:
-        @app.task(name="shop.sleepy")
+        @app.task(shared=False, name="shop.sleepy")
         def sleepy(seconds):
             time.sleep(seconds)
             return seconds
 
-        @app.task(name="shop.quick")
+        @app.task(shared=False, name="shop.quick")
         def quick(x=None):
             return x
 
-        @app.task(name="shop.late", acks_late=True)
+        @app.task(shared=False, name="shop.late", acks_late=True)
         def late(seconds):
             time.sleep(seconds)
 
@@ -189,7 +191,7 @@ def test_max_priority_queue_delivers_higher_priority_first(simulation):
     """With task_queue_max_priority=10, higher priority leaves a waiting queue first (RabbitMQ)."""
     app = simq.App("shop", task_queue_max_priority=10)
 
-    @app.task
+    @app.task(shared=False)
     def quick(x):
         return x
 
@@ -238,7 +240,7 @@ def test_task_routes_send_to_the_worker_of_that_queue(simulation):
     """task_routes direct a task to a queue only its dedicated worker consumes."""
     app = simq.App("shop", task_routes={"shop.report": {"queue": "reports"}})
 
-    @app.task(name="shop.report")
+    @app.task(shared=False, name="shop.report")
     def report():
         return "done"
 

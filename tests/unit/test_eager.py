@@ -1,15 +1,25 @@
-"""Tests for eager execution: Task.apply() and task_always_eager (CELERY_SEMANTICS.md §1.7)."""
+"""Eager execution: Celery's Task.apply(), outside and inside a simulation (§1.7).
+
+``apply()`` is Celery's own code: it runs the body in the caller and returns an
+``EagerResult``. Every test runs twice (the ``where`` fixture): on a ``simq.App``
+outside any simulation, and inside an active simulation, where it must publish no
+message, leave virtual time alone and store nothing unless ``task_store_eager_result``.
+"""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import celery
+import celery.result
 import pytest
+from celery import states
+from celery.exceptions import Ignore, Reject, Retry
 
 import simq
-from simq import states
-from simq.exceptions import EncodeError, Ignore, Reject, Retry
+from simq.exceptions import SimqError
 
 
 class Runs:
@@ -18,7 +28,7 @@ class Runs:
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
 
-    def record(self, task: simq.Task) -> None:
+    def record(self, task: celery.Task) -> None:
         r = task.request
         self.requests.append({
             "id": r.id, "args": r.args, "kwargs": r.kwargs, "retries": r.retries,
@@ -29,46 +39,63 @@ class Runs:
         })  # fmt: skip
 
 
-def test_apply_runs_now_and_returns_an_eager_result() -> None:
+class Where:
+    """Runs a block outside any simulation, or inside one that must stay untouched."""
+
+    def __init__(self, inside: bool) -> None:
+        self.inside = inside
+        self.sim: simq.Simulation | None = None
+
+    @contextlib.contextmanager
+    def __call__(self, app: celery.Celery, stores: bool = False) -> Iterator[None]:
+        if not self.inside:
+            yield
+            return
+        with simq.Simulation(app) as sim:
+            self.sim = sim
+            yield
+            # apply() ran in the caller: no message, no worker, no virtual time.
+            assert not sim.history.where(kind="published")
+            assert not sim.history.where(kind="started")
+            assert sim.elapsed == 0
+            if not stores:
+                assert not sim.history.where(kind="state")
+
+
+@pytest.fixture(params=["outside", "inside"])
+def where(request: pytest.FixtureRequest) -> Where:
+    return Where(request.param == "inside")
+
+
+def test_apply_runs_now_and_returns_an_eager_result(where: Where) -> None:
     """apply() runs the body in process and returns a ready EagerResult."""
     app = simq.App("proj")
 
-    @app.task
+    @app.task(shared=False)
     def add(x: int, y: int) -> int:
         return x + y
 
-    result = add.apply((2, 3))
-    assert isinstance(result, simq.EagerResult)
-    assert (result.state, result.result, result.get()) == (states.SUCCESS, 5, 5)
-    assert result.ready() and result.successful() and not result.failed()
+    with where(app):
+        result = add.apply((2, 3))
+        assert isinstance(result, celery.result.EagerResult)
+        assert (result.state, result.result, result.get()) == (states.SUCCESS, 5, 5)
+        assert result.ready() and result.successful() and not result.failed()
 
 
-def test_apply_needs_no_simulation_and_publishes_nothing_inside_one() -> None:
-    """apply() sends no message, even while a simulation is active."""
-    app = simq.App("proj")
-
-    @app.task
-    def one() -> int:
-        return 1
-
-    with simq.Simulation(app) as sim:
-        assert one.apply().get() == 1
-        assert not sim.history.where(kind="published")
-
-
-def test_apply_request_is_eager() -> None:
+def test_apply_request_is_eager(where: Where) -> None:
     """The eager request: given id, is_eager True, called_directly False, root = own id."""
     app = simq.App("proj")
     runs = Runs()
 
-    @app.task(bind=True)
-    def job(self: simq.Task, *args: Any, **kwargs: Any) -> None:
+    @app.task(shared=False, bind=True)
+    def job(self: celery.Task, *args: Any, **kwargs: Any) -> None:
         runs.record(self)
 
-    job.apply((1, (2,)), {"k": 3}, task_id="eager-1", headers={"h": 1})
+    with where(app):
+        job.apply((1, (2,)), {"k": 3}, task_id="eager-1", headers={"h": 1})
     seen = runs.requests[0]
     assert seen["id"] == "eager-1"
-    assert seen["args"] == [1, (2,)]  # apply() does not serialize
+    assert seen["args"] == (1, (2,))  # apply() does not serialize: the tuple stays
     assert seen["kwargs"] == {"k": 3}
     assert seen["retries"] == 0
     assert seen["is_eager"] is True
@@ -78,17 +105,18 @@ def test_apply_request_is_eager() -> None:
     assert seen["headers"] == {"h": 1}
 
 
-def test_apply_simulates_delivery_info() -> None:
+def test_apply_simulates_delivery_info(where: Where) -> None:
     """delivery_info is {'is_eager': True, exchange, routing_key, priority} (§8 #24)."""
     app = simq.App("proj")
     runs = Runs()
 
-    @app.task(bind=True)
-    def job(self: simq.Task) -> None:
+    @app.task(shared=False, bind=True)
+    def job(self: celery.Task) -> None:
         runs.record(self)
 
-    job.apply(exchange="ex", routing_key="rk", priority=4)
-    job.apply()
+    with where(app):
+        job.apply(exchange="ex", routing_key="rk", priority=4)
+        job.apply()
     assert runs.requests[0]["delivery_info"] == {
         "is_eager": True, "exchange": "ex", "routing_key": "rk", "priority": 4,
     }  # fmt: skip
@@ -97,49 +125,84 @@ def test_apply_simulates_delivery_info() -> None:
     }  # fmt: skip
 
 
-def test_apply_timelimit_comes_from_task_attributes() -> None:
+def test_apply_timelimit_comes_from_task_attributes(where: Where) -> None:
     """request.timelimit is [time_limit, soft_time_limit] when the task sets either."""
     app = simq.App("proj")
     runs = Runs()
 
-    @app.task(bind=True, time_limit=30, soft_time_limit=20)
-    def job(self: simq.Task) -> None:
+    @app.task(shared=False, bind=True, time_limit=30, soft_time_limit=20)
+    def job(self: celery.Task) -> None:
         runs.record(self)
 
-    job.apply()
+    with where(app):
+        job.apply()
     assert list(runs.requests[0]["timelimit"]) == [30, 20]
 
 
-def test_apply_inside_a_task_has_parent_and_root() -> None:
+def test_apply_inside_a_task_has_parent_and_root(where: Where) -> None:
     """A task applied from a running task gets it as parent and shares its root (§5.5)."""
     app = simq.App("proj")
     runs = Runs()
 
-    @app.task(bind=True)
-    def inner(self: simq.Task) -> None:
+    @app.task(shared=False, bind=True)
+    def inner(self: celery.Task) -> None:
         runs.record(self)
 
-    @app.task
+    @app.task(shared=False)
     def outer() -> None:
         inner.apply(task_id="inner-id")
 
-    outer.apply(task_id="outer-id")
+    with where(app):
+        outer.apply(task_id="outer-id")
     assert runs.requests[0]["parent_id"] == "outer-id"
     assert runs.requests[0]["root_id"] == "outer-id"
+
+
+def test_apply_inside_a_simulated_task_runs_in_that_task() -> None:
+    """apply() called by a task running on a simulated worker runs in that worker's child:
+    its request names the calling task as parent and root, and nothing is sent."""
+    app = simq.App("proj")
+    runs = Runs()
+
+    @app.task(shared=False, bind=True)
+    def inner(self: celery.Task) -> str:
+        runs.record(self)
+        return "inner"
+
+    @app.task(shared=False)
+    def outer() -> str:
+        eager = inner.apply(task_id="inner-id")
+        try:
+            eager.get()  # Celery refuses even an EagerResult's get() in a worker child
+        except RuntimeError as exc:
+            assert str(exc) == celery.result.E_WOULDBLOCK
+        else:  # pragma: no cover - the assertion below reports it
+            return "get() did not refuse"
+        return str(eager.result)
+
+    with simq.Simulation(app) as sim:
+        result = outer.delay()
+        assert result.get() == "inner"
+        assert [e.task_id for e in sim.history.where(kind="published")] == [result.id]
+        assert not sim.history.where(kind="state", task_id="inner-id")
+    seen = runs.requests[0]
+    assert (seen["parent_id"], seen["root_id"]) == (result.id, result.id)
+    assert seen["is_eager"] is True
 
 
 # -- outcomes --------------------------------------------------------------------------
 
 
-def test_failure_is_captured_in_the_result() -> None:
+def test_failure_is_captured_in_the_result(where: Where) -> None:
     """A raising body gives FAILURE; get() raises, get(propagate=False) returns it."""
     app = simq.App("proj")
 
-    @app.task
+    @app.task(shared=False)
     def boom() -> None:
         raise KeyError("k")
 
-    result = boom.apply()
+    with where(app):
+        result = boom.apply()
     assert result.state == states.FAILURE
     assert isinstance(result.result, KeyError)
     assert "KeyError" in (result.traceback or "")
@@ -153,103 +216,120 @@ def test_failure_is_captured_in_the_result() -> None:
     ("raised", "state"),
     [(Reject("no"), states.REJECTED), (Ignore(), states.IGNORED)],
 )
-def test_reject_and_ignore_give_eager_only_states(raised: Exception, state: str) -> None:
+def test_reject_and_ignore_give_eager_only_states(
+    where: Where, raised: Exception, state: str
+) -> None:
     """Reject gives REJECTED and Ignore IGNORED; get() returns None (§1.7 E3, exp8)."""
     app = simq.App("proj")
 
-    @app.task
+    @app.task(shared=False)
     def job() -> None:
         raise raised
 
-    result = job.apply()
+    with where(app):
+        result = job.apply()
     assert result.state == state
     assert result.result is raised
     assert result.get() is None
     assert result.ready() and not result.failed() and not result.successful()
 
 
-def test_get_of_rejected_eager_result_matches_celery() -> None:
-    """EagerResult.get() of a REJECTED result returns what Celery's returns (None)."""
-    app = celery.Celery("proj", set_as_current=False)
-
-    @app.task(shared=False)
-    def job() -> None:
-        raise celery.exceptions.Reject("no")
-
-    assert job.apply().get() is None
-
-
-def test_throw_true_propagates_the_exception() -> None:
+def test_throw_true_propagates_the_exception(where: Where) -> None:
     """apply(throw=True) re-raises the task's exception (§8 #22)."""
     app = simq.App("proj")
 
-    @app.task
+    @app.task(shared=False)
     def boom() -> None:
         raise KeyError("k")
 
-    with pytest.raises(KeyError):
+    with where(app), pytest.raises(KeyError):
         boom.apply(throw=True)
 
 
-def test_task_eager_propagates_is_the_default_throw() -> None:
+def test_task_eager_propagates_is_the_default_throw(where: Where) -> None:
     """task_eager_propagates=True makes apply() re-raise; throw=False overrides it."""
     app = simq.App("proj", task_eager_propagates=True)
 
-    @app.task
+    @app.task(shared=False)
     def boom() -> None:
         raise KeyError("k")
 
-    with pytest.raises(KeyError):
-        boom.apply()
-    assert boom.apply(throw=False).state == states.FAILURE
+    with where(app):
+        with pytest.raises(KeyError):
+            boom.apply()
+        assert boom.apply(throw=False).state == states.FAILURE
+
+
+# -- storing eager results (§1.7 E5) ---------------------------------------------------
 
 
 def test_eager_results_are_not_stored_by_default() -> None:
-    """Without store_eager_result the backend has nothing for the id (§1.7 E5)."""
+    """Without store_eager_result the simulation's backend has nothing for the id."""
     app = simq.App("proj")
 
-    @app.task
+    @app.task(shared=False)
     def one() -> int:
         return 1
 
-    result = one.apply()
-    assert app.AsyncResult(result.id).state == states.PENDING
+    with simq.Simulation(app) as sim:
+        result = one.apply()
+        assert app.AsyncResult(result.id).state == states.PENDING
+        assert not sim.history.where(kind="state")
 
 
 def test_store_eager_result_stores_unless_ignored() -> None:
-    """store_eager_result stores SUCCESS; a per-call ignore_result wins (§8 #23)."""
+    """store_eager_result stores SUCCESS in the simulation's backend; a per-call
+    ignore_result wins (§8 #23)."""
     app = simq.App("proj", task_store_eager_result=True)
 
-    @app.task
+    @app.task(shared=False)
     def one() -> int:
         return 1
 
-    stored = one.apply()
-    assert app.AsyncResult(stored.id).state == states.SUCCESS
-    assert app.AsyncResult(stored.id).result == 1
-    ignored = one.apply(ignore_result=True)
-    assert app.AsyncResult(ignored.id).state == states.PENDING
+    with simq.Simulation(app) as sim:
+        stored = one.apply()
+        assert app.AsyncResult(stored.id).state == states.SUCCESS
+        assert app.AsyncResult(stored.id).result == 1
+        ignored = one.apply(ignore_result=True)
+        assert app.AsyncResult(ignored.id).state == states.PENDING
+        writes = [(e.task_id, e["state"]) for e in sim.history.where(kind="state")]
+        assert writes == [(stored.id, states.SUCCESS)]
+        assert not sim.history.where(kind="published")
+
+
+def test_store_eager_result_outside_a_simulation_names_the_fix() -> None:
+    """Outside a simulation a simq.App has no store: storing an eager result raises
+    NoActiveSimulation (apply() itself works, see above)."""
+    app = simq.App("proj", task_store_eager_result=True)
+
+    @app.task(shared=False)
+    def one() -> int:
+        return 1
+
+    with pytest.raises(simq.exceptions.NoActiveSimulation, match="exists only inside a simulation"):
+        one.apply(throw=True)
 
 
 # -- retries (§1.7, §4.5) --------------------------------------------------------------
 
 
-def flaky_app(**settings: Any) -> tuple[simq.App, simq.Task, Runs]:
+def flaky_app(**settings: Any) -> tuple[celery.Celery, celery.Task, Runs]:
     app = simq.App("proj", **settings)
     runs = Runs()
 
-    @app.task(bind=True, max_retries=2, default_retry_delay=100)
-    def flaky(self: simq.Task, x: int) -> None:
+    @app.task(shared=False, bind=True, max_retries=2, default_retry_delay=100)
+    def flaky(self: celery.Task, x: int) -> None:
         runs.record(self)
         raise self.retry(exc=ValueError(f"boom {self.request.retries}"))
 
     return app, flaky, runs
 
 
-def test_eager_retries_run_immediately_with_the_same_id() -> None:
+def test_eager_retries_run_immediately_with_the_same_id(where: Where) -> None:
     """Retries recurse at once with the same id; the last exc is the FAILURE (exp1)."""
-    _, flaky, runs = flaky_app()
-    result = flaky.apply((1,), task_id="tid")
+    app, flaky, runs = flaky_app()
+    with where(app):
+        result = flaky.apply((1,), task_id="tid")
     assert [r["retries"] for r in runs.requests] == [0, 1, 2]
     assert {r["id"] for r in runs.requests} == {"tid"}
     assert result.id == "tid"
@@ -257,30 +337,32 @@ def test_eager_retries_run_immediately_with_the_same_id() -> None:
     assert repr(result.result) == "ValueError('boom 2')"
 
 
-def test_eager_retry_ends_in_success_when_the_body_recovers() -> None:
-    """An eager retry that succeeds returns the value of the last run."""
+def test_eager_retry_ends_in_success_when_the_body_recovers(where: Where) -> None:
+    """An eager retry that succeeds returns the value of the last run, at once: a
+    countdown does not wait (inside a simulation no virtual time passes)."""
     app = simq.App("proj")
     runs = Runs()
 
-    @app.task(bind=True)
-    def recovers(self: simq.Task) -> int:
+    @app.task(shared=False, bind=True)
+    def recovers(self: celery.Task) -> int:
         runs.record(self)
         if self.request.retries < 2:
             raise self.retry(countdown=3600)
         return 42
 
-    result = recovers.apply()
+    with where(app):
+        result = recovers.apply()
     assert (result.state, result.get()) == (states.SUCCESS, 42)
     assert len(runs.requests) == 3
 
 
 @pytest.mark.parametrize("how", ["throw", "setting"])
-def test_retry_propagates_when_throwing(how: str) -> None:
+def test_retry_propagates_when_throwing(where: Where, how: str) -> None:
     """With throw=True or task_eager_propagates the first Retry escapes (§1.7 E2)."""
     settings = {"task_eager_propagates": True} if how == "setting" else {}
-    _, flaky, runs = flaky_app(**settings)
+    app, flaky, runs = flaky_app(**settings)
     options = {"throw": True} if how == "throw" else {}
-    with pytest.raises(Retry, match=r"^Retry in 100s: ValueError\('boom 0'\)$"):
+    with where(app), pytest.raises(Retry, match=r"^Retry in 100s: ValueError\('boom 0'\)$"):
         flaky.apply((1,), **options)
     assert len(runs.requests) == 1
 
@@ -288,55 +370,18 @@ def test_retry_propagates_when_throwing(how: str) -> None:
 # -- task_always_eager -----------------------------------------------------------------
 
 
-def test_always_eager_runs_apply_async_in_process() -> None:
-    """task_always_eager: apply_async returns an EagerResult; no simulation needed."""
+def test_always_eager_app_is_refused_by_the_simulation() -> None:
+    """task_always_eager would run every call in the caller and bypass the simulation:
+    Simulation refuses to start, and the app is left as it was."""
     app = simq.App("proj", task_always_eager=True)
 
-    @app.task
-    def add(x: int, y: int) -> int:
-        return x + y
+    @app.task(shared=False)
+    def one() -> int:
+        return 1
 
-    result = add.apply_async((2, 3), countdown=100, expires=1, queue="elsewhere")
-    assert isinstance(result, simq.EagerResult)
-    assert result.get() == 5
-
-
-def test_always_eager_roundtrips_arguments() -> None:
-    """Under task_always_eager arguments go through the serializer: tuples become lists."""
-    app = simq.App("proj", task_always_eager=True)
-    runs = Runs()
-
-    @app.task(bind=True)
-    def job(self: simq.Task, *args: Any, **kwargs: Any) -> None:
-        runs.record(self)
-
-    job.delay((1, 2), t=(3,))
-    assert runs.requests[0]["args"] == [[1, 2]]
-    assert runs.requests[0]["kwargs"] == {"t": [3]}
-    assert runs.requests[0]["is_eager"] is True
-
-
-def test_always_eager_refuses_unserializable_arguments() -> None:
-    """Under task_always_eager an unserializable argument raises EncodeError (§1.7)."""
-    app = simq.App("proj", task_always_eager=True)
-    calls: list[Any] = []
-
-    @app.task
-    def take(x: Any) -> None:
-        calls.append(x)
-
-    with pytest.raises(EncodeError, match=r"^Object of type object is not JSON serializable$"):
-        take.delay(object())
-    assert calls == []
-
-
-def test_always_eager_checks_typing() -> None:
-    """The typing check applies before the eager path too."""
-    app = simq.App("proj", task_always_eager=True)
-
-    @app.task
-    def add(x: int, y: int) -> int:
-        return x + y
-
-    with pytest.raises(TypeError, match=r"^add\(\) missing 1 required positional argument: 'y'$"):
-        add.delay(1)
+    sim = simq.Simulation(app)
+    with pytest.raises(SimqError, match=r"has task_always_eager=True.*task_always_eager = False"):
+        sim.start()
+    assert not sim.active
+    assert app.conf.task_always_eager is True
+    assert app.conf.broker_url == "simq://"

@@ -1,46 +1,63 @@
-"""Tests for simq's public face: the export list, Celery's names, and a side-effect-free import."""
+"""Tests for simq's public face: the curated export list, simq's own exceptions, and a
+side-effect-free import.
+
+simq runs Celery's own code, so it re-exports none of Celery's names: tasks, signatures,
+results, states and Celery's exceptions come from ``celery`` itself.
+"""
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import subprocess
 import sys
 import textwrap
 
+import celery
 import celery.exceptions
-import celery.states
 import pytest
 
 import simq
-from simq import exceptions, states
+from simq import exceptions
 
-EXPECTED_ALL = [
-    "App",
-    "AsyncResult",
-    "Celery",
-    "EagerResult",
-    "Event",
-    "History",
-    "Signature",
-    "SimqError",
-    "Simulation",
-    "Task",
-    "exceptions",
-    "signature",
-    "states",
-]
+EXPECTED_ALL = ["App", "Event", "History", "SimqError", "Simulation", "exceptions"]
+EXPECTED_EXCEPTIONS = ["NoActiveSimulation", "SimqError", "SimulationIdle", "UnknownTarget"]
 
 
-def test_all_is_sorted_and_complete() -> None:
+def test_all_is_sorted_and_exactly_the_curated_list() -> None:
     """simq.__all__ is sorted and lists exactly the public names."""
     assert simq.__all__ == sorted(simq.__all__)
     assert simq.__all__ == EXPECTED_ALL
 
 
-def test_every_exported_name_exists() -> None:
-    """Each name in __all__ is an attribute of simq."""
-    for name in simq.__all__:
-        assert getattr(simq, name) is not None, name
+@pytest.mark.parametrize("name", EXPECTED_ALL)
+def test_every_exported_name_is_importable(name: str) -> None:
+    """``from simq import <name>`` works for each name in __all__ and gives simq's object."""
+    namespace: dict[str, object] = {}
+    exec(f"from simq import {name}", namespace)
+    assert namespace[name] is getattr(simq, name)
+
+
+def test_star_import_gives_exactly_all() -> None:
+    """``from simq import *`` binds exactly the curated names."""
+    namespace: dict[str, object] = {}
+    exec("from simq import *", namespace)
+    assert sorted(n for n in namespace if n != "__builtins__") == EXPECTED_ALL
+
+
+def test_exported_objects_are_the_real_ones() -> None:
+    """Each export is the object its module defines (no stale copy or alias)."""
+    from simq.app import App
+    from simq.history import Event, History
+    from simq.simulation import Simulation
+
+    assert simq.App is App
+    assert simq.Event is Event
+    assert simq.History is History
+    assert simq.Simulation is Simulation
+    assert simq.SimqError is exceptions.SimqError
+    assert simq.exceptions is importlib.import_module("simq.exceptions")
 
 
 def test_public_names_without_underscore_are_exported() -> None:
@@ -52,116 +69,88 @@ def test_public_names_without_underscore_are_exported() -> None:
     assert public <= set(simq.__all__)
 
 
-# -- Celery's names ---------------------------------------------------------------------
+def test_app_makes_a_real_celery_app() -> None:
+    """simq.App returns a celery.Celery app on the simulated broker and backend."""
+    app = simq.App("proj", task_acks_late=True)
+    assert isinstance(app, celery.Celery)
+    assert app.main == "proj"
+    assert app.conf.broker_url == "simq://"
+    assert app.conf.result_backend == "simq.seams.backend:Backend"
+    assert app.conf.task_acks_late is True
 
 
 @pytest.mark.parametrize(
-    "name",
-    ["READY_STATES", "UNREADY_STATES", "EXCEPTION_STATES", "PROPAGATE_STATES", "ALL_STATES"],
+    "name", ["AsyncResult", "Celery", "EagerResult", "Signature", "Task", "signature", "states"]
 )
-def test_state_sets_equal_celerys(name: str) -> None:
-    """simq.states' state sets equal celery.states' (§2.1)."""
-    assert getattr(states, name) == getattr(celery.states, name)
+def test_celerys_names_are_not_re_exported(name: str) -> None:
+    """The re-implemented Celery API is gone from simq: users import it from celery."""
+    assert not hasattr(simq, name)
+    with pytest.raises(ImportError):
+        exec(f"from simq import {name}", {})
 
 
 @pytest.mark.parametrize(
-    "name",
+    "module",
     [
-        "PENDING",
-        "RECEIVED",
-        "STARTED",
-        "SUCCESS",
-        "FAILURE",
-        "REVOKED",
-        "REJECTED",
-        "RETRY",
-        "IGNORED",
+        "simq.task", "simq.canvas", "simq.result", "simq.arguments", "simq.autoretry",
+        "simq.routing", "simq.serialization", "simq.config", "simq.runtime", "simq.rates",
+        "simq.states", "simq.world.backend",
     ],
-)
-def test_state_names_equal_celerys(name: str) -> None:
-    """Each state constant has Celery's value."""
-    assert getattr(states, name) == getattr(celery.states, name)
+)  # fmt: skip
+def test_deleted_reimplementation_modules_are_gone(module: str) -> None:
+    """The modules of the deleted re-implementation cannot be imported any more."""
+    assert importlib.util.find_spec(module) is None
 
 
-def test_state_precedence_follows_celery() -> None:
-    """precedence() ranks states as celery.states.precedence does, custom states included."""
-    names = [
-        "SUCCESS",
-        "FAILURE",
-        "PROGRESS",
-        "REVOKED",
-        "STARTED",
-        "RECEIVED",
-        "REJECTED",
-        "RETRY",
-        "PENDING",
-    ]
-    for name in names:
-        assert states.precedence(name) == celery.states.precedence(name), name
+# -- simq.exceptions --------------------------------------------------------------------
 
 
-CELERY_EXCEPTION_NAMES = [
-    "CeleryError", "TaskPredicate", "Retry", "Reject", "Ignore", "TaskError",
-    "NotRegistered", "MaxRetriesExceededError", "TaskRevokedError", "TimeoutError",
-    "ImproperlyConfigured", "QueueNotFound", "SoftTimeLimitExceeded", "TimeLimitExceeded",
-    "WorkerLostError",
-]  # fmt: skip
+def test_exceptions_all_is_sorted_and_exactly_simqs_own() -> None:
+    """simq.exceptions exports only simq's own errors, sorted."""
+    assert exceptions.__all__ == sorted(exceptions.__all__)
+    assert exceptions.__all__ == EXPECTED_EXCEPTIONS
 
 
-@pytest.mark.parametrize("name", CELERY_EXCEPTION_NAMES)
-def test_exceptions_keep_celerys_names(name: str) -> None:
-    """simq.exceptions has each of Celery's exception names, with Celery's base classes."""
-    ours = getattr(exceptions, name)
-    theirs = getattr(celery.exceptions, name)
-    assert issubclass(ours, BaseException)
-    for base in theirs.__mro__[1:]:
-        if base.__module__ == "builtins" and base is not object:
-            assert issubclass(ours, base), (name, base)
-        elif hasattr(exceptions, base.__name__):
-            assert issubclass(ours, getattr(exceptions, base.__name__)), (name, base)
+@pytest.mark.parametrize("name", EXPECTED_EXCEPTIONS)
+def test_every_exception_is_importable_and_a_simq_error(name: str) -> None:
+    """Each exported exception imports by name and derives from SimqError."""
+    namespace: dict[str, object] = {}
+    exec(f"from simq.exceptions import {name}", namespace)
+    cls = namespace[name]
+    assert cls is getattr(exceptions, name)
+    assert isinstance(cls, type)
+    assert issubclass(cls, exceptions.SimqError)
+    assert cls.__module__ == "simq.exceptions"
 
 
-@pytest.mark.parametrize(
-    ("name", "args", "kwargs"),
-    [
-        ("Retry", (), {}),
-        ("Retry", ("custom message",), {}),
-        ("Retry", (None, ValueError("boom"), 30), {}),
-        ("Retry", (None, ValueError("boom")), {"when": 5.5}),
-        ("Retry", (None, "text exc", 7), {}),
-        ("Reject", ("no",), {}),
-        ("Reject", ("no",), {"requeue": True}),
-        ("Reject", (), {}),
-        ("NotRegistered", ("proj.x",), {}),
-        ("MaxRetriesExceededError", ("Can't retry proj.x[1] args:() kwargs:{}",), {}),
-        ("MaxRetriesExceededError", ("m",), {"task_args": [1], "task_kwargs": {"k": 2}}),
-        ("TaskRevokedError", ("expired",), {}),
-        ("SoftTimeLimitExceeded", (), {}),
-        ("TimeLimitExceeded", (30,), {}),
-        ("WorkerLostError", ("Worker exited prematurely: exitcode 1.",), {}),
-    ],
-)
-def test_exception_str_and_repr_match_celery(name: str, args: tuple, kwargs: dict) -> None:
-    """The str() and repr() of Celery-named exceptions equal Celery's for the same arguments."""
-    ours = getattr(exceptions, name)(*args, **kwargs)
-    theirs = getattr(celery.exceptions, name)(*args, **kwargs)
-    assert str(ours) == str(theirs)
-    assert repr(ours) == repr(theirs)
-
-
-def test_max_retries_exceeded_carries_the_call() -> None:
-    """MaxRetriesExceededError keeps task_args and task_kwargs, as Celery's does."""
-    error = exceptions.MaxRetriesExceededError("m", task_args=[1], task_kwargs={"k": 2})
-    assert (error.task_args, error.task_kwargs) == ([1], {"k": 2})
-
-
-def test_simq_errors_share_one_root() -> None:
+def test_simq_errors_share_one_root_and_their_builtin() -> None:
     """simq's own errors derive from SimqError and the builtin they really are."""
-    assert issubclass(exceptions.NoActiveSimulation, exceptions.SimqError)
+    assert issubclass(exceptions.SimqError, Exception)
     assert issubclass(exceptions.NoActiveSimulation, RuntimeError)
-    assert issubclass(exceptions.SimulationIdle, exceptions.SimqError)
-    assert issubclass(exceptions.EncodeError, ValueError)
-    assert simq.SimqError is exceptions.SimqError
+    assert issubclass(exceptions.SimulationIdle, RuntimeError)
+    assert issubclass(exceptions.UnknownTarget, LookupError)
+    with pytest.raises(LookupError):
+        raise exceptions.UnknownTarget("no worker named 'w9'")
+
+
+def test_simq_errors_are_not_celery_errors() -> None:
+    """simq's errors are about the simulation, never mistaken for Celery's task errors."""
+    for name in EXPECTED_EXCEPTIONS:
+        assert not issubclass(getattr(exceptions, name), celery.exceptions.CeleryError), name
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Retry", "Reject", "Ignore", "NotRegistered", "MaxRetriesExceededError",
+        "TaskRevokedError", "TimeoutError", "QueueNotFound", "SoftTimeLimitExceeded",
+        "TimeLimitExceeded", "WorkerLostError", "TaskError",
+    ],
+)  # fmt: skip
+def test_celerys_exceptions_are_not_copied_into_simq(name: str) -> None:
+    """Celery's exceptions are used from celery.exceptions; simq.exceptions has no copies."""
+    assert hasattr(celery.exceptions, name)
+    assert not hasattr(exceptions, name)
 
 
 # -- importing patches nothing ---------------------------------------------------------

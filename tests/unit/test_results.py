@@ -1,30 +1,32 @@
-"""Tests for simq.result.AsyncResult: reading states, waiting in virtual time, control."""
+"""Celery's AsyncResult on the simulation: reading states, waiting in virtual time, control."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import celery
 import celery.result
 import pytest
+from celery import states
+from celery.exceptions import TaskRevokedError, TimeoutError
 
 import simq
-from simq import states
-from simq.exceptions import SimulationIdle, TaskRevokedError, TimeoutError
+from simq.exceptions import SimulationIdle
 
 
-def make_app() -> tuple[simq.App, dict[str, Any]]:
+def make_app() -> tuple[celery.Celery, dict[str, Any]]:
     app = simq.App("proj")
 
-    @app.task(name="proj.add")
+    @app.task(shared=False, name="proj.add")
     def add(x: int, y: int) -> int:
         return x + y
 
-    @app.task(name="proj.boom")
+    @app.task(shared=False, name="proj.boom")
     def boom() -> None:
         raise KeyError("k")
 
-    @app.task(bind=True, name="proj.flip")
-    def flip(self: simq.Task) -> str:
+    @app.task(shared=False, bind=True, name="proj.flip")
+    def flip(self: celery.Task) -> str:
         # FAILURE first, then a retry sent with throw=False succeeds 10 s later (§2.2).
         if self.request.retries == 0:
             self.retry(countdown=10, throw=False)
@@ -161,7 +163,7 @@ def test_get_inside_a_task_raises_runtime_error() -> None:
     """result.get() inside a running task raises Celery's RuntimeError (§2.3)."""
     app, t = make_app()
 
-    @app.task(name="proj.waits")
+    @app.task(shared=False, name="proj.waits")
     def waits() -> str:
         try:
             t["add"].delay(1, 1).get()

@@ -1,4 +1,9 @@
-"""Behaviour tests of ``Task.retry()`` on simulated workers (CELERY_SEMANTICS.md §1.8, §4)."""
+"""Behaviour tests of ``Task.retry()`` on simulated workers (CELERY_SEMANTICS.md §1.8, §4).
+
+``Task.retry`` is Celery's own; these tests check what it does on the simulation: the
+messages it publishes, when they run, the states stored. Tasks use ``shared=False`` so a
+task of one test is not registered on the apps of later tests (Celery's shared tasks).
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,12 @@ import itertools
 import time
 from typing import Any
 
+import celery
 import pytest
+from celery import states
+from celery.exceptions import MaxRetriesExceededError, TaskRevokedError
 
 import simq
-from simq import states
-from simq.exceptions import MaxRetriesExceededError, TaskRevokedError
 
 
 def offsets(sim: simq.Simulation, **criteria: Any) -> list[float]:
@@ -27,14 +33,14 @@ def index(sim: simq.Simulation, **criteria: Any) -> int:
 
 
 @pytest.fixture
-def app() -> simq.App:
-    return simq.App("shop")
+def app() -> celery.Celery:
+    return celery.Celery("shop")
 
 
 def test_retry_republishes_the_same_task_id_with_retries_plus_one(app, simulation):
     """Each retry is a new message with the same task id and retries one higher (§4.1, G18)."""
 
-    @app.task(bind=True)
+    @app.task(shared=False, bind=True)
     def flaky(self):
         raise self.retry(exc=ValueError("boom"))
 
@@ -52,7 +58,7 @@ def test_retry_republishes_the_same_task_id_with_retries_plus_one(app, simulatio
 def test_countdown_defaults_to_default_retry_delay(app, simulation):
     """Without countdown or eta a retry runs default_retry_delay (180 s) later (§1.8 step 3)."""
 
-    @app.task(bind=True, max_retries=2)
+    @app.task(shared=False, bind=True, max_retries=2)
     def flaky(self):
         raise self.retry()
 
@@ -68,7 +74,7 @@ def test_countdown_defaults_to_default_retry_delay(app, simulation):
 def test_task_default_retry_delay_attribute_sets_the_countdown(app, simulation):
     """The task's default_retry_delay replaces the 180 s default (§1.2)."""
 
-    @app.task(bind=True, max_retries=1, default_retry_delay=7)
+    @app.task(shared=False, bind=True, max_retries=1, default_retry_delay=7)
     def flaky(self):
         raise self.retry()
 
@@ -81,7 +87,7 @@ def test_task_default_retry_delay_attribute_sets_the_countdown(app, simulation):
 def test_explicit_eta_schedules_the_retry(app, simulation):
     """retry(eta=...) runs the retry at that time, not after default_retry_delay (§4.1)."""
 
-    @app.task(bind=True, max_retries=1)
+    @app.task(shared=False, bind=True, max_retries=1)
     def flaky(self):
         if self.request.retries == 0:
             eta = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=25)
@@ -97,7 +103,7 @@ def test_explicit_eta_schedules_the_retry(app, simulation):
 def test_countdown_wins_over_eta(app, simulation):
     """When both are given the countdown decides the retry time (§4.1)."""
 
-    @app.task(bind=True, max_retries=1)
+    @app.task(shared=False, bind=True, max_retries=1)
     def flaky(self):
         if self.request.retries == 0:
             eta = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=500)
@@ -112,7 +118,7 @@ def test_countdown_wins_over_eta(app, simulation):
 def test_countdown_zero_retries_immediately(app, simulation):
     """retry(countdown=0) publishes a message without an ETA that runs at once (§1.8 step 3)."""
 
-    @app.task(bind=True, max_retries=1)
+    @app.task(shared=False, bind=True, max_retries=1)
     def flaky(self):
         if self.request.retries == 0:
             raise self.retry(countdown=0)
@@ -128,7 +134,7 @@ def test_max_retries_three_means_four_executions(app, simulation):
     """With the default max_retries=3 the task runs 4 times, then fails (§4.2, Celery test #1)."""
     runs = []
 
-    @app.task(bind=True)
+    @app.task(shared=False, bind=True)
     def flaky(self):
         runs.append(self.request.retries)
         raise self.retry(countdown=1)
@@ -143,7 +149,7 @@ def test_retry_max_retries_argument_overrides_the_task_attribute(app, simulation
     """retry(max_retries=5) allows 6 executions although the task says 3 (§4.2)."""
     runs = []
 
-    @app.task(bind=True)
+    @app.task(shared=False, bind=True)
     def flaky(self):
         runs.append(self.request.retries)
         raise self.retry(countdown=1, max_retries=5, exc=KeyError("k"))
@@ -158,7 +164,7 @@ def test_max_retries_none_retries_until_success(app, simulation):
     """A task with max_retries=None keeps retrying until it stops asking (§4.2)."""
     runs = []
 
-    @app.task(bind=True, max_retries=None)
+    @app.task(shared=False, bind=True, max_retries=None)
     def flaky(self):
         runs.append(self.request.retries)
         if self.request.retries < 10:
@@ -173,7 +179,7 @@ def test_max_retries_none_retries_until_success(app, simulation):
 def test_exc_is_reraised_when_retries_are_exhausted(app, simulation):
     """Past max_retries the exc given to retry() becomes the FAILURE and get() raises it (§4.2)."""
 
-    @app.task(bind=True, max_retries=2)
+    @app.task(shared=False, bind=True, max_retries=2)
     def flaky(self):
         raise self.retry(exc=ValueError(f"boom {self.request.retries}"), countdown=1)
 
@@ -194,7 +200,7 @@ def test_exc_is_reraised_when_retries_are_exhausted(app, simulation):
 def test_max_retries_exceeded_error_without_exc(app, simulation):
     """Without exc, exhausted retries fail with MaxRetriesExceededError naming the call (§1.8)."""
 
-    @app.task(bind=True, max_retries=1, name="shop.charge")
+    @app.task(shared=False, bind=True, max_retries=1, name="shop.charge")
     def charge(self, order, amount=0):
         raise self.retry(countdown=1)
 
@@ -209,7 +215,7 @@ def test_max_retries_exceeded_error_without_exc(app, simulation):
 def test_max_retries_exceeded_error_carries_task_args_and_kwargs(app, simulation):
     """The MaxRetriesExceededError raised in the body carries task_args and task_kwargs (§4.2)."""
 
-    @app.task(bind=True, max_retries=0)
+    @app.task(shared=False, bind=True, max_retries=0)
     def charge(self, order, amount=0):
         try:
             self.retry(countdown=1)
@@ -223,7 +229,7 @@ def test_max_retries_exceeded_error_carries_task_args_and_kwargs(app, simulation
 def test_throw_false_success_is_final_and_later_write_is_discarded(app, simulation):
     """retry(throw=False), then return, stores SUCCESS; the retry's write is discarded (§2.2)."""
 
-    @app.task(bind=True, max_retries=1)
+    @app.task(shared=False, bind=True, max_retries=1)
     def once_more(self):
         if self.request.retries == 0:
             self.retry(countdown=10, throw=False)
@@ -245,7 +251,7 @@ def test_throw_false_success_is_final_and_later_write_is_discarded(app, simulati
 def test_throw_false_then_raise_stores_failure_that_the_retry_overwrites(app, simulation):
     """retry(throw=False), then an exception, stores FAILURE; the retry replaces it (§2.2)."""
 
-    @app.task(bind=True, max_retries=1)
+    @app.task(shared=False, bind=True, max_retries=1)
     def once_more(self):
         if self.request.retries == 0:
             self.retry(countdown=10, throw=False)
@@ -269,7 +275,7 @@ def test_retry_without_arguments_reuses_the_request_arguments(app, simulation):
     """A plain retry() resends the original args and kwargs (Celery test #2)."""
     seen = []
 
-    @app.task(bind=True)
+    @app.task(shared=False, bind=True)
     def add(self, x, y=0):
         seen.append((list(self.request.args), dict(self.request.kwargs)))
         if self.request.retries < 3:
@@ -299,7 +305,7 @@ def test_retry_arguments_merge_with_the_original_call(
     """Explicit retry args or kwargs merge with the original call as in 5.7 (§1.8 step 4)."""
     seen = []
 
-    @app.task(bind=True, max_retries=1)
+    @app.task(shared=False, bind=True, max_retries=1)
     def task(self, foo, bar, label="default"):
         seen.append([list(self.request.args), dict(self.request.kwargs)])
         if self.request.retries == 0:
@@ -315,7 +321,7 @@ def test_retry_inherits_the_absolute_expiry(app, simulation):
     """A retry keeps the original absolute expires; past it, REVOKED 'expired' (§4.1, exp14)."""
     runs = []
 
-    @app.task(bind=True)
+    @app.task(shared=False, bind=True)
     def slow(self):
         runs.append(self.request.retries)
         raise self.retry(countdown=150)
@@ -338,7 +344,7 @@ def test_retry_inherits_time_limits(app, simulation):
     """The retry's request carries the original call's time limits (§4.1, exp2)."""
     seen = []
 
-    @app.task(bind=True, max_retries=1)
+    @app.task(shared=False, bind=True, max_retries=1)
     def limited(self):
         req = self.request
         seen.append((list(req.timelimit), req.time_limit, req.soft_time_limit))
@@ -354,7 +360,7 @@ def test_retry_inherits_time_limits(app, simulation):
 def test_retry_goes_to_the_queue_the_task_came_from(app, simulation):
     """A task sent to queue 'q2' retries into 'q2' (§4.1 routing)."""
 
-    @app.task(bind=True, max_retries=1)
+    @app.task(shared=False, bind=True, max_retries=1)
     def routed(self):
         if self.request.retries == 0:
             raise self.retry(countdown=1)
@@ -369,9 +375,10 @@ def test_retry_goes_to_the_queue_the_task_came_from(app, simulation):
 
 def test_retry_keeps_the_priority(simulation):
     """The retry message keeps the original delivery priority (§4.1)."""
-    app = simq.App("shop", task_queue_max_priority=10)
+    app = celery.Celery("shop")
+    app.conf.task_queue_max_priority = 10
 
-    @app.task(bind=True, max_retries=1)
+    @app.task(shared=False, bind=True, max_retries=1)
     def urgent(self):
         if self.request.retries == 0:
             raise self.retry(countdown=1)
@@ -386,7 +393,7 @@ def test_retry_keeps_custom_headers(app, simulation):
     """Custom message headers travel with the retry (§4.1)."""
     seen = []
 
-    @app.task(bind=True, max_retries=1)
+    @app.task(shared=False, bind=True, max_retries=1)
     def tagged(self):
         seen.append(self.request.headers)
         if self.request.retries == 0:
@@ -400,7 +407,7 @@ def test_retry_keeps_custom_headers(app, simulation):
 def test_retry_of_a_root_task_has_its_own_id_as_parent(app, simulation):
     """The retry message's parent_id is the retrying task's own id; root_id is kept (§4.1, exp2)."""
 
-    @app.task(bind=True, max_retries=1)
+    @app.task(shared=False, bind=True, max_retries=1)
     def flaky(self):
         if self.request.retries == 0:
             raise self.retry(countdown=1)
@@ -416,7 +423,7 @@ def test_retry_of_a_root_task_has_its_own_id_as_parent(app, simulation):
 def test_state_is_retry_with_the_exception_between_attempts(app, simulation):
     """Between attempts a fresh AsyncResult shows RETRY with the exc as result (§4.3)."""
 
-    @app.task(bind=True, max_retries=1)
+    @app.task(shared=False, bind=True, max_retries=1)
     def flaky(self):
         if self.request.retries == 0:
             raise self.retry(exc=ValueError("later"), countdown=60)
@@ -437,7 +444,7 @@ def test_state_is_retry_with_the_exception_between_attempts(app, simulation):
 def test_retry_is_published_before_retry_state_before_late_ack(app, simulation):
     """For acks_late, PUB(retry) precedes ST(RETRY), which precedes ACK(old message) (G13)."""
 
-    @app.task(bind=True, max_retries=1, acks_late=True)
+    @app.task(shared=False, bind=True, max_retries=1, acks_late=True)
     def flaky(self):
         if self.request.retries == 0:
             raise self.retry(countdown=5)
@@ -455,7 +462,7 @@ def test_retry_is_published_before_retry_state_before_late_ack(app, simulation):
 def test_retries_header_grows_by_exactly_one(app, simulation):
     """Across the retry messages of a task the retries header increases by exactly 1 (G18)."""
 
-    @app.task(bind=True, max_retries=6)
+    @app.task(shared=False, bind=True, max_retries=6)
     def flaky(self):
         if self.request.retries < 6:
             raise self.retry(countdown=self.request.retries)
@@ -471,13 +478,13 @@ def test_retries_header_grows_by_exactly_one(app, simulation):
 def test_retry_of_a_child_task_keeps_its_parent(app, simulation):
     """A retried subtask keeps the parent_id of the task that sent it (§4.1, §5.5)."""
 
-    @app.task(bind=True, max_retries=1, name="shop.child")
+    @app.task(shared=False, bind=True, max_retries=1, name="shop.child")
     def child(self):
         if self.request.retries == 0:
             raise self.retry(countdown=1)
         return self.request.parent_id
 
-    @app.task(bind=True, name="shop.parent")
+    @app.task(shared=False, bind=True, name="shop.parent")
     def parent(self):
         return child.delay().id
 
@@ -493,7 +500,7 @@ def test_retry_of_a_child_task_keeps_its_parent(app, simulation):
 def test_countdown_counts_from_the_retry_call(app, simulation):
     """The retry's ETA is measured from when retry() is called, not from the start (§4.1)."""
 
-    @app.task(bind=True, max_retries=1)
+    @app.task(shared=False, bind=True, max_retries=1)
     def slow(self):
         time.sleep(5)
         if self.request.retries == 0:

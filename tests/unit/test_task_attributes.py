@@ -1,169 +1,82 @@
-"""Tests for simq.Task's attributes: Celery's defaults, decorator options, config fallback."""
+"""Task attributes of a real Celery app, and what they make the simulated worker do.
+
+Celery's own ``Task`` resolves a task's attributes (decorator options, base classes, the
+config fallback of ``Task.bind``); simq no longer re-implements any of that. These tests
+check the user-visible side: the attribute Celery resolved is what the simulation does
+(when the message is acked or rejected, which states are stored, which hooks run, how
+fast a rate limit lets tasks start, where a call is refused).
+
+Tasks are declared with ``shared=False``: Celery's default ``shared=True`` would add every
+task to every app finalized later in the process (``connect_on_app_finalize``).
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import celery
 import pytest
+from celery import states
 
 import simq
 
-# The §1.2 attributes that celery.Task defines as class attributes (others are read
-# through getattr with a default in Celery, so there is no class value to compare).
-CELERY_CLASS_ATTRIBUTES = [
-    "typing",
-    "max_retries",
-    "default_retry_delay",
-    "rate_limit",
-    "ignore_result",
-    "trail",
-    "send_events",
-    "store_errors_even_if_ignored",
-    "serializer",
-    "time_limit",
-    "soft_time_limit",
-    "track_started",
-    "acks_late",
-    "acks_on_failure_or_timeout",
-    "acks_on_failure",
-    "acks_on_timeout",
-    "reject_on_worker_lost",
-    "retry_on_worker_lost",
-    "throws",
-    "expires",
-    "priority",
-    "resultrepr_maxsize",
-    "abstract",
-]
 
-# Attributes a decorated task has after binding, with Celery's values for default config.
-BOUND_ATTRIBUTES = [*CELERY_CLASS_ATTRIBUTES, "store_eager_result"]
-
-
-def real_task(settings: dict[str, Any], **options: Any) -> Any:
-    """A task decorated in a real Celery app with ``settings``, after finalize."""
-    app = celery.Celery("proj", set_as_current=False)
+def make_app(**settings: Any) -> celery.Celery:
+    app = celery.Celery("proj")
     app.conf.update(settings)
-
-    def job() -> None: ...
-
-    task = app.task(shared=False, **options)(job)
-    app.finalize()
-    return app.tasks[task.name]
+    return app
 
 
-def sim_task(settings: dict[str, Any], **options: Any) -> simq.Task:
-    app = simq.App("proj", **settings)
-
-    def job() -> None: ...
-
-    return app.task(**options)(job)  # type: ignore[no-any-return]
-
-
-@pytest.mark.parametrize("attribute", CELERY_CLASS_ATTRIBUTES)
-def test_class_defaults_equal_celerys(attribute: str) -> None:
-    """Every §1.2 attribute of simq.Task has celery.Task's class default."""
-    assert getattr(simq.Task, attribute) == getattr(celery.Task, attribute)
-
-
-@pytest.mark.parametrize("attribute", BOUND_ATTRIBUTES)
-def test_bound_defaults_equal_a_real_decorated_task(attribute: str) -> None:
-    """After binding, a decorated task's attributes equal a real Celery task's (§1.2)."""
-    assert getattr(sim_task({}), attribute) == getattr(real_task({}), attribute)
+def settles(sim: simq.Simulation, task_id: str) -> list[tuple[str, Any]]:
+    """The task's first attempt, in order: start, outcome, ack or reject."""
+    out: list[tuple[str, Any]] = []
+    for event in sim.history.where(task_id=task_id):
+        if event.kind in ("started", "succeeded", "failed", "acked"):
+            out.append((event.kind, None))
+        elif event.kind == "rejected":
+            out.append((event.kind, event.details["requeue"]))
+        kinds = {k for k, _ in out}
+        if (
+            event.kind in ("acked", "rejected")
+            and "started" in kinds
+            and kinds & {"succeeded", "failed"}
+        ):
+            break
+    return out
 
 
-@pytest.mark.parametrize(
-    ("attribute", "default"),
-    [
-        ("autoretry_for", ()),
-        ("dont_autoretry_for", ()),
-        ("retry_kwargs", {}),
-        ("retry_backoff", False),
-        ("retry_backoff_max", 600),
-        ("retry_jitter", True),
-        ("compression", None),
-    ],
-)
-def test_getattr_read_attributes_have_celerys_effective_default(
-    attribute: str, default: Any
-) -> None:
-    """Attributes Celery reads with getattr(task, name, default) have that default (§1.2)."""
-    assert getattr(simq.Task, attribute) == default
+def stored_states(sim: simq.Simulation, task_id: str) -> list[str]:
+    return [e.details["state"] for e in sim.history.where(task_id=task_id, kind="state")]
 
 
-@pytest.mark.parametrize(
-    ("attribute", "value"),
-    [
-        ("max_retries", 7),
-        ("max_retries", None),
-        ("default_retry_delay", 5),
-        ("rate_limit", "10/m"),
-        ("ignore_result", True),
-        ("trail", False),
-        ("send_events", False),
-        ("store_errors_even_if_ignored", True),
-        ("serializer", "json"),
-        ("time_limit", 30),
-        ("soft_time_limit", 20),
-        ("track_started", True),
-        ("acks_late", True),
-        ("acks_on_failure_or_timeout", False),
-        ("acks_on_failure", False),
-        ("acks_on_timeout", False),
-        ("reject_on_worker_lost", True),
-        ("retry_on_worker_lost", True),
-        ("throws", (KeyError,)),
-        ("expires", 60),
-        ("priority", 5),
-        ("resultrepr_maxsize", 10),
-        ("store_eager_result", True),
-        ("autoretry_for", (ValueError,)),
-        ("dont_autoretry_for", (KeyError,)),
-        ("retry_kwargs", {"max_retries": 5}),
-        ("retry_backoff", 2),
-        ("retry_backoff_max", 30),
-        ("retry_jitter", False),
-        ("typing", False),
-    ],
-)
-def test_decorator_accepts_every_attribute(attribute: str, value: Any) -> None:
-    """Each §1.2 attribute passed to @app.task is the task's value after binding."""
-    assert getattr(sim_task({}, **{attribute: value}), attribute) == value
-
-
-def test_other_keywords_become_class_attributes() -> None:
-    """Unknown decorator keywords become class attributes of the task type (§1.1)."""
-    task = sim_task({}, count=0, label="x")
-    assert type(task).count == 0
-    assert type(task).label == "x"
-    real = real_task({}, count=0, label="x")
-    assert (real.count, real.label) == (0, "x")
+# -- the task's own call convention and base class ---------------------------------------
 
 
 def test_bind_makes_the_task_the_first_argument() -> None:
-    """With bind=True the body receives the task instance as self (§1.1)."""
-    app = simq.App("proj")
+    """With bind=True the body receives the task as self; on the simulated worker its
+    request carries the message's id, the worker's hostname and the retry count (§1.1)."""
+    app = make_app()
 
-    @app.task(bind=True)
-    def whoami(self: simq.Task) -> str:
-        return str(self.name)
+    @app.task(shared=False, bind=True)
+    def whoami(self: celery.Task) -> list[Any]:
+        return [self.name, self.request.id, self.request.hostname, self.request.retries]
 
-    @app.task
+    @app.task(shared=False)
     def plain(x: int) -> int:
         return x
 
-    assert whoami() == whoami.name
     assert plain(4) == 4
-    with simq.Simulation(app):
-        assert whoami.delay().get() == whoami.name
+    with simq.Simulation(app, seed=1):
+        result = whoami.delay()
+        assert result.get() == [whoami.name, result.id, "worker-1", 0]
 
 
 def test_base_supplies_attributes_and_hooks() -> None:
-    """A custom base's attributes apply and its hooks run in the worker (§1.1)."""
+    """A custom base's attributes apply and its hooks run on the simulated worker (§1.1)."""
     calls: list[tuple[str, Any]] = []
 
-    class Audited(simq.Task):
+    class Audited(celery.Task):
         max_retries = 9
 
         def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:
@@ -172,120 +85,273 @@ def test_base_supplies_attributes_and_hooks() -> None:
         def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
             calls.append(("on_success", retval))
 
-    app = simq.App("proj")
+        def on_failure(self, exc: Any, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+            calls.append(("on_failure", type(exc).__name__))
 
-    @app.task(base=Audited)
+        def after_return(self, status: str, *rest: Any) -> None:
+            calls.append(("after_return", status))
+
+    app = make_app()
+
+    @app.task(shared=False, base=Audited)
     def double(x: int) -> int:
+        if x < 0:
+            raise ValueError(x)
         return 2 * x
 
     assert isinstance(double, Audited)
     assert double.max_retries == 9
     with simq.Simulation(app):
         assert double.delay(4).get() == 8
-    assert calls == [("before_start", [4]), ("on_success", 8)]
+        with pytest.raises(ValueError):
+            double.delay(-1).get()
+    assert calls == [
+        ("before_start", [4]),
+        ("on_success", 8),
+        ("after_return", states.SUCCESS),
+        ("before_start", [-1]),
+        ("on_failure", "ValueError"),
+        ("after_return", states.FAILURE),
+    ]
 
 
-def test_on_bound_runs_when_the_task_is_bound() -> None:
-    """on_bound(app) is called once the task type is bound to the app (§1.10)."""
-    bound: list[Any] = []
-
-    class Recording(simq.Task):
-        @classmethod
-        def on_bound(cls, app: Any) -> None:
-            bound.append((cls.__name__, app))
-
-    app = simq.App("proj")
-
-    @app.task(base=Recording)
-    def anything() -> None: ...
-
-    assert bound == [("anything", app)]
-
-
-# -- config fallback (§1.1, §1.2) ------------------------------------------------------
+# -- config fallback: what the worker does (§1.1, §1.2, §3.1) ---------------------------------
 
 
 @pytest.mark.parametrize(
-    ("attribute", "setting", "value"),
+    ("settings", "options", "expected"),
     [
-        ("acks_late", "task_acks_late", True),
-        ("track_started", "task_track_started", True),
-        ("ignore_result", "task_ignore_result", True),
-        ("rate_limit", "task_default_rate_limit", "5/s"),
-        ("priority", "task_default_priority", 3),
-        ("time_limit", "task_time_limit", 60),
-        ("soft_time_limit", "task_soft_time_limit", 50),
-        ("reject_on_worker_lost", "task_reject_on_worker_lost", True),
-        ("retry_on_worker_lost", "task_retry_on_worker_lost", True),
-        ("store_eager_result", "task_store_eager_result", True),
-        ("store_errors_even_if_ignored", "task_store_errors_even_if_ignored", True),
+        ({}, {}, [("started", None), ("acked", None), ("succeeded", None)]),
+        (
+            {"task_acks_late": True},
+            {},
+            [("started", None), ("succeeded", None), ("acked", None)],
+        ),
+        (
+            {"task_acks_late": True},
+            {"acks_late": False},
+            [("started", None), ("acked", None), ("succeeded", None)],
+        ),
+        (
+            {},
+            {"acks_late": True},
+            [("started", None), ("succeeded", None), ("acked", None)],
+        ),
     ],
 )
-def test_unset_attribute_is_filled_from_config(attribute: str, setting: str, value: Any) -> None:
-    """An attribute left None at bind time takes its setting's value (§1.2)."""
-    assert getattr(sim_task({setting: value}), attribute) == value
-    assert getattr(real_task({setting: value}), attribute) == value
-
-
-def test_decorator_value_beats_config() -> None:
-    """acks_late=False on the decorator beats task_acks_late=True (§1.1, exp11)."""
-    task = sim_task({"task_acks_late": True}, acks_late=False)
-    assert task.acks_late is False
-    assert real_task({"task_acks_late": True}, acks_late=False).acks_late is False
-
-
-def test_strict_typing_fills_typing() -> None:
-    """typing falls back to the app's strict_typing (§1.2)."""
-    assert sim_task({}).typing is True
-    app = simq.App("proj", strict_typing=False)
-
-    @app.task
-    def loose() -> None: ...
-
-    assert loose.typing is False
-
-
-@pytest.mark.parametrize(
-    ("settings", "options"),
-    [
-        ({}, {}),
-        ({"task_acks_on_failure_or_timeout": False}, {}),
-        ({"task_acks_on_failure_or_timeout": False, "task_acks_on_failure": True}, {}),
-        ({"task_acks_on_failure_or_timeout": False, "task_acks_on_timeout": True}, {}),
-        ({"task_acks_on_failure": False}, {}),
-        ({"task_acks_on_timeout": False}, {}),
-        ({}, {"acks_on_failure_or_timeout": False}),
-        ({"task_acks_on_failure": True}, {"acks_on_failure_or_timeout": False}),
-        ({"task_acks_on_failure": False}, {"acks_on_failure": True}),
-        ({"task_acks_on_timeout": True}, {"acks_on_timeout": False}),
-    ],
-)
-def test_acks_on_failure_and_timeout_fall_back_like_celery(
-    settings: dict[str, Any], options: dict[str, Any]
+def test_acks_late_from_config_or_decorator_moves_the_ack(
+    settings: dict[str, Any], options: dict[str, Any], expected: list[tuple[str, Any]]
 ) -> None:
-    """acks_on_failure/acks_on_timeout: decorator, own setting, combined flag, True (§1.2)."""
-    sim = sim_task(settings, **options)
-    real = real_task(settings, **options)
-    assert (sim.acks_on_failure, sim.acks_on_timeout) == (
-        real.acks_on_failure,
-        real.acks_on_timeout,
-    )
+    """task_acks_late fills acks_late when the decorator leaves it unset; the decorator's
+    value beats the setting (exp11). Early ack: when the pool accepts; late: after the body."""
+    app = make_app(**settings)
 
-
-def test_config_fallback_changes_what_the_worker_does() -> None:
-    """task_acks_late from config makes the worker ack only after the body ran (§3)."""
-    app = simq.App("proj", task_acks_late=True)
-
-    @app.task
+    @app.task(shared=False, **options)
     def job() -> int:
         return 1
 
     with simq.Simulation(app) as sim:
         result = job.delay()
-        result.get()
-        kinds = [
-            k
-            for k in sim.history.where(task_id=result.id).kinds()
-            if k in ("started", "acked", "succeeded")
+        assert result.get() == 1
+        assert settles(sim, result.id) == expected
+        assert sim.check() == []
+
+
+# (settings, decorator options) -> (acks_on_failure, acks_on_timeout) as Task.bind resolves
+# them: the task's own flag, else its setting, else the combined flag (task or setting).
+ACK_FLAG_CASES = [
+    ({}, {}, (True, True)),
+    ({"task_acks_on_failure_or_timeout": False}, {}, (False, False)),
+    (
+        {"task_acks_on_failure_or_timeout": False, "task_acks_on_failure": True},
+        {},
+        (True, False),
+    ),
+    (
+        {"task_acks_on_failure_or_timeout": False, "task_acks_on_timeout": True},
+        {},
+        (False, True),
+    ),
+    ({"task_acks_on_failure": False}, {}, (False, True)),
+    ({"task_acks_on_timeout": False}, {}, (True, False)),
+    ({}, {"acks_on_failure_or_timeout": False}, (False, False)),
+    ({"task_acks_on_failure": True}, {"acks_on_failure_or_timeout": False}, (True, False)),
+    ({"task_acks_on_failure": False}, {"acks_on_failure": True}, (True, True)),
+    ({"task_acks_on_timeout": True}, {"acks_on_timeout": False}, (True, False)),
+]
+
+
+@pytest.mark.parametrize(("settings", "options", "flags"), ACK_FLAG_CASES)
+def test_acks_on_failure_decides_how_a_failed_late_task_is_settled(
+    settings: dict[str, Any], options: dict[str, Any], flags: tuple[bool, bool]
+) -> None:
+    """A failing acks_late task is acked when acks_on_failure resolves True, else rejected
+    without requeue (celery/worker/request.py Request.on_failure); FAILURE is stored."""
+    app = make_app(task_acks_late=True, **settings)
+
+    @app.task(shared=False, **options)
+    def broken() -> None:
+        raise KeyError("boom")
+
+    assert (broken.acks_on_failure, broken.acks_on_timeout) == flags
+    with simq.Simulation(app) as sim:
+        result = broken.delay()
+        with pytest.raises(KeyError):
+            result.get()
+        settle = ("acked", None) if flags[0] else ("rejected", False)
+        assert settles(sim, result.id) == [("started", None), ("failed", None), settle]
+        assert stored_states(sim, result.id) == [states.FAILURE]
+        assert sim.check() == []
+
+
+@pytest.mark.parametrize(("settings", "options", "flags"), ACK_FLAG_CASES)
+def test_acks_on_timeout_decides_how_a_timed_out_late_task_is_settled(
+    settings: dict[str, Any], options: dict[str, Any], flags: tuple[bool, bool]
+) -> None:
+    """At a hard time limit an acks_late task is acked when acks_on_timeout resolves True;
+    otherwise Celery rejects it WITH requeue (request.py on_failure: ``is_timeout and not
+    ack_flag``), so it is delivered again and times out again."""
+    app = make_app(task_acks_late=True, **settings)
+
+    @app.task(shared=False, time_limit=1, **options)
+    def slow() -> None: ...
+
+    with simq.Simulation(app, durations={slow.name: 10}) as sim:
+        result = slow.delay()
+        sim.run(until=sim.now + dt.timedelta(seconds=2.5))
+        settle = ("acked", None) if flags[1] else ("rejected", True)
+        assert settles(sim, result.id) == [("started", None), ("failed", None), settle]
+        deliveries = len(sim.history.where(task_id=result.id, kind="delivered"))
+        assert deliveries == (1 if flags[1] else 3)
+        assert result.state == states.FAILURE
+        assert sim.check() == []
+
+
+def test_track_started_from_config_stores_started() -> None:
+    """task_track_started fills track_started: the tracer stores STARTED before the result;
+    a decorator's track_started=False beats it."""
+    app = make_app(task_track_started=True)
+
+    @app.task(shared=False)
+    def tracked() -> int:
+        return 1
+
+    @app.task(shared=False, track_started=False)
+    def untracked() -> int:
+        return 2
+
+    with simq.Simulation(app) as sim:
+        a, b = tracked.delay(), untracked.delay()
+        assert (a.get(), b.get()) == (1, 2)
+        assert stored_states(sim, a.id) == [states.STARTED, states.SUCCESS]
+        assert stored_states(sim, b.id) == [states.SUCCESS]
+
+
+def test_ignore_result_from_config_stores_nothing() -> None:
+    """task_ignore_result fills ignore_result: the result is never stored (the task stays
+    PENDING to a reader); ignore_result=False on the decorator stores it."""
+    app = make_app(task_ignore_result=True)
+
+    @app.task(shared=False)
+    def ignored() -> int:
+        return 1
+
+    @app.task(shared=False, ignore_result=False)
+    def kept() -> int:
+        return 2
+
+    with simq.Simulation(app) as sim:
+        a, b = ignored.delay(), kept.delay()
+        assert b.get() == 2
+        sim.run()
+        assert [e.kind for e in sim.history.where(task_id=a.id)][-2:] == ["acked", "succeeded"]
+        assert stored_states(sim, a.id) == []
+        assert a.state == states.PENDING
+        assert stored_states(sim, b.id) == [states.SUCCESS]
+
+
+@pytest.mark.parametrize(("setting", "stored"), [(False, []), (True, [states.FAILURE])])
+def test_store_errors_even_if_ignored_from_config(setting: bool, stored: list[str]) -> None:
+    """With ignore_result, a failure is stored only if store_errors_even_if_ignored (from
+    task_store_errors_even_if_ignored) is set."""
+    app = make_app(task_store_errors_even_if_ignored=setting)
+
+    @app.task(shared=False, ignore_result=True)
+    def broken() -> None:
+        raise ValueError("boom")
+
+    with simq.Simulation(app) as sim:
+        result = broken.delay()
+        sim.run()
+        assert "failed" in sim.history.where(task_id=result.id).kinds()
+        assert stored_states(sim, result.id) == stored
+
+
+def test_time_limit_from_config_kills_the_task() -> None:
+    """task_time_limit fills time_limit: a body running past it is killed at that virtual
+    second and FAILURE(TimeLimitExceeded) is stored."""
+    app = make_app(task_time_limit=5)
+
+    @app.task(shared=False)
+    def slow() -> None: ...
+
+    with simq.Simulation(app, durations={slow.name: 60}) as sim:
+        result = slow.delay()
+        with pytest.raises(celery.exceptions.TimeLimitExceeded):
+            result.get()
+        (limit,) = sim.history.where(task_id=result.id, kind="time-limit")
+        assert (limit.details["which"], limit.details["limit"]) == ("hard", 5)
+        assert sim.elapsed == 5
+
+
+def test_rate_limit_from_config_spaces_the_starts() -> None:
+    """task_default_rate_limit fills rate_limit: '1/s' lets one task start per second on a
+    worker with free slots; an explicit rate_limit='2/s' on the decorator wins."""
+    app = make_app(task_default_rate_limit="1/s")
+
+    @app.task(shared=False)
+    def tick() -> None: ...
+
+    @app.task(shared=False, rate_limit="2/s")
+    def fast() -> None: ...
+
+    with simq.Simulation(app, concurrency=4) as sim:
+        ticks = [tick.delay() for _ in range(3)]
+        sim.run()
+        starts = [sim.history.where(task_id=r.id, kind="started").first().time for r in ticks]
+        assert [t - starts[0] for t in starts] == [0.0, 1.0, 2.0]
+    with simq.Simulation(app, concurrency=4) as sim:
+        fasts = [fast.delay() for _ in range(3)]
+        sim.run()
+        starts = [sim.history.where(task_id=r.id, kind="started").first().time for r in fasts]
+        assert [t - starts[0] for t in starts] == [0.0, 0.5, 1.0]
+
+
+def test_strict_typing_decides_where_bad_arguments_fail() -> None:
+    """typing falls back to the app's strict_typing: True refuses bad arguments at the
+    call (nothing published); False publishes and the task fails on the worker."""
+    strict = make_app()
+    loose = celery.Celery("proj", strict_typing=False)
+
+    @strict.task(shared=False)
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    @loose.task(shared=False, name=add.name)
+    def loose_add(x: int, y: int) -> int:
+        return x + y
+
+    assert (add.typing, loose_add.typing) == (True, False)
+    with simq.Simulation(strict) as sim:
+        with pytest.raises(TypeError):
+            add.delay(1)
+        assert len(sim.history.where(kind="published")) == 0
+    with simq.Simulation(loose) as sim:
+        result = loose_add.delay(1)
+        with pytest.raises(TypeError):
+            result.get()
+        assert sim.history.where(task_id=result.id).kinds()[:3] == [
+            "published",
+            "delivered",
+            "started",
         ]
-    assert kinds == ["started", "succeeded", "acked"]
