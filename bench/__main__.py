@@ -15,10 +15,16 @@ def main() -> None:
     print("\n## Per task, a trivial task (median of 5 rounds, measured side by side)")
     print("| measure | µs per task |")
     print("|---|---|")
-    print(f"| (a) simq: `delay().get()` on a real Celery app in a simulation | {r['simq_us']:.1f} |")
-    print(f"| (b) Celery's own code path alone (message, kombu, tracer, KV backend, get) | {r['celery_path_us']:.1f} |")
+    print(
+        f"| (a) simq: `delay().get()` on a real Celery app in a simulation | {r['simq_us']:.1f} |"
+    )
+    print(
+        f"| (b) Celery's own code path alone (message, kombu, tracer, KV backend, get) | {r['celery_path_us']:.1f} |"
+    )
     print(f"| (c) Celery eager `Task.apply()` | {r['eager_us']:.1f} |")
-    print(f"| (d) Celery's in-process memory:// worker, `delay().get()` | {r['memory_worker_us']:.1f} |")
+    print(
+        f"| (d) Celery's in-process memory:// worker, `delay().get()` | {r['memory_worker_us']:.1f} |"
+    )
     print(f"\n- (a) / (c) = {r['ratio_eager']:.2f} (target <= 3)")
     print(f"- (a) / (d) = {r['ratio_memory_worker']:.3f} (target <= 0.5)")
     print(f"- simq's own overhead (a) - (b) = {r['overhead_us']:.1f} µs (target <= 20)")

@@ -76,7 +76,7 @@ def celery_code_path(n: int) -> float:
 
     def one(i: int) -> None:
         task_id = celery.utils.uuid()
-        headers, properties, body, _ = app.amqp.as_task_v2(task_id, add.name, args=(i, 1))
+        headers, _properties, body, _ = app.amqp.as_task_v2(task_id, add.name, args=(i, 1))
         content_type, encoding, data = dumps(body, serializer="json")
         args, kwargs, embed = loads(data, content_type, encoding, accept=accept)
         request = dict(headers, args=args, kwargs=kwargs, is_eager=False, **embed)

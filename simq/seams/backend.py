@@ -119,7 +119,9 @@ class Backend(KeyValueStoreBackend):
             )
         else:
             self.status[task_id] = state
-            self.simulation.record("state", task_id=task_id, worker=worker, state=state, result=value)
+            self.simulation.record(
+                "state", task_id=task_id, worker=worker, state=state, result=value
+            )
         return out
 
     def _forget(self, task_id: str) -> None:
@@ -129,7 +131,7 @@ class Backend(KeyValueStoreBackend):
 
     def state_of(self, task_id: str) -> str:
         """The last state stored for ``task_id`` (PENDING when none)."""
-        return self.status.get(task_id, states.PENDING)
+        return self.status.get(task_id) or str(states.PENDING)
 
     # -- waiting: virtual time instead of sleeping --------------------------------------
 

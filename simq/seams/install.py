@@ -23,11 +23,11 @@ from typing import Any
 
 import celery._state as celery_state_module
 from celery import result as celery_result
-from kombu.utils.uuid import uuid as kombu_uuid
 from celery.app import amqp as celery_amqp
 from celery.app import trace as celery_trace
 from celery.utils import time as celery_time
 from celery.worker import state as worker_state
+from kombu.utils.uuid import uuid as kombu_uuid
 
 from simq.engine.fibers import current_fiber
 from simq.exceptions import SimqError

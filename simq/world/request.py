@@ -101,7 +101,7 @@ class TokenBucket:
         self.rate = rate
         self.tokens = 1.0
         self.stamp = now
-        self.waiting: deque[Request] = deque()
+        self.waiting: deque[Delivery] = deque()
 
     def can_consume(self, now: float) -> bool:
         self.tokens = min(1.0, self.tokens + (now - self.stamp) * self.rate)

@@ -13,6 +13,7 @@ differential check compares this model with real workers.
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from collections.abc import Callable
 from functools import partial
@@ -26,7 +27,6 @@ from celery.worker import state as celery_state
 from kombu.exceptions import ContentDisallowed
 from kombu.message import Message as KombuMessage
 from kombu.serialization import prepare_accept_content
-from kombu.utils.objects import cached_property
 
 from simq.seams.pool import Pool, Slot
 from simq.world.broker import Envelope, MessageState
@@ -114,7 +114,7 @@ class Worker:
     def slots(self) -> list[Slot]:
         return self.pool.slots
 
-    @cached_property
+    @functools.cached_property
     def accept(self) -> set[str]:
         return set(prepare_accept_content(self.app.conf.accept_content))
 
@@ -224,7 +224,10 @@ class Worker:
         finally:
             sim.acting_worker = acting
         signals.task_unknown.send(
-            sender=self, message=None, exc=NotRegistered(message.task), name=message.task,
+            sender=self,
+            message=None,
+            exc=NotRegistered(message.task),
+            name=message.task,
             id=message.task_id,
         )
         self.broker.dispatch(*self.queues)
@@ -371,7 +374,9 @@ class Worker:
             self.note(
                 "retried",
                 delivery,
-                exception=self.encode_exception(inner) if isinstance(inner, BaseException) else None,
+                exception=self.encode_exception(inner)
+                if isinstance(inner, BaseException)
+                else None,
                 when=when if isinstance(when, int | float) or when is None else str(when),
             )
         elif kind == "Reject" and hasattr(exc, "requeue"):
@@ -383,7 +388,7 @@ class Worker:
 
     def encode_exception(self, exc: BaseException) -> Any:
         """Celery's json form of ``exc`` (type, module, message), as the history shows it."""
-        from simq.seams.backend import jsonable  # noqa: PLC0415
+        from simq.seams.backend import jsonable
 
         return jsonable(self.app.backend.prepare_exception(exc, "json"))
 
@@ -405,7 +410,10 @@ class Worker:
         """Record an event about ``delivery`` on this worker."""
         message = delivery.envelope.message
         self._record(
-            kind, task_id=message.task_id, message_id=message.message_id, worker=self.name,
+            kind,
+            task_id=message.task_id,
+            message_id=message.message_id,
+            worker=self.name,
             **details,
         )
 
