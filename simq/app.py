@@ -13,7 +13,7 @@ from typing import Any
 
 import celery
 
-__all__ = ["App", "SIMULATED_BACKEND", "SIMULATED_BROKER"]
+__all__ = ["SIMULATED_BACKEND", "SIMULATED_BROKER", "App"]
 
 #: The broker URL of an app made by :func:`App`: simq's simulated broker (no server).
 SIMULATED_BROKER = "simq://"
@@ -21,7 +21,7 @@ SIMULATED_BROKER = "simq://"
 SIMULATED_BACKEND = "simq.seams.backend:Backend"
 
 
-def App(main: str | None = None, **settings: Any) -> celery.Celery:  # noqa: N802 - a factory read as a class
+def App(main: str | None = None, **settings: Any) -> celery.Celery:
     """A ``celery.Celery`` app whose broker and result backend exist only in a simulation.
 
     Inside ``with simq.Simulation(app):`` it behaves like any Celery app on the

@@ -1,8 +1,8 @@
 """The probe tasks: small tasks whose every behaviour the suite knows in advance.
 
-:func:`register_probes` defines them, as ``probes.<name>``, on a ``simq.App`` or on a
-real ``celery.Celery`` app with the same code, so one workload means the same thing on
-the simulator and on a real deployment::
+:func:`register_probes` defines them, as ``probes.<name>``, on a ``celery.Celery`` app
+with the same code, whether it runs on simq's simulation or on a real deployment, so
+one workload means the same thing on both::
 
     probes = register_probes(app)
     probes["fail_n"].apply_async(("k1", 2, "done"))   # fails twice, then returns "done"
@@ -76,20 +76,6 @@ def reset_attempts(app: Any) -> None:
     app.__dict__.pop(_MEMORY_ATTR, None)
 
 
-def _predicates(app: Any) -> tuple[Any, Any]:
-    """(Reject, Ignore) of the app's own framework: the worker only knows its own."""
-    import simq
-
-    if isinstance(app, simq.App):
-        from simq.exceptions import Ignore, Reject
-
-        return Reject, Ignore
-    from celery.exceptions import Ignore as CeleryIgnore
-    from celery.exceptions import Reject as CeleryReject
-
-    return CeleryReject, CeleryIgnore
-
-
 def register_probes(app: Any) -> dict[str, Any]:
     """Define the probes of :data:`simq_conformance.PROBES` on ``app``; return them by name.
 
@@ -101,7 +87,8 @@ def register_probes(app: Any) -> dict[str, Any]:
     tasks = app.tasks
     if all(name in tasks for name in names):
         return {probe: tasks[f"probes.{probe}"] for probe in PROBES}
-    reject_cls, ignore_cls = _predicates(app)
+    from celery.exceptions import Ignore, Reject
+
     # shared=False: a Celery shared task would be added to every app created later.
     options: dict[str, Any] = {"shared": False, "lazy": False}
 
@@ -154,12 +141,12 @@ def register_probes(app: Any) -> dict[str, Any]:
     def reject(key: str, times: int, requeue: bool) -> str:
         number = attempt(app, key)
         if number <= times:
-            raise reject_cls(f"reject {key!r}: attempt {number} of {times}", requeue=requeue)
+            raise Reject(f"reject {key!r}: attempt {number} of {times}", requeue=requeue)
         return "ok"
 
     @app.task(name="probes.ignore", **options)
     def ignore() -> None:
-        raise ignore_cls()
+        raise Ignore()
 
     @app.task(name="probes.fail", **options)
     def fail(message: str) -> None:

@@ -7,7 +7,7 @@ violations it finds, each carrying the events that show it.
 from __future__ import annotations
 
 from simq.checkers.base import CheckConfig, Violation, when
-from simq.checkers.index import Delivery, Index, index_of
+from simq.checkers.index import Delivery, Index, Ref, index_of
 from simq.history import Event, History
 
 __all__ = ["check_g1", "check_g2"]
@@ -23,7 +23,7 @@ def evidence(*items: Event | None) -> tuple[Event, ...]:
 
 
 def premature_settle(d: Delivery, guarantee: str, slack: float = 0.0) -> list[Violation]:
-    """A delivery acked or rejected before it started, off the revoke/unknown-task paths.
+    """A delivery acked or rejected before it started, off the revoke/unknown-task/decode paths.
 
     Within ``slack`` seconds before the start it is not premature: on a real prefork
     worker the parent acks when the child reports acceptance, and the child records its
@@ -47,7 +47,7 @@ def premature_settle(d: Delivery, guarantee: str, slack: float = 0.0) -> list[Vi
             (
                 f"{d.label} was {s.kind} by {d.worker} at {when(s)} before it started (delivered "
                 f"at {when(d.event)}); a worker acks or rejects an unstarted message only when it "
-                "is revoked, expired or of an unknown task"
+                "is revoked, expired, of an unknown task or undecodable"
             ),
             evidence(d.event, s),
         )
@@ -279,10 +279,11 @@ def check_g2(history: History | Index, config: CheckConfig) -> list[Violation]:
     "With acks_late=True the ack comes after the attempt finishes: after SUCCESS is
     stored, after RETRY, after FAILURE (subject to acks_on_failure)." For each delivery
     of an acks_late task: the ack or reject follows the attempt's outcome and every
-    backend write of the attempt; success and retry are acked, a failure is acked or
-    (acks_on_failure=False) rejected without requeue; an attempt cut short by a worker
-    crash runs again (at least once). Child loss, Reject, Ignore, revoke and time limits
-    are judged by G3, G8, G10 and G12.
+    backend write of the attempt (except the FAILURE the parent stores for a lost child
+    or a hard time limit, which Celery writes after its decision); success and retry are
+    acked, a failure is acked or (acks_on_failure=False) rejected without requeue; an
+    attempt cut short by a worker crash runs again (at least once). Child loss, Reject,
+    Ignore, revoke and time limits are judged by G3, G8, G10 and G12.
     """
     idx = index_of(history)
     out: list[Violation] = []
@@ -310,7 +311,7 @@ def check_g2(history: History | Index, config: CheckConfig) -> list[Violation]:
                     )
                 )
                 continue
-            for _, st in d.states_after(d.settle_at):
+            for _, st in _states_after_decision(d):
                 out.append(
                     Violation(
                         "G2",
@@ -339,6 +340,22 @@ def check_g2(history: History | Index, config: CheckConfig) -> list[Violation]:
     out += orphan_starts(idx, config, late=True, guarantee="G2")
     out += orphan_settles(idx, config, late=True, guarantee="G2")
     return out
+
+
+def _states_after_decision(d: Delivery) -> list[Ref]:
+    """Writes of ``d``'s attempt after its ack decision that G2 does not allow.
+
+    The worker's parent stores FAILURE after acking or rejecting when the child is gone:
+    for a lost child (``Request.on_failure``: the ack decision, then ``mark_as_failure``)
+    and for a hard time limit (``on_failure`` decides, then ``on_timeout`` stores
+    FAILURE), celery/worker/request.py. G3 and G12 judge those writes.
+    """
+    assert d.settle_at is not None
+    if d.marks_of("time-limit", which="hard") or (
+        d.outcome is not None and d.outcome.kind == "child-lost"
+    ):
+        return []
+    return d.states_after(d.settle_at)
 
 
 def _late_decision(d: Delivery, config: CheckConfig) -> list[Violation]:

@@ -304,7 +304,7 @@ def check_g17(history: History | Index, config: CheckConfig) -> list[Violation]:
                         evidence(stop, d.start),
                     )
                 )
-            if d.unacked_at(i) and d.start_at is None and config.complete:
+            if d.unacked_at(i) and d.start_at is None and config.complete and not _revoked(d, i):
                 out += _comes_back(idx, d, i, "G17", stop)
             if not d.running_at(i):
                 continue
@@ -313,6 +313,21 @@ def check_g17(history: History | Index, config: CheckConfig) -> list[Violation]:
             else:
                 out += _cold(idx, d, i, stop, config)
     return out
+
+
+def _revoked(d: Delivery, i: int) -> bool:
+    """``d`` was revoked (or expired) before index ``i`` and its ack followed.
+
+    Celery acks a revoked message itself (request.py ``_announce_revoked``), through the
+    consumer's ``call_soon``: a prefork worker's hub may send it only when the loop next
+    wakes, as late as the shutdown. Nothing of it has to go back to the queue.
+    """
+    return (
+        d.revoked_at is not None
+        and d.revoked_at < i
+        and d.settle is not None
+        and d.settle.kind == "acked"
+    )
 
 
 def _warm(

@@ -359,6 +359,10 @@ class _Builder:
         if d is not None:
             d.unregistered, d.unregistered_at = e, i
 
+    # A message the consumer cannot decode or does not accept (consumer.py on_decode_error,
+    # on_invalid_task) is acked or rejected before any Request exists, like an unknown task.
+    on_undecodable = on_unregistered
+
     # -- backend ----------------------------------------------------------------------
 
     def _writer(self, i: int, e: Event) -> Delivery | None:

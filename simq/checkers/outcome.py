@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from celery import states
+
 from simq.checkers.base import CheckConfig, Violation, exc_type, when
 from simq.checkers.delivery import evidence
 from simq.checkers.index import Delivery, Index, Ref, index_of

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from celery import states
+
 from simq.checkers.base import CheckConfig, Violation, per_second, when
 from simq.checkers.delivery import evidence
 from simq.checkers.index import Delivery, Index, index_of

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from celery import states
+
 from simq.checkers.base import CheckConfig, Violation, when
 from simq.checkers.delivery import evidence
 from simq.checkers.index import Delivery, Index, index_of
@@ -43,7 +44,7 @@ def _receipt_revoked(
                 evidence(d.event, r),
             )
         )
-    if not _settled(d, "acked"):
+    if not _settled(d, "acked") and not _ack_cut_off(d):
         out.append(
             Violation(
                 g,
@@ -63,6 +64,23 @@ def _receipt_revoked(
             )
         )
     return out
+
+
+def _ack_cut_off(d: Delivery) -> bool:
+    """``d`` was revoked and its worker lost it (crash, connection loss) before any ack.
+
+    Celery's consumer sends the ack of a revoked message through ``call_soon``
+    (consumer.py ``call_soon_ack``): a prefork worker's hub sends it when its loop next
+    wakes, and a crash in between leaves the message to the broker, which takes it back
+    (G4 and G7 judge that).
+    """
+    return (
+        d.settle is None
+        and d.release is not None
+        and d.release_at is not None
+        and d.revoked_at is not None
+        and d.release_at > d.revoked_at
+    )
 
 
 def check_g9(history: History | Index, config: CheckConfig) -> list[Violation]:

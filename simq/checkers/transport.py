@@ -89,6 +89,11 @@ def _leaves_eta_hold(d: Delivery, times: list[float]) -> int:
     eta = d.eta
     if eta is None:
         return d.at
+    if d.start_at is None and d.revoked_at is not None and d.settle_at is not None:
+        # Revoked when it was received or its ETA fired: it never runs. Celery acks it
+        # and lowers the prefetch count again (qos.decrement_eventually) together, on the
+        # consumer's next turn (call_soon): until then the broker may send one more.
+        return d.settle_at
     passed = bisect.bisect_right(times, eta, lo=d.at)  # first index with time > eta
     return min(passed, d.start_at if d.start_at is not None else passed)
 

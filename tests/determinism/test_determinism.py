@@ -14,6 +14,8 @@ import threading
 import time
 from pathlib import Path
 
+import celery
+
 import simq
 
 HERE = Path(__file__).resolve().parent
@@ -25,28 +27,38 @@ class Flaky(Exception):
 
 def workload_jsonl(seed: int) -> str:
     """Run a workload with retries, jittered autoretry, sleeps and 3 workers; its JSONL."""
-    app = simq.App("determinism", task_acks_late=True)
+    app = celery.Celery("determinism")
+    app.conf.task_acks_late = True
     attempts: dict[str, int] = {}
+    # shared=False: Celery adds a shared task to every app made later, where the first
+    # registered under a name wins; each run registers its own tasks on its own app.
 
-    @app.task(bind=True, max_retries=3)
-    def charge(self: simq.Task, order: int) -> dict[str, int]:
+    @app.task(shared=False, bind=True, max_retries=3)
+    def charge(self: celery.Task, order: int) -> dict[str, int]:
         if self.request.retries < order % 3:
             raise self.retry(countdown=order + 1)
         return {"order": order, "retries": self.request.retries}
 
-    @app.task(bind=True, autoretry_for=(Flaky,), retry_backoff=2, retry_jitter=True, max_retries=4)
-    def ship(self: simq.Task, order: int) -> str:
+    @app.task(
+        shared=False,
+        bind=True,
+        autoretry_for=(Flaky,),
+        retry_backoff=2,
+        retry_jitter=True,
+        max_retries=4,
+    )
+    def ship(self: celery.Task, order: int) -> str:
         attempts[self.request.id] = attempts.get(self.request.id, 0) + 1
         if attempts[self.request.id] <= 2:
             raise Flaky(order)
         return f"shipped {order}"
 
-    @app.task
+    @app.task(shared=False)
     def pack(seconds: float) -> float:
         time.sleep(seconds)
         return time.time()
 
-    @app.task
+    @app.task(shared=False)
     def audit(value: object) -> str:
         return repr(value)
 

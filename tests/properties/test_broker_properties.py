@@ -15,12 +15,13 @@ from collections import Counter, defaultdict
 from typing import Any
 
 import attrs
+import celery
+from celery import states
+from celery.exceptions import Ignore, Reject
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import simq
-from simq import states
-from simq.exceptions import Ignore, Reject
 from simq.history import Event, History
 
 QUEUES = ("celery", "q2")
@@ -55,13 +56,16 @@ def task_name(kind: str, late: bool) -> str:
     return f"{kind}_late" if late else kind
 
 
-def make_app(max_priority: int | None) -> simq.App:
+def make_app(max_priority: int | None) -> celery.Celery:
     """An app with every task kind, in an early-ack and an acks_late variant."""
-    app = simq.App("props", task_queue_max_priority=max_priority)
+    app = celery.Celery("props")
+    app.conf.task_queue_max_priority = max_priority
     rejections: Counter[str] = Counter()
 
     for late in (False, True):
-        opts: dict[str, Any] = {"acks_late": late}
+        # shared=False: each example's app has its own tasks (a shared task would be
+        # added to every later app, and the first registered under a name wins).
+        opts: dict[str, Any] = {"acks_late": late, "shared": False}
 
         @app.task(name=task_name("ok", late), **opts)
         def ok(n: int) -> int:
@@ -72,7 +76,7 @@ def make_app(max_priority: int | None) -> simq.App:
             raise ValueError(n)
 
         @app.task(name=task_name("retry", late), bind=True, max_retries=2, **opts)
-        def retry(self: simq.Task, n: int) -> int:
+        def retry(self: celery.Task, n: int) -> int:
             # Fails the first n attempts; n == 3 exhausts max_retries=2.
             if self.request.retries < n:
                 raise self.retry(countdown=self.request.retries + 1)
@@ -88,7 +92,7 @@ def make_app(max_priority: int | None) -> simq.App:
             raise Ignore()
 
         @app.task(name=task_name("reject", late), bind=True, **opts)
-        def reject(self: simq.Task, n: int) -> int:
+        def reject(self: celery.Task, n: int) -> int:
             # Rejects (with requeue) the first n + 1 deliveries of its id, then returns.
             rejections[self.request.id] += 1
             if rejections[self.request.id] <= n + 1:

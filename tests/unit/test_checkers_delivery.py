@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from checker_support import Story, edited, kinds, only
+from checker_support import Story, edited, exc, kinds, only
+from checker_support import unshared_tasks as unshared_tasks  # autouse fixture
 
 import simq
 from simq.checkers import CheckConfig, check_g1, check_g2, check_g5, check_g6, config_from
@@ -269,6 +270,21 @@ def test_g5_does_not_count_eta_messages() -> None:
     s = Story().online("w1", prefetch_multiplier=1).publish("m1", "t1", eta=60)
     s.publish("m2", "t2").deliver("m1").deliver("m2")
     assert check_g5(s.history, AMQP) == []
+
+
+def test_g5_does_not_count_an_eta_message_revoked_when_its_eta_fires() -> None:
+    """An ETA message revoked when its ETA fires never joins the window: Celery acks it and
+    lowers the prefetch count on the consumer's next turn (§3.2 G5); one that runs counts."""
+    s = Story().online("w1", prefetch_multiplier=1).publish("m1", "t1", eta=1)
+    s.publish("m2", "t2", eta=3).deliver("m1")
+    s.at(2).event("revoked", "t1", "m1", "w1", reason="revoked", expired=False, terminated=False)
+    s.state("t1", "REVOKED", exc("TaskRevokedError", "revoked"))
+    s.deliver("m2").ack("m1")
+    assert check_g5(s.history, AMQP) == []
+    s = Story().online("w1", prefetch_multiplier=1).publish("m1", "t1", eta=1)
+    s.publish("m2", "t2", eta=3).deliver("m1").at(2).deliver("m2").start("m1").ack("m1")
+    v = only(check_g5(s.history, AMQP), "G5")
+    assert "while it held 1 unacked non-ETA message(s) (m1)" in v.message
 
 
 def test_g5_fails_beyond_the_eta_task_limit() -> None:

@@ -9,7 +9,8 @@ import time
 from typing import Any
 
 import pytest
-from checker_support import Story, edited, kinds, only
+from checker_support import Story, edited, exc, kinds, only
+from checker_support import unshared_tasks as unshared_tasks  # autouse fixture
 
 import simq
 from simq.checkers import CheckConfig, check_g4, check_g7, check_g17, config_from
@@ -251,6 +252,21 @@ def test_g17_fails_a_prefetched_message_that_never_returns() -> None:
     history = edited(s.history, drop=lambda e: e.kind == "requeued")
     v = only(check_g17(history, DONE), "G17")
     assert "shop.add[t2] message m2 was unacked on w1 at the shutdown" in v.message
+
+
+def test_g17_accepts_the_ack_of_a_revoked_message_sent_during_the_shutdown() -> None:
+    """A message revoked (expired) before the shutdown is acked by Celery itself, maybe
+    only as the shutdown begins (a prefork hub sends it through call_soon); unacked, it
+    must go back (§3.2 G17)."""
+    s = Story().online("w1").publish("m1", "t1", eta=1, expires=0.5).deliver("m1")
+    s.at(1).event("revoked", "t1", "m1", "w1", reason="expired", expired=True)
+    s.state("t1", "REVOKED", exc("TaskRevokedError", "expired"))
+    s.at(2).fault("shutdown", warm=False)
+    unacked = s.history
+    s.ack("m1").fault("worker-offline", reason="shutdown")
+    assert check_g17(s.history, DONE) == []
+    v = only(check_g17(unacked, DONE), "G17")
+    assert "shop.add[t1] message m1 was unacked on w1 at the shutdown" in v.message
 
 
 def test_g17_requires_a_cold_shutdown_to_cancel_early_tasks_with_retry() -> None:

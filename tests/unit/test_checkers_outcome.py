@@ -5,8 +5,11 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import celery
 import pytest
+from celery.exceptions import Ignore
 from checker_support import Story, edited, exc, only
+from checker_support import unshared_tasks as unshared_tasks  # autouse fixture
 
 import simq
 from simq.checkers import (
@@ -18,6 +21,7 @@ from simq.checkers import (
     check_g11,
     check_g12,
     config_from,
+    run_all,
 )
 
 AMQP = CheckConfig()
@@ -53,6 +57,36 @@ def test_g3_passes_real_child_deaths(conf: dict[str, Any]) -> None:
         sim.kill_child(r.id, at=1)
         sim.run(until=sim.now.replace(minute=5))
         assert sim.history.where(kind="child-lost")
+        assert check_g3(sim.history, config_from(sim)) == []
+        # Celery's parent acks or rejects first and stores FAILURE after (request.py
+        # on_failure): no other guarantee objects either.
+        assert run_all(sim.history, config_from(sim)) == []
+
+
+def test_g3_charges_a_lost_childs_failure_to_its_worker() -> None:
+    """Celery's parent acks a lost child's message, then stores FAILURE (request.py
+    on_failure); the ack brings in a message revoked at receipt, handled in between,
+    and the FAILURE is still the worker's write, which G3 finds (§3.2 G3)."""
+    app = celery.Celery("shop")
+    app.conf.task_acks_late = True
+
+    @app.task(name="shop.slow", shared=False)
+    def slow() -> None:
+        time.sleep(5)
+
+    @app.task(name="shop.ret", shared=False)
+    def ret(x: int) -> int:
+        return x
+
+    with simq.Simulation(app, seed=0, prefetch_multiplier=1) as sim:
+        lost, revoked = slow.delay(), ret.delay(1)
+        sim.revoke(revoked.id)
+        sim.kill_child(lost.id, at=1)
+        sim.run()
+        kinds = [(e.kind, e.task_id) for e in sim.history if e.kind in ("revoked", "state")]
+        assert kinds.index(("revoked", revoked.id)) < kinds.index(("state", lost.id))
+        failure = sim.history.where(kind="state", task_id=lost.id).last()
+        assert (failure["state"], failure.worker) == ("FAILURE", "worker-1")
         assert check_g3(sim.history, config_from(sim)) == []
 
 
@@ -202,6 +236,26 @@ def test_g8_fails_a_requeued_reject_that_stores_a_state() -> None:
     assert "no state is stored, yet FAILURE" in only(check_g8(s.history, LATE), "G8").message
 
 
+def test_g8_passes_a_real_ignore_revoked_afterwards() -> None:
+    """A revoke after the task ignored itself stores REVOKED, its state being still
+    PENDING (celery/worker/control.py _revoke): the command's write, not the attempt's."""
+    app = celery.Celery("shop")
+
+    @app.task(name="shop.skip", shared=False)
+    def skip() -> None:
+        raise Ignore()
+
+    with simq.Simulation(app, seed=0) as sim:
+        result = skip.delay()
+        sim.run()
+        assert result.state == "PENDING"
+        sim.revoke(result.id)
+        sim.run()
+        assert result.state == "REVOKED"
+        assert [e.worker for e in sim.history.where(kind="state")] == [None]
+        assert check_g8(sim.history, config_from(sim)) == []
+
+
 # -- G9 ------------------------------------------------------------------------------
 
 REVOKED_EXPIRED = exc("TaskRevokedError", "expired")
@@ -242,6 +296,19 @@ def test_g9_fails_an_expiry_path_that_stores_or_acks_wrongly() -> None:
     assert found[0].message.endswith("with expired=False")
     assert found[1].message.endswith("without storing REVOKED(TaskRevokedError)")
     assert "the message is acked, but it was rejected (requeue=False)" in found[2].message
+
+
+def test_g9_accepts_an_ack_a_crash_cut_off() -> None:
+    """Celery sends a revoke's ack through the consumer's call_soon: a worker crash before
+    it went out leaves the message to the broker (G4's to judge); without one, the missing
+    ack breaks G9."""
+    s = expired_story().outcome("revoked", "m1", reason="expired", expired=True, terminated=False)
+    s.state("t1", "REVOKED", REVOKED_EXPIRED)
+    unacked = s.history
+    s.at(11).fault("worker-crashed").event("lost", "t1", "m1", None, reason="expired")
+    assert check_g9(s.history, DONE) == []
+    v = only(check_g9(unacked, DONE), "G9")
+    assert "the message is acked, but it was never acked or rejected" in v.message
 
 
 def test_g9_fails_a_task_revoked_as_expired_too_soon() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 import attrs
+import celery
 import pytest
 
 import simq
@@ -30,12 +31,12 @@ def sample() -> History:
 
 
 def simulated() -> History:
-    app = simq.App("hist")
+    app = celery.Celery("hist")
 
-    @app.task(bind=True, max_retries=1)
-    def flaky(self: simq.Task, label: str) -> dict[str, object]:
+    @app.task(shared=False, bind=True, max_retries=1)
+    def flaky(self: celery.Task, label: str) -> dict[str, object]:
         if not self.request.retries:
-            raise self.retry(countdown=1.5)
+            raise self.retry(exc=ValueError("later", 2), countdown=1.5)
         return {"label": label, "nested": [1, 2.5, None, {"ok": True}]}
 
     with simq.Simulation(app, seed=3, workers=2) as sim:

@@ -43,8 +43,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from simq.runtime import encoded
-from simq.serialization import encode_exception
+from simq.seams.backend import jsonable
 from simq_conformance.sink import Sink
 
 __all__ = ["HEADER", "CeleryRecorder", "worker_name"]
@@ -73,13 +72,17 @@ def worker_name(hostname: str | None) -> str | None:
 
 def _safe(value: Any) -> Any:
     try:
-        return encoded(value)
+        return jsonable(value)
     except Exception:  # an unserializable result must not lose the event
         return repr(value)
 
 
-def _exception(exc: Any) -> Any:
-    return encode_exception(exc) if isinstance(exc, BaseException) else _safe(exc)
+def _exception(exc: Any, backend: Any) -> Any:
+    """Celery's json form of ``exc`` (the backend's ``prepare_exception``), as simq's
+    worker records it."""
+    if not isinstance(exc, BaseException):
+        return _safe(exc)
+    return _safe(backend.prepare_exception(exc, "json"))
 
 
 def _message_id(request: Any) -> str | None:
@@ -411,7 +414,8 @@ class CeleryRecorder:
 
         where = self._where(request)
         self.sink.record("time-limit", **where, which="hard", limit=limit)
-        self.sink.record("failed", **where, exception=encode_exception(TimeLimitExceeded(limit)))
+        exception = _exception(TimeLimitExceeded(limit), request.task.backend)
+        self.sink.record("failed", **where, exception=exception)
 
     def _where(self, request: Any) -> dict[str, Any]:
         return {
@@ -481,13 +485,15 @@ class CeleryRecorder:
             inner = getattr(retval, "exc", None)
             when = getattr(retval, "when", None)
             details = {
-                "exception": _exception(inner) if inner is not None else None,
+                "exception": _exception(inner, task.backend) if inner is not None else None,
                 "when": when if isinstance(when, int | float) or when is None else str(when),
             }
         elif kind == "declined":
             details = {"requeue": bool(getattr(retval, "requeue", False))}
         elif kind != "succeeded":
-            details = {"exception": _exception(retval) if retval is not None else None}
+            details = {
+                "exception": _exception(retval, task.backend) if retval is not None else None
+            }
         request = task.request
         self.sink.record(
             kind,
@@ -535,9 +541,13 @@ class CeleryRecorder:
             # No request: a write outside any attempt (a revoke command marking REVOKED),
             # which simq records without a worker too.
             worker = recorder._worker_of(request) if request is not None else None
-            recorder.sink.record(
-                kind, task_id=task_id, worker=worker, state=state, result=_safe(result)
-            )
+            # The stored value as the backend encodes it (an exception in Celery's json
+            # form), as simq's backend records it.
+            try:
+                value = _safe(backend.encode_result(result, state))
+            except Exception:
+                value = _safe(result)
+            recorder.sink.record(kind, task_id=task_id, worker=worker, state=state, result=value)
             return stored
 
         return store_result

@@ -1,5 +1,9 @@
-"""The reference adapter: runs a workload in simq's simulator, in virtual time.
+"""The reference adapter: runs a workload with Celery itself on simq's simulation.
 
+The probes are registered on a plain ``celery.Celery`` app, as on a real deployment;
+Celery's own code publishes, runs the tracer, retries and decides acks, while simq
+simulates the broker, the workers' consumers and pools, the result store and the clock,
+in virtual time.
 ``SimqAdapter()`` models RabbitMQ (``transport="amqp"``); ``SimqAdapter("redis")`` models
 Redis (visibility timeout, restore by timeout), for the differential check against
 ``celery-redis``. It supports every fault, enforces time limits and records every event
@@ -13,6 +17,8 @@ import heapq
 import itertools
 from collections.abc import Callable
 from typing import Any
+
+import celery
 
 import simq
 from simq.exceptions import UnknownTarget
@@ -115,7 +121,9 @@ class SimqAdapter(BaseAdapter):
             options = dict(conf.get("broker_transport_options") or {})
             options.setdefault("visibility_timeout", self.visibility_timeout)
             conf["broker_transport_options"] = options
-        app = simq.App("probes", **conf)
+        # Celery itself on the simulation: the same kind of app a real deployment runs.
+        app = celery.Celery("probes")
+        app.conf.update(conf)
         tasks = register_probes(app)
         with simq.Simulation(
             app,
