@@ -1,4 +1,4 @@
-"""Sanity checks around every test: no leaked clock patch, fiber or global random use."""
+"""Around every test: no leaked clock patch, fiber or global random use; no shared tasks."""
 
 from __future__ import annotations
 
@@ -8,10 +8,25 @@ import random
 import time
 from collections.abc import Iterator
 
+import celery._state
 import greenlet
 import pytest
 
 from simq.engine import vtime
+
+
+@pytest.fixture(autouse=True)
+def _unshare_tasks() -> Iterator[None]:
+    """Forget the tasks a test registered on every future app.
+
+    ``@app.task`` defaults to ``shared=True``: Celery adds each task to every app
+    finalized later in the process, and the first one registered under a name wins, so
+    without this a task of an earlier test would run under a later test's task name.
+    """
+    saved = set(celery._state._on_app_finalizers)
+    yield
+    celery._state._on_app_finalizers.clear()
+    celery._state._on_app_finalizers.update(saved)
 
 
 @pytest.fixture(autouse=True)

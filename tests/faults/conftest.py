@@ -12,25 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import celery._state
 import pytest
 
 import simq
 from simq.history import Event
-
-
-@pytest.fixture(autouse=True)
-def _unshare_tasks() -> Any:
-    """Forget the tasks a test registered on every future app.
-
-    ``@app.task`` defaults to ``shared=True``: Celery adds each task to every app
-    finalized afterwards, where the first one registered under a name wins. Without
-    this, a task of an earlier test would run under a later test's task of that name.
-    """
-    saved = set(celery._state._on_app_finalizers)
-    yield
-    celery._state._on_app_finalizers.clear()
-    celery._state._on_app_finalizers.update(saved)
 
 
 @pytest.fixture

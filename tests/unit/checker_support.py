@@ -11,31 +11,14 @@ state a correct run in a few lines and then break exactly one thing::
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
-
-import celery._state
-import pytest
 
 from simq.checkers import Violation
 from simq.history import Event, History
 
 #: Where hand-built histories start (the simulator's default start).
 T0 = dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc).timestamp()
-
-
-@pytest.fixture(autouse=True)
-def unshared_tasks() -> Iterator[None]:
-    """Forget the tasks a test registered on every future app (import it to use it).
-
-    ``@app.task`` defaults to ``shared=True``: Celery adds each task to every app
-    finalized afterwards, and the first one registered under a name wins, so a task of
-    an earlier test would run under a later test's task of the same name.
-    """
-    saved = set(celery._state._on_app_finalizers)
-    yield
-    celery._state._on_app_finalizers.clear()
-    celery._state._on_app_finalizers.update(saved)
 
 
 def iso(seconds: float) -> str:

@@ -5,23 +5,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import celery._state
 import pytest
 from celery import states
 from celery.exceptions import Ignore, NotRegistered, Reject, TaskRevokedError, WorkerLostError
 
 import simq
 from simq.exceptions import SimulationIdle
-
-
-@pytest.fixture(autouse=True)
-def _unshare_tasks() -> Any:
-    """Forget the tasks a test registered on every future app (``shared=True``), so that
-    a task of an earlier test never runs under a later test's task of the same name."""
-    saved = set(celery._state._on_app_finalizers)
-    yield
-    celery._state._on_app_finalizers.clear()
-    celery._state._on_app_finalizers.update(saved)
 
 
 @pytest.fixture

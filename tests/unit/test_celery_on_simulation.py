@@ -12,7 +12,7 @@ import datetime as dt
 import decimal
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import celery
@@ -45,14 +45,6 @@ def make_app(name: str = "proj", **settings: Any) -> celery.Celery:
     if settings:
         app.conf.update(settings)
     return app
-
-
-@pytest.fixture(autouse=True)
-def _no_leaked_shared_tasks() -> Iterator[None]:
-    """shared_task registers with every app finalized later in the process: undo that."""
-    before = set(celery._state._on_app_finalizers)
-    yield
-    celery._state._on_app_finalizers.intersection_update(before)
 
 
 def kinds(sim: simq.Simulation, task_id: str) -> list[str]:

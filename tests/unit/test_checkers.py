@@ -15,7 +15,6 @@ import celery
 import pytest
 from celery.exceptions import Ignore, Reject, SoftTimeLimitExceeded
 from checker_support import T0, Story, only
-from checker_support import unshared_tasks as unshared_tasks  # autouse fixture
 
 import simq
 from simq import checkers

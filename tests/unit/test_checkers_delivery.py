@@ -6,7 +6,6 @@ import time
 
 import pytest
 from checker_support import Story, edited, exc, kinds, only
-from checker_support import unshared_tasks as unshared_tasks  # autouse fixture
 
 import simq
 from simq.checkers import CheckConfig, check_g1, check_g2, check_g5, check_g6, config_from

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 from checker_support import Story, edited, exc, kinds, only
-from checker_support import unshared_tasks as unshared_tasks  # autouse fixture
 
 import simq
 from simq.checkers import CheckConfig, check_g4, check_g7, check_g17, config_from

@@ -9,7 +9,6 @@ import celery
 import pytest
 from celery.exceptions import Ignore
 from checker_support import Story, edited, exc, only
-from checker_support import unshared_tasks as unshared_tasks  # autouse fixture
 
 import simq
 from simq.checkers import (

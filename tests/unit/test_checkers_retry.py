@@ -8,7 +8,6 @@ from typing import Any
 import attrs
 import pytest
 from checker_support import Story, edited, exc, only
-from checker_support import unshared_tasks as unshared_tasks  # autouse fixture
 
 import simq
 from simq.checkers import (
