@@ -138,6 +138,10 @@ class Simulation:
         self._closed = False
         self._default_concurrency = concurrency
         self._default_multiplier = prefetch_multiplier
+        if workers:
+            # A worker imports the app's task modules as it boots (Loader.init_worker):
+            # ``include=``, ``imports`` and ``autodiscover_tasks()`` packages.
+            app.loader.import_default_modules()
         for _ in range(workers):
             self.add_worker(concurrency=concurrency, prefetch_multiplier=prefetch_multiplier)
 
@@ -214,6 +218,8 @@ class Simulation:
             name = f"worker-{n}"
         if name in self.workers:
             raise SimqError(f"a worker named {name!r} already exists; pick another name")
+        if not self.workers:
+            self.app.loader.import_default_modules()
         if prefetch_multiplier is None:
             prefetch_multiplier = (
                 self._default_multiplier

@@ -24,7 +24,7 @@ from kombu.transport import TRANSPORT_ALIASES, virtual
 
 from simq.exceptions import NoActiveSimulation
 
-__all__ = ["Channel", "ProducerPool", "Transport", "connect"]
+__all__ = ["Channel", "ProducerPool", "SimProducer", "Transport", "connect"]
 
 
 class Channel(virtual.Channel):
@@ -102,6 +102,35 @@ class Transport(virtual.Transport):
         return "1"
 
 
+class SimProducer(Producer):
+    """kombu's Producer, minus what a simulated broker has no use for.
+
+    Serialization, compression, headers and properties are kombu's own. Two things are
+    skipped: the retry wrapper (``Connection.ensure``: the simulated connection never
+    drops mid-publish; a broker fault is the simulation's business) and re-declaring on
+    every publish the entities this connection already declared (kombu's
+    ``maybe_declare`` binds a copy of each before finding it in its cache).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._declared: dict[int, Any] = {}  # id -> entity (kept alive: ids stay unique)
+
+    def publish(self, body: Any, *args: Any, **kwargs: Any) -> Any:
+        declare = kwargs.get("declare")
+        if declare:
+            declared = self._declared
+            todo = [entity for entity in declare if id(entity) not in declared]
+            kwargs["declare"] = todo
+        else:
+            todo = []
+        kwargs["retry"] = False
+        result = super().publish(body, *args, **kwargs)
+        for entity in todo:
+            self._declared[id(entity)] = entity
+        return result
+
+
 class ProducerPool:
     """Stands in for ``app.amqp.producer_pool``: one producer on the simulation."""
 
@@ -109,7 +138,7 @@ class ProducerPool:
         self.connection = connection
         self.connections = self  # Celery reads producer_pool.connections.connection
         self.limit = 1
-        self.producer = Producer(connection.default_channel)
+        self.producer = SimProducer(connection.default_channel)
 
     def acquire(self, block: bool = True, timeout: float | None = None) -> Any:
         return _Lease(self.producer)

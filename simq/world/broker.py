@@ -217,6 +217,7 @@ class Broker:
         self.copies: list[Envelope] = []  # visibility-timeout copies (not in ``envelopes``)
         self._dispatching = False
         self._pending: dict[str, None] = {}
+        self._dispatch_soon = False
 
     @property
     def acks_emulated(self) -> bool:
@@ -249,8 +250,18 @@ class Broker:
             root_id=headers.get("root_id"),
         )
         self.queue(message.queue).push(envelope)
-        self.dispatch(message.queue)
+        # Delivery is the broker's own step, after the publisher's call returns (as on a
+        # real broker): Celery's after_task_publish comes before any worker's receipt,
+        # and a task that publishes never runs consumer code inside its own child.
+        self._pending[message.queue] = None
+        if not self._dispatch_soon:
+            self._dispatch_soon = True
+            self.loop.call_soon(self._dispatch_pending)
         return envelope
+
+    def _dispatch_pending(self) -> None:
+        self._dispatch_soon = False
+        self.dispatch()
 
     def unroutable(self, message: Message, exchange: str, routing_key: str) -> None:
         """A message no queue is bound for: published, then lost, as on a real broker."""

@@ -28,6 +28,7 @@ from kombu.exceptions import ContentDisallowed
 from kombu.message import Message as KombuMessage
 from kombu.serialization import prepare_accept_content
 
+from simq.exceptions import SimqError
 from simq.seams.pool import Pool, Slot
 from simq.world.broker import Envelope, MessageState
 from simq.world.request import Delivery, RequestState, TokenBucket
@@ -121,6 +122,7 @@ class Worker:
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> None:
+        self._check_rate_limits()
         self.sim.declare_queues(self.queues)
         self.online = True
         self._record(
@@ -133,6 +135,24 @@ class Worker:
         for queue in self.queues:
             self.broker.consume(queue, self)
         signals.worker_ready.send(sender=self)
+
+    def _check_rate_limits(self) -> None:
+        # Celery's consumer parses every task's rate_limit as it starts
+        # (consumer.py reset_rate_limits): a malformed one stops the worker there.
+        if self.app.conf.worker_disable_rate_limits:
+            return
+        for name, task in sorted(self.app.tasks.items()):
+            if not task.rate_limit:
+                continue
+            try:
+                parse_rate(task.rate_limit)
+            except (KeyError, ValueError, TypeError) as exc:
+                raise SimqError(
+                    f"worker {self.name!r} cannot start: task {name!r} has rate_limit "
+                    f"{task.rate_limit!r}, which Celery's worker rejects at startup "
+                    f"({type(exc).__name__}: {exc}); use a number of tasks per second, or "
+                    "a string like '10/s', '10/m' or '10/h'"
+                ) from exc
 
     # -- consumer side -----------------------------------------------------------------
 

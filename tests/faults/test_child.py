@@ -184,7 +184,6 @@ def test_retry_on_worker_lost_retries_then_fails_when_exhausted(app, simulation,
         "2 child-killed m1 exitcode=-9",
         "2 child-lost m1 exitcode=-9",
         "2 published m2 retries=1 eta=2030-01-01T00:00:09+00:00",
-        "2 delivered m2 worker-1",
         f"2 state RETRY {SIGKILL_LOST}",
     ]
     second = [
@@ -196,6 +195,7 @@ def test_retry_on_worker_lost_retries_then_fails_when_exhausted(app, simulation,
         assert trail(sim, r.id)[3:] == [
             *first,
             "2 acked m1",
+            "2 delivered m2 worker-1",
             "9 started m2 worker-1 retries=1",
             *second,
             "12 acked m2",
@@ -204,6 +204,7 @@ def test_retry_on_worker_lost_retries_then_fails_when_exhausted(app, simulation,
     else:
         assert trail(sim, r.id)[4:] == [
             *first,
+            "2 delivered m2 worker-1",
             "9 started m2 worker-1 retries=1",
             "9 acked m2",
             *second,

@@ -194,10 +194,10 @@ def three_late_tasks(transport, simulation):
 
 HEAD = [
     "0 published m1 retries=0",
-    "0 delivered m1 w1",
     "0 published m2 retries=0",
-    "0 delivered m2 w1",
     "0 published m3 retries=0",
+    "0 delivered m1 w1",
+    "0 delivered m2 w1",
     "0 started m1 w1 retries=0",
     "2 connection-lost w1",
 ]

@@ -43,12 +43,12 @@ def load(app, simulation, warm):
 
 HEAD = [
     "0 published m1 retries=0",
-    "0 delivered m1 w1",
     "0 published m2 retries=0",
-    "0 delivered m2 w1",
     "0 published m3 retries=0",
-    "0 delivered m3 w1",
     "0 published m4 retries=0 eta=2030-01-01T00:00:03+00:00",
+    "0 delivered m1 w1",
+    "0 delivered m2 w1",
+    "0 delivered m3 w1",
     "0 delivered m4 w1",
     "0 started m1 w1 retries=0",
     "0 started m2 w1 retries=0",

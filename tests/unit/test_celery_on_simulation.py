@@ -441,8 +441,8 @@ def test_signals_fire_with_what_celery_sends() -> None:
     for_good = [name for name, seen in heard.log if seen["about"] == good.id]
     assert for_good == [
         "before_task_publish",
-        "task_received",  # see the xfail test below: Celery would send after_task_publish first
         "after_task_publish",
+        "task_received",
         "task_prerun",
         "task_success",
         "task_postrun",
@@ -545,15 +545,6 @@ def test_the_app_is_as_before_after_the_block() -> None:
     assert app.AsyncResult("outside").get() == 5
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "simq bug: the simulated broker delivers inside producer.publish() "
-        "(Broker.publish -> dispatch -> Worker.on_delivery), so a worker's task_received "
-        "fires before Celery sends after_task_publish, which it does only after "
-        "producer.publish() returns (celery/app/amqp.py send_task_message)"
-    ),
-)
 def test_after_task_publish_fires_before_the_worker_receives_the_task() -> None:
     """The publisher's after_task_publish precedes the worker's task_received."""
     app = make_app()

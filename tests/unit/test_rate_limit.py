@@ -8,6 +8,7 @@ import celery
 import pytest
 
 import simq
+from simq.exceptions import SimqError
 
 
 def starts(sim: simq.Simulation, task: str, worker: str | None = None) -> list[float]:
@@ -126,20 +127,15 @@ def test_task_default_rate_limit_applies_to_tasks_without_one(simulation):
     assert starts(sim, "shop.plain") == pytest.approx([0.0, 0.5, 1.0])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=KeyError,
-    reason=(
-        "simq bug: a malformed rate_limit ('10/x') makes the simulated worker's "
-        "celery.utils.time.rate() raise KeyError inside the publisher's delay(), because "
-        "the broker delivers synchronously; in Celery the publish succeeds and the worker "
-        "fails at startup (celery/worker/consumer/consumer.py reset_rate_limits)"
-    ),
-)
-def test_malformed_rate_does_not_fail_the_publisher(simulation):
-    """Celery accepts any rate_limit at @app.task; a bad one never fails the caller's publish."""
+def test_malformed_rate_stops_the_worker_at_startup(simulation):
+    """Celery accepts any rate_limit at @app.task; the worker refuses it as it starts."""
     app, _, _ = limited_app("10/x")
     assert app.tasks["shop.limited"].rate_limit == "10/x"  # no validation at definition
-    sim = simulation(app)
-    app.tasks["shop.limited"].delay(1)
-    assert sim.history.where(kind="published")
+    with pytest.raises(
+        SimqError,
+        match=(
+            r"^worker 'worker-1' cannot start: task 'shop.limited' has rate_limit '10/x', "
+            r"which Celery's worker rejects at startup \(KeyError: 'x'\); use a number"
+        ),
+    ):
+        simulation(app)

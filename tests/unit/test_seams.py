@@ -200,3 +200,36 @@ def test_each_simulated_child_has_its_own_pid_and_node_name() -> None:
     ]
     assert sorted(s["pid"] for s in started) == [101, 102, 103, 104]
     assert os.getpid() == real_pid
+
+
+def test_workers_import_the_apps_task_modules_like_a_booting_worker(
+    tmp_path: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``include=`` and ``autodiscover_tasks()`` modules are imported as workers start."""
+    import sys
+    from pathlib import Path
+
+    root = Path(str(tmp_path))
+    for package, body in (
+        (
+            "incpkg",
+            "from celery import shared_task\n\n@shared_task(name='inc.double')\ndef double(x):\n    return 2 * x\n",
+        ),
+        (
+            "discpkg",
+            "from celery import shared_task\n\n@shared_task(name='disc.triple')\ndef triple(x):\n    return 3 * x\n",
+        ),
+    ):
+        (root / package).mkdir()
+        (root / package / "__init__.py").write_text("")
+        (root / package / "tasks.py").write_text(body)
+    monkeypatch.syspath_prepend(str(root))
+    app = celery.Celery("proj", include=["incpkg.tasks"], set_as_current=False)
+    app.autodiscover_tasks(["discpkg"])
+    try:
+        with simq.Simulation(app, seed=1):
+            assert app.send_task("inc.double", (4,)).get() == 8
+            assert app.send_task("disc.triple", (4,)).get() == 12
+    finally:
+        for name in ("incpkg", "incpkg.tasks", "discpkg", "discpkg.tasks"):
+            sys.modules.pop(name, None)
