@@ -10,11 +10,13 @@ UnknownTarget naming what exists. What each fault does follows CELERY_SEMANTICS.
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from celery import signals
+from celery.worker.request import Request as CeleryRequest
 from celery.platforms import signals as platform_signals
 
 from simq.exceptions import UnknownTarget
@@ -26,6 +28,9 @@ if TYPE_CHECKING:
     from simq.world.request import Delivery as Request
 
 __all__ = ["Faults"]
+
+#: Celery 5.6+ lets the consumer cancel without storing RETRY (``emit_retry``).
+_CANCEL_TAKES_EMIT_RETRY = "emit_retry" in inspect.signature(CeleryRequest.cancel).parameters
 
 
 class Faults:
@@ -317,7 +322,10 @@ def _cancel(
     worker.note("cancelled", request, reason=reason)
     worker.sim.acting(worker)
     try:
-        request.celery.cancel(worker.pool, emit_retry=emit_retry)
+        if _CANCEL_TAKES_EMIT_RETRY:
+            request.celery.cancel(worker.pool, emit_retry=emit_retry)
+        else:  # Celery 5.5: a cancel always stores RETRY('cancelled by Celery')
+            request.celery.cancel(worker.pool)
     finally:
         worker.sim.acting(None)
     if slot.job is not None and slot.request is request:
