@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import celery
+import celery.worker.control
 from celery import states
 from celery.exceptions import TimeoutError
 from celery.utils.time import maybe_iso8601, maybe_make_aware
@@ -464,14 +465,15 @@ class Simulation:
                 signal=signal,
                 workers=[w.name for w in online],
             )
-            # 5.6+ (worker/control.py _revoke): each worker not running the task marks it
-            # REVOKED if its state is still revocable; the one running it leaves it alone.
+            # 5.6.2+ (worker/control.py _revoke): each worker not running the task marks
+            # it REVOKED if its state is still revocable; the one running it leaves it
+            # alone. Older Celery (5.5) only adds the id to the worker's revoked set.
             idle = [w for w in online if not any(r.id == tid for r in w.active())]
             for w in online:
                 w.revoke(tid)
                 if terminate:
                     self.faults.terminate(w, tid, signal)
-            if idle and self.backend.state_of(tid) in _REVOCABLE:
+            if _REVOKE_MARKS_REVOKED and idle and self.backend.state_of(tid) in _REVOCABLE:
                 # The command's write belongs to no attempt (a task that ignored itself
                 # may already have run): recorded without a worker, as the conformance
                 # recorder records it on real workers, so no attempt is charged with it.
@@ -573,6 +575,9 @@ class Simulation:
         )
 
 
+#: Whether Celery's revoke command stores REVOKED itself (worker/control.py ``_revoke``
+#: calls ``backend.mark_as_revoked`` from 5.6.2; 5.5's does not).
+_REVOKE_MARKS_REVOKED = "mark_as_revoked" in celery.worker.control._revoke.__code__.co_names
 _REVOCABLE = frozenset({states.PENDING, states.RECEIVED, states.RETRY, states.REJECTED})
 
 #: The simulation active in this process, if any: time is patched process-wide.

@@ -8,11 +8,32 @@ import random
 import time
 from collections.abc import Iterator
 
+import celery
 import celery._state
 import greenlet
 import pytest
 
 from simq.engine import vtime
+
+#: The running Celery's (major, minor), for expectations that differ between versions.
+CELERY_VERSION = (celery.VERSION.major, celery.VERSION.minor)
+_RUNNING = (celery.VERSION.major, celery.VERSION.minor, celery.VERSION.micro)
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split("."))
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip a test marked ``celery(min="5.7", why=...)`` on an older Celery, saying why.
+
+    ``min`` is "major.minor" or "major.minor.micro".
+    """
+    for marker in item.iter_markers(name="celery"):
+        minimum = marker.kwargs["min"]
+        why = marker.kwargs["why"]
+        if _version(minimum) > _RUNNING:
+            pytest.skip(f"needs Celery >= {minimum} (running {celery.__version__}): {why}")
 
 
 @pytest.fixture(autouse=True)

@@ -19,10 +19,13 @@ from the simulator's internals, so they judge a real broker's history the same w
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
 import attrs
+from celery.app.task import Task as _CeleryTask
+from celery.worker.request import Request as _CeleryRequest
 
 from simq.checkers.base import TRANSPORTS as TRANSPORTS
 from simq.checkers.base import CheckConfig as CheckConfig
@@ -129,6 +132,34 @@ _TASK_SETTINGS = (
 )
 
 
+#: Celery 5.7 reworked the worker's failure handling (worker/request.py ``on_failure``):
+#: separate ``acks_on_failure``/``acks_on_timeout`` task attributes, ``retry_on_worker_lost``
+#: and FAILURE(Reject) stored for ``Reject(requeue=False)`` came together. The Task
+#: attributes are the part that can be detected: older Celery (5.5) reads only
+#: ``acks_on_failure_or_timeout``, ignores the other names if a task sets them, and
+#: stores nothing for a Reject.
+_SPLIT_ACK_FLAGS = hasattr(_CeleryTask, "acks_on_failure")
+_HAS_RETRY_ON_WORKER_LOST = hasattr(_CeleryTask, "retry_on_worker_lost")
+#: Celery 5.7's Request.on_failure keeps a SUCCESS stored before the child was lost.
+_KEEPS_SUCCESS_ON_LOST_CHILD = hasattr(_CeleryRequest, "_success_was_stored")
+#: Celery 5.6+ can cancel a request without storing RETRY (what a cold shutdown does to an
+#: unacked acks_late task); 5.5's Request.cancel always stores it.
+_CANCEL_WITHOUT_RETRY = "emit_retry" in inspect.signature(_CeleryRequest.cancel).parameters
+
+
+def _task_setting(task: Any, setting: str) -> Any:
+    """The value of ``setting`` that this Celery's worker reads for ``task``."""
+    if setting in ("acks_on_failure", "acks_on_timeout"):
+        value = getattr(task, setting, None) if _SPLIT_ACK_FLAGS else None
+        if value is None:
+            # Celery 5.5 has only the combined attribute (5.7 falls back to it too).
+            value = getattr(task, "acks_on_failure_or_timeout", None)
+        return value
+    if setting == "retry_on_worker_lost" and not _HAS_RETRY_ON_WORKER_LOST:
+        return None  # Celery's default (off): this Celery has no such attribute
+    return getattr(task, setting, None)
+
+
 def config_from(sim: Any, **overrides: Any) -> CheckConfig:
     """The :class:`CheckConfig` of a simq simulation, read from its app, workers, broker.
 
@@ -140,10 +171,7 @@ def config_from(sim: Any, **overrides: Any) -> CheckConfig:
     tables: dict[str, dict[str, Any]] = {name: {} for name in _TASK_SETTINGS}
     for name, task in app.tasks.items():
         for setting in _TASK_SETTINGS:
-            value = getattr(task, setting, None)
-            if value is None and setting in ("acks_on_failure", "acks_on_timeout"):
-                # Celery 5.5 has only the combined attribute (5.7 falls back to it too).
-                value = getattr(task, "acks_on_failure_or_timeout", None)
+            value = _task_setting(task, setting)
             if setting in (
                 "acks_late",
                 "acks_on_failure",
@@ -175,6 +203,9 @@ def config_from(sim: Any, **overrides: Any) -> CheckConfig:
         cancel_long_running_tasks_on_connection_loss=bool(
             getattr(conf, "worker_cancel_long_running_tasks_on_connection_loss", False)
         ),
+        reject_stores_failure=_SPLIT_ACK_FLAGS,
+        lost_child_keeps_success=_KEEPS_SUCCESS_ON_LOST_CHILD,
+        cancel_without_retry=_CANCEL_WITHOUT_RETRY,
         complete=loop is not None and loop.next_time() is None,
         **tables,  # type: ignore[arg-type]
     )

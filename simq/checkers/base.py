@@ -96,6 +96,15 @@ class CheckConfig:
         persistent_backend: Whether the result backend persists (all but RPC).
         kv_backend: Whether it is a key-value backend, where SUCCESS is final (G15).
         cancel_long_running_tasks_on_connection_loss: the worker setting of that name.
+        reject_stores_failure: Whether ``Reject(requeue=False)`` stores FAILURE(Reject)
+            (Celery 5.7, worker/request.py ``on_failure``, #4222); False for older Celery,
+            which only rejects the message and leaves the state alone.
+        lost_child_keeps_success: Whether a child lost after its SUCCESS was stored keeps
+            it (Celery 5.7, ``Request._success_was_stored``); False for older Celery, which
+            handles the loss like any other (FAILURE, discarded by a key-value backend).
+        cancel_without_retry: Whether a cold shutdown cancels an unacked acks_late task
+            without storing RETRY (Celery 5.6+, ``Request.cancel(emit_retry=False)``);
+            False for Celery 5.5, whose every cancel stores RETRY('cancelled by Celery').
         complete: The run drained (nothing left to do): "eventually" claims are
             checked at the end of the history. Leave False for a history cut short.
         slack: Seconds of tolerance on time bounds (clock skew between machines, time
@@ -127,6 +136,9 @@ class CheckConfig:
     persistent_backend: bool = True
     kv_backend: bool = True
     cancel_long_running_tasks_on_connection_loss: bool = False
+    reject_stores_failure: bool = True
+    lost_child_keeps_success: bool = True
+    cancel_without_retry: bool = True
     complete: bool = False
     slack: float = 0.0
 

@@ -276,8 +276,9 @@ def check_g17(history: History | Index, config: CheckConfig) -> list[Violation]:
     Warm: "the worker will finish all currently executing tasks before it actually
     terminates"; prefetched messages not started go back to the queue. Cold: running
     early-ack tasks are cancelled with RETRY and never re-run (their message was acked);
-    running unacked acks_late tasks are cancelled without RETRY and redelivered. In both,
-    the worker starts nothing after the shutdown began.
+    running unacked acks_late tasks are cancelled without RETRY (5.6+; see
+    ``config.cancel_without_retry``) and redelivered. In both, the worker starts nothing
+    after the shutdown began.
     """
     idx = index_of(history)
     out: list[Violation] = []
@@ -410,7 +411,7 @@ def _cold(idx: Index, d: Delivery, i: int, stop: Event, config: CheckConfig) -> 
                     )
                 )
     else:
-        for st in retry:
+        for st in retry if config.cancel_without_retry else ():
             out.append(
                 Violation(
                     "G17",

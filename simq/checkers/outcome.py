@@ -69,12 +69,13 @@ def check_g3(history: History | Index, config: CheckConfig) -> list[Violation]:
 
     "The worker will acknowledge the message if the child process executing the task is
     terminated ... even when acks_late is enabled." For each ``child-lost``: after a
-    stored SUCCESS nothing changes; with retry_on_worker_lost and retries left a retry
-    message (retries+1) and RETRY(WorkerLostError) follow; with acks_late and
-    reject_on_worker_lost the message is rejected with requeue and runs again, no state
-    stored; otherwise FAILURE(WorkerLostError) is stored, acks_late acks (or rejects
-    without requeue when acks_on_failure is off) and the task never runs again. A
-    ``child-killed`` fault ends its attempt with ``child-lost``.
+    stored SUCCESS nothing changes (5.7; ``config.lost_child_keeps_success``); with
+    retry_on_worker_lost and retries left a retry message (retries+1) and
+    RETRY(WorkerLostError) follow; with acks_late and reject_on_worker_lost the message
+    is rejected with requeue and runs again, no state stored; otherwise
+    FAILURE(WorkerLostError) is stored, acks_late acks (or rejects without requeue when
+    acks_on_failure is off) and the task never runs again. A ``child-killed`` fault ends
+    its attempt with ``child-lost``.
     """
     idx = index_of(history)
     out: list[Violation] = []
@@ -126,7 +127,7 @@ def _child_lost(
 
     max_retries = config.setting("max_retries", d.task)
     retries_left = max_retries is None or d.retries < max_retries
-    if idx.succeeded_before(d.task_id, i) is not None:
+    if config.lost_child_keeps_success and idx.succeeded_before(d.task_id, i) is not None:
         for f in failures:
             bad(f"SUCCESS was already stored, yet FAILURE was stored at {when(f)}", f)
         if late and not _settled(d, "acked"):
@@ -201,9 +202,9 @@ def check_g8(history: History | Index, config: CheckConfig) -> list[Violation]:
     """G8: ``Reject`` and ``Ignore`` (§3.2 G8).
 
     ``Ignore``: "no state will be recorded for the task, but the message is still
-    acknowledged". ``Reject(requeue=False)`` stores FAILURE(Reject) (5.7) and rejects the
-    acks_late message; ``Reject(requeue=True)`` "only takes effect when acks_late is
-    enabled": then the message is requeued and runs again with no state stored, else it
+    acknowledged". ``Reject(requeue=False)`` stores FAILURE(Reject) (5.7; see
+    ``config.reject_stores_failure``) and rejects the acks_late message;
+    ``Reject(requeue=True)`` "only takes effect when acks_late is enabled": then the message is requeued and runs again with no state stored, else it
     ran once and stays PENDING.
     """
     idx = index_of(history)
@@ -239,7 +240,11 @@ def _reject_or_ignore(
             )
         return out
     if not o.details.get("requeue"):
-        if config.stores_errors(d.task) and not _stored(after, states.FAILURE, "Reject"):
+        if (
+            config.reject_stores_failure
+            and config.stores_errors(d.task)
+            and not _stored(after, states.FAILURE, "Reject")
+        ):
             bad(
                 f"raised Reject(requeue=False) at {when(o)}: FAILURE(Reject) is stored "
                 "(5.7), and it was not"

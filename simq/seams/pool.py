@@ -192,6 +192,12 @@ class Pool:
         self.loop = worker.loop
         self.app = worker.app
         self.limit = concurrency
+        # The pool-wide limits the worker gives billiard's Pool (WorkController.time_limit
+        # and soft_time_limit: the task_time_limit and task_soft_time_limit settings).
+        # billiard applies them to a job sent without its own (``timeout or self.timeout``);
+        # Celery 5.5 relies on that, as its tasks do not read these settings themselves.
+        self.timeout: float | None = self.app.conf.task_time_limit
+        self.soft_timeout: float | None = self.app.conf.task_soft_time_limit
         self._jobs = itertools.count()  # billiard's job_counter: from 0, per process
         self.slots = [Slot(self, i) for i in range(concurrency)]
         self.next_slot: Slot | None = None  # the slot the worker chose for the next job
@@ -239,7 +245,9 @@ class Pool:
         job = Job(next(self._jobs), target, tuple(args))
         job.callback, job.error_callback = callback, error_callback
         job.accept_callback, job.timeout_callback = accept_callback, timeout_callback
-        job.soft_timeout, job.timeout = soft_timeout, timeout
+        # billiard's Pool.apply_async: the job's limits, else the pool's.
+        job.soft_timeout = soft_timeout or self.soft_timeout
+        job.timeout = timeout or self.timeout
         job.request = self.worker.starting
         slot.job = job
         self._start(slot, job)

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from celery import signals
-from celery.worker.request import Request as CeleryRequest
 from celery.platforms import signals as platform_signals
+from celery.worker.request import Request as CeleryRequest
 
 from simq.exceptions import UnknownTarget
 from simq.seams.pool import Slot

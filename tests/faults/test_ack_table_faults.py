@@ -11,8 +11,18 @@ from __future__ import annotations
 
 import time
 
+import celery
 import pytest
 from celery.exceptions import Ignore, Reject
+
+CELERY_VERSION = (celery.VERSION.major, celery.VERSION.minor)
+#: Celery's revoke command stores REVOKED itself from 5.6.2 (worker/control.py _revoke
+#: calls backend.mark_as_revoked); 5.5's only adds the id to the worker's revoked set.
+REVOKE_MARKS_REVOKED = (celery.VERSION.major, celery.VERSION.minor, celery.VERSION.micro) >= (
+    5,
+    6,
+    2,
+)
 
 #: billiard's mark_as_worker_lost (billiard/pool.py:1365-1369): the status, then the job
 #: number (this worker process's first job is 0).
@@ -100,7 +110,7 @@ REVOKED_AT_START = [
     "0 published m2 retries=0",
     "0 delivered m2 w1",
     "1 revoke",
-    "1 state REVOKED TaskRevokedError('revoked')",
+    *(["1 state REVOKED TaskRevokedError('revoked')"] if REVOKE_MARKS_REVOKED else []),
     "10 revoked m2 revoked",
     "10 state REVOKED TaskRevokedError('revoked')",
     "10 acked m2",
@@ -134,6 +144,12 @@ TERMINATED = [
 TIME_LIMIT = ["2 time-limit m1 hard 2", "2 failed m1 TimeLimitExceeded(2)"]
 FAILED_BY_TIME_LIMIT = "2 state FAILURE TimeLimitExceeded(2)"
 TIMED_OUT = [*TIME_LIMIT, FAILED_BY_TIME_LIMIT, FAILED_BY_TIME_LIMIT]
+# 5.7 stores FAILURE(Reject) for Reject(requeue=False) (worker/request.py on_failure,
+# #4222); 5.5 only rejects it.
+REJECT_FAILURE = ["5 state FAILURE Reject('no', False)"] if CELERY_VERSION >= (5, 7) else []
+# 5.7's on_failure keeps a SUCCESS stored before the child was lost (_success_was_stored);
+# 5.5 stores FAILURE(WorkerLostError) over it, which the result backend discards.
+AFTER_SUCCESS = [] if CELERY_VERSION >= (5, 7) else ["5 state-discarded FAILURE"]
 LATE = {"acks_late": True}
 RTWL_OPTIONS = {"retry_on_worker_lost": True, "max_retries": 1, "default_retry_delay": 3}
 
@@ -170,11 +186,9 @@ CASES = [
         "5 rejected m2 requeue=False"], [0]),
     # -- Reject(requeue=False): FAILURE(Reject); acked@start / REJ(requeue=False) ---------
     ("reject-early", {}, "reject", "redeliver", {}, [
-        *REDELIVERED, "1 acked m2", "5 declined m2", "5 state FAILURE Reject('no', False)"],
-        [0]),
+        *REDELIVERED, "1 acked m2", "5 declined m2", *REJECT_FAILURE], [0]),
     ("reject-late", LATE, "reject", "redeliver", {}, [
-        *REDELIVERED, "5 declined m2", "5 state FAILURE Reject('no', False)",
-        "5 rejected m2 requeue=False"], [0]),
+        *REDELIVERED, "5 declined m2", *REJECT_FAILURE, "5 rejected m2 requeue=False"], [0]),
     # -- Reject(requeue=True): no-op, no state / REJ(requeue=True), redelivered -----------
     ("requeue-early", {}, "requeue", "redeliver", {}, [
         *REDELIVERED, "1 acked m2", "5 declined m2"], [0]),
@@ -228,10 +242,10 @@ CASES = [
     # -- child died after storing SUCCESS: SUCCESS kept; acked@start / ACK ----------------
     ("child-died-after-success-early", {}, "linger", "kill-after-success", {}, [
         *EARLY, "4 state SUCCESS 'ok'", "5 child-killed m1 exitcode=-9",
-        "5 child-lost m1 exitcode=-9"], [0]),
+        "5 child-lost m1 exitcode=-9", *AFTER_SUCCESS], [0]),
     ("child-died-after-success-late", LATE, "linger", "kill-after-success", {}, [
         *RUNNING, "4 state SUCCESS 'ok'", "5 child-killed m1 exitcode=-9",
-        "5 child-lost m1 exitcode=-9", "5 acked m1"], [0]),
+        "5 child-lost m1 exitcode=-9", "5 acked m1", *AFTER_SUCCESS], [0]),
     # -- revoked with terminate while running: REVOKED('terminated'); acked@start / ACK ---
     ("terminated-early", {}, "return", "terminate", {}, [*EARLY, *TERMINATED], [0]),
     ("terminated-late", LATE, "return", "terminate", {}, [*RUNNING, *TERMINATED, "2 acked m1"],
@@ -255,10 +269,27 @@ CASES = [
 ]
 # fmt: on
 
+#: Rows whose subject is a task attribute new in Celery 5.7 (app/task.py): 5.5 has only
+#: acks_on_failure_or_timeout and no retry_on_worker_lost, and ignores these names.
+NEW_IN_5_7 = {
+    "exception-late-no-aof": "Task.acks_on_failure is new in 5.7",
+    "time-limit-late-no-aot": "Task.acks_on_timeout is new in 5.7",
+    "child-died-late-no-aof": "Task.acks_on_failure is new in 5.7",
+    "child-died-rtwl-early": "Task.retry_on_worker_lost is new in 5.7",
+    "child-died-rtwl-late": "Task.retry_on_worker_lost is new in 5.7",
+    "child-died-rtwl-exhausted-late": "Task.retry_on_worker_lost is new in 5.7",
+}
+
+
+def _row(case: tuple) -> object:
+    why = NEW_IN_5_7.get(case[0])
+    marks = [pytest.mark.celery(min="5.7", why=why)] if why else []
+    return pytest.param(*case[1:], id=case[0], marks=marks)
+
 
 @pytest.mark.parametrize(
     ("options", "how", "script", "call", "expected", "attempts"),
-    [pytest.param(*case[1:], id=case[0]) for case in CASES],
+    [_row(case) for case in CASES],
 )
 def test_ack_decision_table_row(
     app, simulation, trail, options, how, script, call, expected, attempts

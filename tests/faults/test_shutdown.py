@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import time
 
+import celery
 import pytest
 from celery import states
 
 from simq.exceptions import SimulationIdle, UnknownTarget
 
 CANCELLED = "Retry('Retry(Retry(...), None, None)', None, None)"
+CELERY_VERSION = (celery.VERSION.major, celery.VERSION.minor)
 
 
 def load(app, simulation, warm):
@@ -105,12 +107,16 @@ def test_cold_shutdown_cancels_running_tasks(app, simulation, trail):
     runs again (stuck RETRY); the acks_late one is cancelled without RETRY and
     redelivered (G17)."""
     sim, results, effects = load(app, simulation, warm=False)
+    # 5.5's Request.cancel has no emit_retry (5.6+): it stores RETRY for the acks_late
+    # task too, before the message goes back (worker/request.py cancel).
+    late_retry = [] if CELERY_VERSION >= (5, 6) else [f"2 state RETRY {CANCELLED}"]
     assert trail(sim) == [
         *HEAD,
         "2 shutdown w1 cold",
         "2 requeued m3 shutdown",
         "2 requeued m4 shutdown",
         "2 cancelled m1 shutdown",
+        *late_retry,
         "2 requeued m1 shutdown",
         "2 cancelled m2 shutdown",
         f"2 state RETRY {CANCELLED}",
