@@ -235,20 +235,7 @@ class Broker:
     def publish(self, message: Message) -> Envelope:
         envelope = Envelope(message, seq=len(self.envelopes))
         self.envelopes[message.message_id] = envelope
-        headers = message.headers
-        self._record(
-            "published",
-            task_id=message.task_id,
-            message_id=message.message_id,
-            task=message.task,
-            queue=message.queue,
-            retries=headers.get("retries", 0),
-            eta=headers.get("eta"),
-            expires=headers.get("expires"),
-            priority=message.priority,
-            parent_id=headers.get("parent_id"),
-            root_id=headers.get("root_id"),
-        )
+        self._record_published(message, message.queue)
         self.queue(message.queue).push(envelope)
         # Delivery is the broker's own step, after the publisher's call returns (as on a
         # real broker): Celery's after_task_publish comes before any worker's receipt,
@@ -263,15 +250,14 @@ class Broker:
         self._dispatch_soon = False
         self.dispatch()
 
-    def unroutable(self, message: Message, exchange: str, routing_key: str) -> None:
-        """A message no queue is bound for: published, then lost, as on a real broker."""
+    def _record_published(self, message: Message, queue: str | None) -> None:
         headers = message.headers
         self._record(
             "published",
             task_id=message.task_id,
             message_id=message.message_id,
             task=message.task,
-            queue=None,
+            queue=queue,
             retries=headers.get("retries", 0),
             eta=headers.get("eta"),
             expires=headers.get("expires"),
@@ -279,6 +265,10 @@ class Broker:
             parent_id=headers.get("parent_id"),
             root_id=headers.get("root_id"),
         )
+
+    def unroutable(self, message: Message, exchange: str, routing_key: str) -> None:
+        """A message no queue is bound for: published, then lost, as on a real broker."""
+        self._record_published(message, None)
         self._record(
             "lost",
             task_id=message.task_id,
