@@ -359,7 +359,7 @@ def test_callable_durations_draw_from_the_seed(simulation):
     def durations_for(seed):
         app = simq.App("shop")
 
-        @app.task
+        @app.task(shared=False)
         def job():
             return None
 
