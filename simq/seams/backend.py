@@ -145,12 +145,9 @@ class Backend(KeyValueStoreBackend):
     ) -> Any:
         self._ensure_not_eager()
         self._require_simulation()
-        status, ready_states = self.status, states.READY_STATES
-
-        def ready() -> bool:
-            return status.get(task_id) in ready_states
-
-        self.simulation.wait(ready, timeout, task_id)  # celery's TimeoutError on timeout
+        # Without a predicate the simulation waits for a ready state of task_id in this
+        # store; celery's TimeoutError on timeout.
+        self.simulation.wait(None, timeout, task_id)
         return self.get_task_meta(task_id)
 
     def as_uri(self, include_password: bool = False) -> str:

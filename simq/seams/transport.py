@@ -82,8 +82,8 @@ class Transport(virtual.Transport):
     def __init__(self, client: Any, **kwargs: Any) -> None:
         sim = client.transport_options.get("simulation")
         if sim is None:
-            # A connection Celery makes itself (the event dispatcher of send_task, ...)
-            # while a simulation is active reaches that simulation.
+            # A connection made from the app's simq:// URL (app.connection_for_write() in
+            # user code, ...) while a simulation is active reaches that simulation.
             from simq.simulation import _ACTIVE  # here: simq.simulation imports this module
 
             sim = _ACTIVE[0]

@@ -19,8 +19,9 @@ from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from billiard.einfo import ExceptionWithTraceback
 from celery import signals
-from celery.exceptions import NotRegistered, TaskRevokedError
+from celery.exceptions import Ignore, NotRegistered, Reject, Retry, TaskRevokedError
 from celery.utils.imports import symbol_by_name
 from celery.utils.time import rate as parse_rate
 from celery.worker import state as celery_state
@@ -386,11 +387,10 @@ class Worker:
             self.note("succeeded", delivery, **extra)
             return
         exc = getattr(value, "exception", value)
-        exc = getattr(exc, "exc", exc) if type(exc).__name__ == "ExceptionWithTraceback" else exc
-        kind = type(exc).__name__
-        if kind == "Retry" and hasattr(exc, "when"):
-            inner = exc.exc
-            when = exc.when
+        if isinstance(exc, ExceptionWithTraceback):
+            exc = exc.exc
+        if isinstance(exc, Retry):
+            inner, when = exc.exc, exc.when
             self.note(
                 "retried",
                 delivery,
@@ -399,9 +399,9 @@ class Worker:
                 else None,
                 when=when if isinstance(when, int | float) or when is None else str(when),
             )
-        elif kind == "Reject" and hasattr(exc, "requeue"):
+        elif isinstance(exc, Reject):
             self.note("declined", delivery, requeue=bool(exc.requeue))
-        elif kind == "Ignore":
+        elif isinstance(exc, Ignore):
             self.note("ignored", delivery, exception=self.encode_exception(exc))
         else:
             self.note("failed", delivery, exception=self.encode_exception(exc))
