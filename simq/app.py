@@ -13,6 +13,8 @@ from typing import Any
 
 import celery
 
+from simq import validate
+
 __all__ = ["SIMULATED_BACKEND", "SIMULATED_BROKER", "App"]
 
 #: The broker URL of an app made by :func:`App`: simq's simulated broker (no server).
@@ -33,6 +35,9 @@ def App(main: str | None = None, **settings: Any) -> celery.Celery:
         **settings: Settings by Celery's names (``task_acks_late=True``, ...); ``broker``
             and ``backend`` are accepted as Celery's constructor takes them.
     """
+    if main is not None and not isinstance(main, str):
+        # Celery would fail later, naming no setting, as it names the first task.
+        raise validate.invalid("App()", "main", "the app's name (a str), or None", main)
     broker = settings.pop("broker", None) or SIMULATED_BROKER
     backend = settings.pop("backend", None) or SIMULATED_BACKEND
     app = celery.Celery(main, broker=broker, backend=backend)

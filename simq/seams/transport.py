@@ -15,16 +15,21 @@ it raises :class:`~simq.exceptions.NoActiveSimulation` naming the fix.
 from __future__ import annotations
 
 import contextlib
+import struct
+import warnings
 from queue import Empty
 from typing import Any
 
+from celery.exceptions import InvalidTaskError
+from celery.utils.time import maybe_iso8601
 from kombu import Connection, Producer
 from kombu.serialization import loads
 from kombu.transport import TRANSPORT_ALIASES, virtual
 
+from simq import validate
 from simq.exceptions import NoActiveSimulation
 
-__all__ = ["Channel", "ProducerPool", "SimProducer", "Transport", "connect"]
+__all__ = ["Channel", "ProducerPool", "SimProducer", "Transport", "check_publication", "connect"]
 
 
 class Channel(virtual.Channel):
@@ -41,6 +46,7 @@ class Channel(virtual.Channel):
             body = loads(message["body"], message["content-type"], message["content-encoding"])
             sim.control(body.get("method"), body.get("arguments") or {}, body.get("destination"))
             return
+        check_publication(sim, message)
         if exchange:
             queues = self._lookup(exchange, routing_key)
         else:
@@ -68,7 +74,81 @@ class Channel(virtual.Channel):
         raise Empty()
 
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
+        check_publication(self.connection.simulation, message)
         self.connection.simulation.receive(message, "", queue, [queue])
+
+
+def check_publication(sim: Any, message: dict[str, Any]) -> None:
+    """Refuse a task message the real broker or Celery's worker could not take.
+
+    It raises at the call, before anything is recorded, what the real thing raises:
+    py-amqp's ``struct.error`` for a priority it cannot encode, Celery's
+    ``InvalidTaskError`` for an ETA or expiry its worker cannot read, and
+    :class:`~simq.exceptions.InvalidArgument` for a time limit no pool can keep, a task
+    id that is not a str or a retry count that is not a count.
+    A message recorded ``published`` is always in a queue or reported lost.
+    """
+    headers = message.get("headers") or {}
+    if "task" not in headers or "id" not in headers:
+        return
+    task = f"task {headers['task']!r}"
+    if not isinstance(headers["id"], str):
+        # py-amqp cannot encode it (TypeError); a worker cannot store its result.
+        raise validate.invalid(
+            task, "task_id", "a str", headers["id"], "; omit task_id= to let Celery make one"
+        )
+    retries = headers.get("retries") or 0
+    validate.whole(task, "retries", retries, minimum=0)
+    priority = (message.get("properties") or {}).get("priority")
+    if priority is not None:
+        _check_priority(sim.broker.transport, task, priority)
+    limits = headers.get("timelimit") or (None, None)
+    for name, value in zip(("time_limit", "soft_time_limit"), limits, strict=False):
+        validate.seconds(task, name, value, none=True, fix=_limit_fix(name, value))
+    for name in ("eta", "expires"):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            maybe_iso8601(value)
+        except (AttributeError, ValueError, TypeError) as exc:
+            # celery/worker/request.py: the worker rejects the message as invalid.
+            label = "ETA" if name == "eta" else name
+            raise InvalidTaskError(
+                f"{task}: invalid {label} value {value!r}: {exc}; Celery's worker rejects "
+                f"such a message: pass {name}= a datetime"
+                + (" (or countdown= seconds)" if name == "eta" else " (or seconds)")
+            ) from exc
+
+
+def _limit_fix(name: str, value: Any) -> str:
+    where = f"the call's {name}= or the task's {name} attribute"
+    hint = validate.number_hint(name, value)
+    return f"{hint} ({where})" if hint else f"; set {where} to a number of seconds, or None"
+
+
+def _check_priority(transport: str, task: str, priority: Any) -> None:
+    if transport == "amqp":
+        if isinstance(priority, int) and 0 <= priority <= 255:
+            return
+        # py-amqp packs the priority as one unsigned byte (amqp/serialization.py).
+        raise struct.error(
+            f"{task}: priority must be an int from 0 to 255 on amqp, got "
+            f"{validate.shown(priority)}; RabbitMQ's client (py-amqp) cannot encode it. "
+            "Pass an int: higher runs first, up to the queue's x-max-priority "
+            "(task_queue_max_priority)"
+        )
+    if transport == "redis":
+        try:
+            int(priority)
+        except (TypeError, ValueError):
+            # kombu's redis transport (_get_message_priority) falls back to the default.
+            warnings.warn(
+                f"{task}: priority {priority!r} is not a number; kombu's redis transport "
+                "gives the message the default priority 0, and so does simq",
+                UserWarning,
+                stacklevel=2,
+            )
 
 
 class Transport(virtual.Transport):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import sys
 from typing import Any
 
 import celery
@@ -133,16 +134,18 @@ def test_always_eager_celery_app_is_refused() -> None:
 
 def test_two_simulations_in_one_process() -> None:
     """A second simulation (of the same app or another) cannot start while one is active;
-    the message names the active one."""
+    the message names the active one and where it was started."""
     app = make_app()
+    line = sys._getframe().f_lineno + 1
     with simq.Simulation(app, seed=3):
         for second in (simq.Simulation(app, seed=4), simq.Simulation(simq.App("other"))):
             with pytest.raises(
                 SimqError,
                 match=exactly(
                     "another simulation is active in this process (<Simulation seed=3 "
-                    "now=2030-01-01T00:00:00+00:00 workers=['worker-1'] events=1>); close it "
-                    "before starting another"
+                    "now=2030-01-01T00:00:00+00:00 workers=['worker-1'] events=1>, started at "
+                    f"tests/unit/test_errors.py:{line} in test_two_simulations_in_one_process); "
+                    "close it (sim.close(), or end its `with` block) before starting another"
                 ),
             ):
                 second.start()
@@ -211,18 +214,25 @@ def test_unknown_worker_when_there_are_none() -> None:
 @pytest.mark.parametrize(
     ("options", "error", "message"),
     [
-        ({"seed": "7"}, TypeError, "seed must be an int, got '7'"),
-        ({"workers": -1}, ValueError, "workers must be >= 0, got -1"),
-        ({"concurrency": 0}, ValueError, "worker 'worker-1': concurrency must be >= 1, got 0"),
+        (
+            {"seed": "7"},
+            TypeError,
+            "Simulation(): seed must be an int, got the string '7'; pass a number, not a "
+            "string: seed=7",
+        ),
+        ({"workers": -1}, ValueError, "Simulation(): workers must be an int >= 0, got -1"),
+        ({"concurrency": 0}, ValueError, "Simulation(): concurrency must be an int >= 1, got 0"),
         (
             {"prefetch_multiplier": -2},
             ValueError,
-            "worker 'worker-1': prefetch_multiplier must be >= 0, got -2",
+            "Simulation(): prefetch_multiplier must be an int >= 0, got -2",
         ),
         (
             {"start": dt.datetime(2030, 1, 1)},
             ValueError,
-            "start must be timezone-aware (e.g. tzinfo=datetime.timezone.utc)",
+            "Simulation(): start must be a timezone-aware datetime, got "
+            "datetime.datetime(2030, 1, 1, 0, 0); add a timezone, e.g. "
+            "tzinfo=datetime.timezone.utc",
         ),
     ],
 )
@@ -239,7 +249,11 @@ def test_worker_queues_given_as_a_string() -> None:
     with (
         simq.Simulation(make_app()) as sim,
         pytest.raises(
-            TypeError, match=exactly("queues must be a list of names, got the string 'celery'")
+            TypeError,
+            match=exactly(
+                "add_worker(): queues must be a non-empty list of queue names, got the string "
+                "'celery'; pass queues=['celery']"
+            ),
         ),
     ):
         sim.add_worker(queues="celery")
@@ -252,7 +266,10 @@ def test_negative_advance() -> None:
     """advance() with negative seconds is a ValueError naming the value."""
     with (
         simq.Simulation(make_app()) as sim,
-        pytest.raises(ValueError, match=exactly("advance() needs seconds >= 0, got -1.5")),
+        pytest.raises(
+            ValueError,
+            match=exactly("advance(): seconds must be a number of seconds >= 0, got -1.5"),
+        ),
     ):
         sim.advance(-1.5)
 
@@ -263,7 +280,11 @@ def test_naive_until() -> None:
         simq.Simulation(make_app()) as sim,
         pytest.raises(
             ValueError,
-            match=exactly("until must be timezone-aware (e.g. tzinfo=datetime.timezone.utc)"),
+            match=exactly(
+                "run(): until must be a timezone-aware datetime, got "
+                "datetime.datetime(2030, 1, 2, 0, 0); add a timezone, e.g. "
+                "tzinfo=datetime.timezone.utc"
+            ),
         ),
     ):
         sim.run(until=dt.datetime(2030, 1, 2))

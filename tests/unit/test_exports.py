@@ -22,7 +22,10 @@ import simq
 from simq import exceptions
 
 EXPECTED_ALL = ["App", "Event", "History", "SimqError", "Simulation", "exceptions"]
-EXPECTED_EXCEPTIONS = ["NoActiveSimulation", "SimqError", "SimulationIdle", "UnknownTarget"]
+EXPECTED_EXCEPTIONS = [
+    "InvalidArgument", "NoActiveSimulation", "RunawaySimulation", "SimqError",
+    "SimulationIdle", "UnknownTarget",
+]  # fmt: skip
 
 
 def test_all_is_sorted_and_exactly_the_curated_list() -> None:
@@ -128,7 +131,10 @@ def test_simq_errors_share_one_root_and_their_builtin() -> None:
     assert issubclass(exceptions.SimqError, Exception)
     assert issubclass(exceptions.NoActiveSimulation, RuntimeError)
     assert issubclass(exceptions.SimulationIdle, RuntimeError)
+    assert issubclass(exceptions.RunawaySimulation, RuntimeError)
     assert issubclass(exceptions.UnknownTarget, LookupError)
+    assert issubclass(exceptions.InvalidArgument, TypeError)
+    assert issubclass(exceptions.InvalidArgument, ValueError)
     with pytest.raises(LookupError):
         raise exceptions.UnknownTarget("no worker named 'w9'")
 
