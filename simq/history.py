@@ -10,19 +10,31 @@ to JSON Lines and back without loss::
 Event kinds (``details`` keys in brackets; docs/history.md says when each is recorded):
 
 * messages: ``published`` [task, queue, retries, eta, expires, priority, parent_id,
-  root_id], ``delivered`` [queue, redelivered, copy?], ``acked``, ``rejected``
-  [requeue], ``requeued`` [reason, copy?], ``ack-failed``, ``lost`` [reason]
+  root_id, ignore_result, timelimit], ``delivered`` [queue, redelivered, copy?],
+  ``acked``, ``rejected`` [requeue], ``requeued`` [reason, copy?], ``ack-failed``,
+  ``lost`` [reason] (with reason ``worker-crashed``: an early-acked task that died with
+  its worker)
 * execution: ``started`` [task, retries], ``succeeded``, ``failed`` [exception],
   ``retried`` [exception, when], ``ignored`` [exception], ``declined`` [requeue] (the
   task raised Reject), ``revoked`` [reason, expired, terminated], ``unregistered``
-  [task], ``time-limit`` [which, limit], ``child-lost`` [exitcode], ``child-killed``
+  [task], ``undecodable`` [error], ``time-limit`` [which, limit], ``child-lost`` [exitcode], ``child-killed``
   [exitcode], ``cancelled`` [reason]
 * result backend: ``state`` [state, result], ``state-discarded`` [state, result] (a
   write after SUCCESS), ``forgotten``
 * workers, broker, control: ``worker-online`` [concurrency, queues,
   prefetch_multiplier], ``worker-crashed`` [restart_after], ``worker-offline`` [reason],
   ``shutdown`` [warm], ``connection-lost``, ``connection-restored``,
-  ``broker-restarted`` [lost, transport], ``revoke`` [terminate, signal, workers]
+  ``broker-restarted`` [lost, transport], ``revoke`` [terminate, signal, workers],
+  ``control`` [method, destination], ``fault-skipped`` [fault, reason] (a scheduled
+  fault found nothing to act on, e.g. ``kill_child`` of a task no longer running)
+
+Every event of one delivery (``delivered``, ``started``, the outcome, marks such as
+``time-limit``, ``acked``/``rejected``/``ack-failed``, ``requeued``/``lost`` of that
+delivery, its ``revoked``, the ``state`` writes it makes) carries that delivery's
+``attempt`` id in ``details``: two live attempts of one message (a visibility-timeout
+copy, a redelivery after a lost connection) never share one.
+
+:data:`KINDS` holds the same list for code; ``History.where`` checks names against it.
 """
 
 from __future__ import annotations
@@ -34,7 +46,53 @@ from typing import Any, overload
 
 import attrs
 
-__all__ = ["Event", "History"]
+from simq.exceptions import InvalidArgument
+from simq.validate import did_you_mean
+
+__all__ = ["KINDS", "Event", "History"]
+
+#: Every event kind the simulator and the real-broker adapters record, with its
+#: ``details`` keys (the module docs say what each means). ``History.where`` checks names
+#: against it, so that a misspelt kind or key is an error rather than an empty result.
+KINDS: dict[str, frozenset[str]] = {
+    kind: frozenset(keys.split())
+    for kind, keys in {
+        "published": "task queue retries eta expires priority parent_id root_id "
+        "ignore_result timelimit",
+        "delivered": "queue redelivered copy",
+        "acked": "",
+        "rejected": "requeue",
+        "requeued": "reason copy",
+        "ack-failed": "requeue",
+        "lost": "reason exchange routing_key",
+        "started": "task retries",
+        "succeeded": "deduplicated",
+        "failed": "exception",
+        "retried": "exception when",
+        "ignored": "exception",
+        "declined": "requeue",
+        "revoked": "reason expired terminated",
+        "unregistered": "task",
+        "undecodable": "error",
+        "time-limit": "which limit",
+        "child-lost": "exitcode",
+        "child-killed": "exitcode",
+        "cancelled": "reason",
+        "state": "state result",
+        "state-discarded": "state result",
+        "forgotten": "",
+        "worker-online": "concurrency queues prefetch_multiplier",
+        "worker-crashed": "restart_after",
+        "worker-offline": "reason",
+        "shutdown": "warm",
+        "connection-lost": "",
+        "connection-restored": "",
+        "broker-restarted": "lost transport",
+        "revoke": "terminate signal workers",
+        "control": "method destination",
+        "fault-skipped": "fault reason",
+    }.items()
+}
 
 
 @attrs.frozen(slots=True)
@@ -76,7 +134,10 @@ class Event:
         }
 
 
-_FIELDS = ("kind", "task_id", "message_id", "worker")
+_FIELDS = ("kind", "time", "task_id", "message_id", "worker")
+#: Details keys any event may carry: ``attempt`` names the delivery an event belongs to.
+_COMMON = frozenset({"attempt"})
+_KEYS = frozenset(_FIELDS).union(_COMMON, *KINDS.values())
 
 
 class History:
@@ -93,12 +154,16 @@ class History:
     def where(self, **criteria: Any) -> History:
         """Events matching every criterion.
 
-        ``kind``, ``task_id``, ``message_id`` and ``worker`` match the event's field (a
-        list, tuple or set matches any of its members); other keywords match ``details``.
+        ``kind``, ``time``, ``task_id``, ``message_id`` and ``worker`` match the event's
+        field (a list, tuple or set matches any of its members); other keywords match
+        ``details``. A kind, or a keyword, that no event kind has (and no event of this
+        history has) is an :class:`~simq.exceptions.InvalidArgument` suggesting the
+        closest name: a misspelling would otherwise match nothing, silently.
 
         Example:
             ``sim.history.where(kind="started", task_id=r.id)``
         """
+        self._check(criteria)
         tests: list[tuple[str, bool, Any]] = []
         for key, want in criteria.items():
             many = isinstance(want, Collection) and not isinstance(want, str)
@@ -112,6 +177,27 @@ class History:
             else:
                 out.append(event)
         return History(out)
+
+    def _check(self, criteria: dict[str, Any]) -> None:
+        for key in criteria:
+            if key not in _KEYS and not any(key in e.details for e in self._events):
+                names = sorted(_KEYS.union(*(e.details for e in self._events)))
+                raise InvalidArgument(
+                    f"where(): no event has a field or detail {key!r}"
+                    f"{did_you_mean(key, names)} (fields: {', '.join(_FIELDS)}; details "
+                    "by kind: simq.history.KINDS)"
+                )
+        want = criteria.get("kind")
+        if want is None:
+            return
+        many = isinstance(want, Collection) and not isinstance(want, str)
+        for kind in want if many else [want]:
+            if kind not in KINDS and not any(e.kind == kind for e in self._events):
+                names = sorted(set(KINDS).union(e.kind for e in self._events))
+                raise InvalidArgument(
+                    f"where(): {kind!r} is not an event kind{did_you_mean(kind, names)} "
+                    f"(kinds: {', '.join(names)})"
+                )
 
     def kinds(self) -> list[str]:
         """The kinds of the events, in order."""

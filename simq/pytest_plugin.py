@@ -2,15 +2,23 @@
 
 Registered through the ``pytest11`` entry point. Loading it patches nothing: time is
 only patched while a simulation the fixture made is active.
+
+A simulation left active after a test keeps the whole process on virtual time, and
+every later test with it. After each test's teardown the plugin closes such a
+simulation and fails that test (an error at teardown) with where it was started. A
+simulation a wider-scoped fixture (module, session) holds across tests is that
+fixture's: it is checked when the fixture has been torn down.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Generator
 from typing import Any
 
 import pytest
 
+from simq import simulation as simulation_module
 from simq.simulation import Simulation
 
 __all__ = ["SEED_OPTION", "simulation"]
@@ -79,3 +87,71 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             )
         )
     return report
+
+
+# -- leaked simulations ------------------------------------------------------------------
+
+#: Per simulation started during a setup that also set up wider-scoped fixtures: those
+#: fixtures, one of which may own it until it is torn down.
+_HELD_BY_KEY = pytest.StashKey["weakref.WeakKeyDictionary[Simulation, list[Any]]"]()
+
+
+def _active() -> Simulation | None:
+    return simulation_module._ACTIVE[0]
+
+
+def _wider_fixtures(item: pytest.Item) -> list[Any]:
+    """The item's fixtures of a scope wider than the test that are set up now."""
+    info = getattr(item, "_fixtureinfo", None)
+    defs = getattr(info, "name2fixturedefs", None) or {}
+    return [
+        chain[-1]
+        for chain in defs.values()
+        if chain and chain[-1].scope != "function" and chain[-1].cached_result is not None
+    ]
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, Any]:
+    before = _active()
+    wider_before = {id(f) for f in _wider_fixtures(item)}
+    try:
+        return (yield)
+    finally:
+        sim = _active()
+        if sim is not None and sim is not before:
+            opened = [f for f in _wider_fixtures(item) if id(f) not in wider_before]
+            if opened:
+                held = item.config.stash.setdefault(_HELD_BY_KEY, weakref.WeakKeyDictionary())
+                held[sim] = opened
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None]:
+    try:
+        result = yield
+    except BaseException:
+        _close_leaked(item)
+        raise
+    message = _close_leaked(item)
+    if message:
+        pytest.fail(message, pytrace=False)
+    return result
+
+
+def _close_leaked(item: pytest.Item) -> str:
+    """Close a simulation still active after ``item``'s teardown; say where it started."""
+    sim = _active()
+    if sim is None:
+        return ""
+    held = item.config.stash.get(_HELD_BY_KEY, None)
+    owners = held.get(sim) if held is not None else None
+    if owners and any(f.cached_result is not None for f in owners):
+        return ""  # a module- or session-scoped fixture holds it for later tests
+    sim.close()
+    return (
+        f"simq: a Simulation started at {sim.started_where} was never closed ({sim!r}); "
+        "it kept the whole process on virtual time and would have leaked into every later "
+        "test. It has been closed now. Use `with simq.Simulation(app) as sim:`, the "
+        "`simulation` fixture, or call sim.close() (in a fixture: after its yield)"
+    )

@@ -14,10 +14,14 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import random
-from collections.abc import Callable, Iterable, Mapping
+import sys
+import threading
+import types
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import celery
@@ -27,15 +31,18 @@ from celery.exceptions import TimeoutError
 from celery.utils.time import maybe_iso8601, maybe_make_aware
 from kombu.transport.virtual import BrokerState
 
-from simq.engine.fibers import current_fiber
+from simq import guards, validate
+from simq.engine.fibers import Fibers, current_fiber
+from simq.engine.interrupts import SigintHandler
 from simq.engine.loop import Loop, relaxed_gc
 from simq.engine.rng import Streams
 from simq.engine.vtime import VirtualTime
-from simq.exceptions import SimqError, SimulationIdle, UnknownTarget
+from simq.exceptions import InvalidArgument, SimqError, SimulationIdle, UnknownTarget
 from simq.history import Event, History
 from simq.message import Message
 from simq.seams.backend import Backend
 from simq.seams.install import Installation
+from simq.seams.pool import forget_dead_children
 from simq.world.broker import Broker
 from simq.world.faults import Faults
 from simq.world.worker import Worker
@@ -46,12 +53,8 @@ __all__ = ["DEFAULT_START", "Simulation"]
 DEFAULT_START = dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc)
 
 
-def _epoch(value: dt.datetime, what: str) -> float:
-    if not isinstance(value, dt.datetime):
-        raise TypeError(f"{what} must be a datetime, got {type(value).__name__}")
-    if value.tzinfo is None:
-        raise ValueError(f"{what} must be timezone-aware (e.g. tzinfo=datetime.timezone.utc)")
-    return value.timestamp()
+def _epoch(value: dt.datetime, what: str, call: str) -> float:
+    return validate.instant(call, what, value)
 
 
 class Simulation:
@@ -77,6 +80,12 @@ class Simulation:
             overrides kombu's defaults (3600 s redis, 1800 s sqs).
         durations: Per task name, how long its body takes in virtual seconds: a number,
             or a callable drawing from a seeded ``random.Random``.
+        max_instant_steps: Guard: steps of the event loop at one virtual instant before
+            :class:`~simq.exceptions.RunawaySimulation` (a poison message redelivered at
+            once, for ever). ``None``: no limit.
+        max_steps: Guard: steps in one ``run()``, ``advance()`` or ``get()`` call.
+        max_run_time: Guard: virtual seconds a ``run()`` without ``until`` or a ``get()``
+            without ``timeout`` may cover (default: 365 days).
     """
 
     def __init__(
@@ -90,22 +99,31 @@ class Simulation:
         start: dt.datetime | None = None,
         transport: str = "amqp",
         durations: Mapping[str, float | Callable[[random.Random], float]] | None = None,
+        max_instant_steps: int | None = guards.DEFAULT_MAX_INSTANT_STEPS,
+        max_steps: int | None = guards.DEFAULT_MAX_STEPS,
+        max_run_time: float | None = guards.DEFAULT_MAX_RUN_TIME,
     ) -> None:
         if not isinstance(app, celery.Celery):
             raise TypeError(
                 f"Simulation() takes a celery.Celery app, got {type(app).__name__} {app!r}"
             )
+        call = "Simulation()"
         if not isinstance(seed, int) or isinstance(seed, bool):
-            raise TypeError(f"seed must be an int, got {seed!r}")
-        if workers < 0:
-            raise ValueError(f"workers must be >= 0, got {workers}")
+            raise validate.invalid(call, "seed", "an int", seed)
+        validate.whole(call, "workers", workers, minimum=0)
+        validate.whole(call, "concurrency", concurrency, minimum=1)
+        if prefetch_multiplier is not None:
+            validate.whole(call, "prefetch_multiplier", prefetch_multiplier, minimum=0)
         self.app = app
         self.seed = seed
-        self.started_at = _epoch(start or DEFAULT_START, "start")
-        self.loop = Loop(self.started_at)
+        self.started_at = _epoch(DEFAULT_START if start is None else start, "start", call)
+        self.limits = guards.Limits.checked(call, max_instant_steps, max_steps, max_run_time)
+        self.loop = Loop(self.started_at, max_instant_steps=self.limits.max_instant_steps)
+        self.loop.explain = self._explain_runaway
         self.streams = Streams(seed)
         self.history = History()
         self._append = self.history.append
+        validate.app_settings(call, app)
         options = app.conf.broker_transport_options or {}
         self.transport = transport
         self.broker = Broker(
@@ -115,15 +133,7 @@ class Simulation:
             visibility_timeout=options.get("visibility_timeout"),
             max_priority=app.conf.task_queue_max_priority,
         )
-        self.durations = dict(durations or {})
-        for name, value in self.durations.items():
-            if not (callable(value) or isinstance(value, int | float)) or (
-                isinstance(value, int | float) and value < 0
-            ):
-                raise ValueError(
-                    f"durations[{name!r}] must be seconds >= 0 or a callable taking a "
-                    f"random.Random, got {value!r}"
-                )
+        self.durations = validate.durations(app, durations)
         self.faults = Faults(self)
         self.exchange_state = BrokerState()
         self.control_exchange = f"{app.conf.control_exchange}.pidbox"
@@ -132,11 +142,17 @@ class Simulation:
         self.acting_worker: str | None = None  # the worker whose parent process acts now
         self._pids = 100
         self._installation: Installation | None = None
+        self.fibers = Fibers()  # every child slot's fiber, ended by close()
+        self._sigint = SigintHandler()  # Ctrl-C reaches the user while active
         self.workers: dict[str, Worker] = {}
         self.vtime = VirtualTime(self.time, self._sleep, monotonic_origin=self.started_at - 1e5)
         self._message_seq = 0
         self._active = False
         self._closed = False
+        self._owners: list[bool] = []  # per `with` block: whether it started the simulation
+        self._thread: int | None = None  # the thread that started it: its fibers live there
+        self.started_where = ""  # the caller that started it, for leak reports
+        self._call = "run()"  # the call driving the loop now, for runaway messages
         self._default_concurrency = concurrency
         self._default_multiplier = prefetch_multiplier
         if workers:
@@ -157,9 +173,12 @@ class Simulation:
         other = _ACTIVE[0]
         if other is not None:
             raise SimqError(
-                f"another simulation is active in this process ({other!r}); "
-                "close it before starting another"
+                f"another simulation is active in this process ({other!r}, started at "
+                f"{other.started_where}); close it (sim.close(), or end its `with` block) "
+                "before starting another"
             )
+        self._thread = threading.get_ident()
+        self.started_where = _caller()
         installation = Installation(self)
         installation.install()
         self._installation = installation
@@ -172,31 +191,62 @@ class Simulation:
         self._real_exit: Callable[[int], Any] = os._exit
         os._exit = self._os_exit  # type: ignore[assignment]
         self.loop.on_advance = self.vtime.sync
+        self._sigint.install()
         self._active = True
         return self
 
     def close(self) -> None:
-        """Deactivate and restore time; idempotent."""
+        """End the run: stop every task still running, restore the app and time; idempotent.
+
+        A task still in the middle of its body (inside ``time.sleep``) gets
+        ``greenlet.GreenletExit`` there, as a generator gets GeneratorExit: its ``finally``
+        blocks and ``with`` exits run, on a clock that no longer moves. A child that a
+        fault killed runs nothing more. Afterwards nothing outside the simulation refers
+        to it: once dropped, it is freed with everything it ran (its history, while held,
+        stays readable).
+        """
         if self._active:
-            self._active = False
-            self.loop.on_advance = None
-            os._exit = self._real_exit  # type: ignore[assignment]
+            if current_fiber() is not None:
+                raise SimqError(
+                    "close() was called inside a task; a simulation ends from the test "
+                    "code that started it (the end of its `with` block)"
+                )
+            self._require_driver("close()")  # its children are greenlets of its thread
+            # Nothing runs on after the end: a task's finally that waits for a result
+            # finds the simulation idle.
+            self.loop._heap.clear()
             try:
-                self.vtime.stop()
-                self._gc.__exit__(None, None, None)
+                self.fibers.close()
+                forget_dead_children(self.app)
             finally:
-                if _ACTIVE[0] is self:
-                    _ACTIVE[0] = None
-                if self._installation is not None:
-                    self._installation.restore()
-                    self._installation = None
+                self._active = False
+                self._sigint.restore()
+                self.loop.on_advance = None
+                os._exit = self._real_exit  # type: ignore[assignment]
+                try:
+                    self.vtime.stop()
+                    self._gc.__exit__(None, None, None)
+                finally:
+                    if _ACTIVE[0] is self:
+                        _ACTIVE[0] = None
+                    if self._installation is not None:
+                        self._installation.restore()
+                        self._installation = None
         self._closed = True
 
     def __enter__(self) -> Simulation:
-        return self.start()
+        # Re-entrant: only the `with` block that started the simulation closes it, so a
+        # nested `with sim:` (or one around a simulation the pytest fixture started)
+        # leaves it running for the code around it.
+        owner = not self._active
+        self.start()
+        self._owners.append(owner)
+        return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self.close()
+        owner = self._owners.pop() if self._owners else True
+        if owner:
+            self.close()
 
     @property
     def active(self) -> bool:
@@ -212,6 +262,16 @@ class Simulation:
         prefetch_multiplier: int | None = None,
     ) -> Worker:
         """Start a worker consuming ``queues`` (default: the app's default queue(s))."""
+        self._require_open("add_worker()")
+        call = "add_worker()"
+        if name is not None and (not isinstance(name, str) or not name):
+            raise validate.invalid(call, "name", "a non-empty str, or None", name)
+        validate.whole(call, "concurrency", concurrency, minimum=1)
+        if prefetch_multiplier is not None:
+            validate.whole(call, "prefetch_multiplier", prefetch_multiplier, minimum=0)
+        if queues is not None:
+            queues = validate.queue_names(call, queues)
+        validate.app_settings(call, self.app)
         if name is None:
             n = len(self.workers) + 1
             while f"worker-{n}" in self.workers:
@@ -228,8 +288,6 @@ class Simulation:
                 else self.app.conf.worker_prefetch_multiplier
             )
         queue_names = list(queues) if queues is not None else self._default_queues()
-        if isinstance(queues, str):
-            raise TypeError(f"queues must be a list of names, got the string {queues!r}")
         worker = Worker(
             self,
             name,
@@ -293,28 +351,59 @@ class Simulation:
         return self.loop.now - self.started_at
 
     def run(self, until: dt.datetime | None = None) -> Simulation:
-        """Run until nothing is left to do, or until the virtual datetime ``until``."""
-        self._require_active("run()")
+        """Run until nothing is left to do, or until the virtual datetime ``until``.
+
+        Raises :class:`~simq.exceptions.RunawaySimulation` when a guard stops a run that
+        would never end (``max_instant_steps``, ``max_steps``, ``max_run_time``).
+        """
+        return self._run(until, "run()")
+
+    def _run(self, until: dt.datetime | None, call: str) -> Simulation:
+        self._require_driver(call)
         loop = self.loop
-        deadline = None if until is None else _epoch(until, "until")
-        if deadline is None:
-            while loop.step():
-                pass
-            return self
-        while True:
-            nxt = loop.next_time()
-            if nxt is None or nxt > deadline:
-                break
-            loop.step()
-        if deadline > loop.now:
-            loop.advance_to(deadline)
+        deadline = None if until is None else _epoch(until, "until", call)
+        with self._driving(call, unbounded=deadline is None):
+            if deadline is None:
+                while loop.step():
+                    pass
+                return self
+            while True:
+                nxt = loop.next_time()
+                if nxt is None or nxt > deadline:
+                    break
+                loop.step()
+            if deadline > loop.now:
+                loop.advance_to(deadline)
         return self
+
+    # -- guards (simq/guards.py) -------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _driving(self, call: str, unbounded: bool) -> Iterator[None]:
+        """``call`` drives the loop within the guards (``max_run_time`` too when the call
+        itself has no bound in virtual time); runaway messages name it."""
+        saved, self._call = self._call, call
+        run_time = self.limits.max_run_time
+        horizon = self.loop.now + run_time if unbounded and run_time is not None else None
+        try:
+            with self.loop.bounded(self.limits.max_steps, horizon):
+                yield
+        finally:
+            self._call = saved
+
+    def _explain_runaway(self, limit: str) -> str:
+        return guards.explain(self, limit, self._call)
 
     def advance(self, seconds: float) -> Simulation:
         """Run for ``seconds`` of virtual time."""
-        if seconds < 0:
-            raise ValueError(f"advance() needs seconds >= 0, got {seconds}")
-        return self.run(until=dt.datetime.fromtimestamp(self.loop.now + seconds, dt.timezone.utc))
+        seconds = validate.seconds("advance()", "seconds", seconds)
+        if self.loop.now + seconds > validate.LATEST:
+            raise InvalidArgument(
+                f"advance(): {seconds!r} seconds from now is past the end of virtual time "
+                "(datetime.max, the year 9999); pass fewer seconds"
+            )
+        until = dt.datetime.fromtimestamp(self.loop.now + seconds, dt.timezone.utc)
+        return self._run(until, "advance()")
 
     def _sleep(self, seconds: float) -> None:
         if seconds < 0:
@@ -340,10 +429,10 @@ class Simulation:
         if value is None:
             return 0.0
         if callable(value):
-            drawn = float(value(self.streams.stream(f"duration:{name}")))
-            if drawn < 0:
-                raise ValueError(f"durations[{name!r}] drew {drawn}; durations must be >= 0")
-            return drawn
+            drawn = value(self.streams.stream(f"duration:{name}"))
+            return validate.seconds(  # type: ignore[no-any-return]
+                f"durations[{name!r}]", "the drawn duration", drawn
+            )
         return float(value)
 
     # -- judging -----------------------------------------------------------------------
@@ -434,10 +523,12 @@ class Simulation:
 
     def control(self, method: Any, arguments: dict[str, Any], destination: Any) -> None:
         """A broadcast on the control exchange (``app.control``) reached the workers."""
+        ids: list[str] = []
+        if method == "revoke":
+            # Checked before anything is recorded: a revoke of no task id is a misuse.
+            ids = validate.task_ids("app.control.revoke()", arguments.get("task_id") or [])
         self.record("control", method=method, destination=destination)
         if method == "revoke":
-            task_id = arguments.get("task_id")
-            ids = [task_id] if isinstance(task_id, str) else list(task_id or [])
             self._revoke(ids, bool(arguments.get("terminate")), arguments.get("signal"))
 
     def revoke(
@@ -452,8 +543,14 @@ class Simulation:
         A worker skips a revoked task when it receives or is about to start it; with
         ``terminate=True`` a running one is killed and stored REVOKED('terminated') (G10).
         """
-        ids = [task_id] if isinstance(task_id, str) else list(task_id)
-        self.faults._when(at, self._revoke, ids, terminate, signal)
+        self._require_open("revoke()")
+        call = "revoke()"
+        when = self.faults.at(call, at)
+        ids = validate.task_ids(call, task_id)
+        validate.flag(call, "terminate", terminate)
+        if signal is not None:
+            validate.signum(call, signal)
+        self.faults._when(when, self._revoke, ids, terminate, signal)
 
     def _revoke(self, ids: list[str], terminate: bool, signal: str | None) -> None:
         online = [w for w in self.workers.values() if w.alive and w.online]
@@ -491,34 +588,49 @@ class Simulation:
         """Power failure of worker ``name`` (G4): unacked messages go back to the broker,
         early-acked running tasks are lost where they stand; ``restart_after`` seconds
         later an empty worker of the same name comes back."""
+        self._require_open("crash_worker()")
         self.faults.crash_worker(name, at, restart_after)
 
     def kill_child(
-        self, task_id: str, at: float | dt.datetime | None = None, exitcode: int = -9
+        self,
+        task_id: str,
+        at: float | dt.datetime | None = None,
+        exitcode: int = -9,
+        attempt: str | None = None,
     ) -> None:
-        """The child running ``task_id`` dies (G3): WorkerLostError and §3.1's decision."""
-        self.faults.kill_child(task_id, at, exitcode)
+        """The child running ``task_id`` dies (G3): WorkerLostError and §3.1's decision.
+
+        ``attempt`` picks one of several attempts of the task running at once (a
+        visibility-timeout copy, a redelivery after a lost connection) by the ``attempt``
+        id its events carry, e.g. ``"m1.2"``; without it, the first child found running
+        the task dies.
+        """
+        self._require_open("kill_child()")
+        self.faults.kill_child(task_id, at, exitcode, attempt)
 
     def lose_connection(
         self, worker: str, at: float | dt.datetime | None = None, reconnect_after: float = 5.0
     ) -> None:
         """Worker ``worker`` loses its broker connection (G7) and reconnects later."""
+        self._require_open("lose_connection()")
         self.faults.lose_connection(worker, at, reconnect_after)
 
     def restart_broker(self, at: float | dt.datetime | None = None, down_for: float = 1.0) -> None:
         """Restart the broker: connections drop; what the transport keeps survives."""
+        self._require_open("restart_broker()")
         self.faults.restart_broker(at, down_for)
 
     def shutdown_worker(
         self, name: str, at: float | dt.datetime | None = None, warm: bool = True
     ) -> None:
         """Shut worker ``name`` down (G17): warm finishes running tasks, cold cancels them."""
+        self._require_open("shutdown_worker()")
         self.faults.shutdown_worker(name, at, warm)
 
     def wait(self, ready: Callable[[], bool] | None, timeout: float | None, task_id: str) -> None:
         """Run until ``ready()`` (default: ``task_id`` has a ready state stored);
         TimeoutError after ``timeout`` virtual seconds."""
-        self._require_active("waiting for a result")
+        self._require_driver("get()")
         loop = self.loop
         if ready is None:
             status, done = self.backend.status, states.READY_STATES
@@ -526,15 +638,18 @@ class Simulation:
             def ready() -> bool:
                 return status.get(task_id) in done
 
+        if timeout is not None:
+            timeout = validate.timeout(timeout)
         deadline = None if timeout is None else loop.now + timeout
-        while not ready():
-            nxt = loop.next_time()
-            if deadline is not None and (nxt is None or nxt > deadline):
-                loop.advance_to(max(deadline, loop.now))
-                raise TimeoutError("The operation timed out.")
-            if nxt is None:
-                raise SimulationIdle(self.explain(task_id))
-            loop.step()
+        with self._driving(f"get() of task {task_id}", unbounded=deadline is None):
+            while not ready():
+                nxt = loop.next_time()
+                if deadline is not None and (nxt is None or nxt > deadline):
+                    loop.advance_to(max(deadline, loop.now))
+                    raise TimeoutError("The operation timed out.")
+                if nxt is None:
+                    raise SimulationIdle(self.explain(task_id))
+                loop.step()
 
     def explain(self, task_id: str) -> str:
         """Why ``task_id`` has no ready result although nothing is left to run."""
@@ -563,9 +678,38 @@ class Simulation:
 
     def _require_active(self, what: str) -> None:
         if not self._active:
+            self._require_open(what)
             raise SimqError(
                 f"{what} needs an active simulation; use `with Simulation(app) as sim:` "
                 "or call sim.start()"
+            )
+
+    def _require_open(self, what: str) -> None:
+        """Refuse ``what`` on a closed simulation: its history is final."""
+        if self._closed:
+            raise SimqError(
+                f"{what}: this simulation is closed (its `with` block ended, or close() was "
+                "called) and its history is final; create a new Simulation to run again"
+            )
+
+    def _require_driver(self, what: str) -> None:
+        """Refuse ``what`` (it runs the event loop) from a task or from another thread."""
+        self._require_active(what)
+        if threading.get_ident() != self._thread:
+            raise SimqError(
+                f"{what} was called from thread {threading.current_thread().name!r}, but "
+                f"this simulation was started in another thread ({self.started_where}): a "
+                "simulation runs in the thread that started it (its workers' children are "
+                f"greenlets of that thread); call {what} from there"
+            )
+        fiber = current_fiber()
+        if fiber is not None:
+            request = getattr(fiber.owner, "request", None)
+            task = f"task {request.task_name!r} [{request.id}]" if request is not None else "a task"
+            raise SimqError(
+                f"{what} was called inside {task}, running in {fiber.name}: a task cannot "
+                "drive the simulation it runs in, and would never finish; call it from test "
+                "code. Inside a task, time.sleep() lets virtual time pass"
             )
 
     def __repr__(self) -> str:
@@ -582,3 +726,23 @@ _REVOCABLE = frozenset({states.PENDING, states.RECEIVED, states.RETRY, states.RE
 
 #: The simulation active in this process, if any: time is patched process-wide.
 _ACTIVE: list[Simulation | None] = [None]
+
+#: simq's own directory: frames there are not where a user started a simulation.
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _caller() -> str:
+    """Where user code started a simulation: the first frame outside simq and contextlib."""
+    frame: types.FrameType | None = sys._getframe(1)
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if not filename.startswith(_PACKAGE) and not filename.endswith("contextlib.py"):
+            try:
+                shown = os.path.relpath(filename)
+            except ValueError:  # another drive (Windows)
+                shown = filename
+            if shown.startswith(".."):
+                shown = filename
+            return f"{shown}:{frame.f_lineno} in {frame.f_code.co_name}"
+        frame = frame.f_back
+    return "an unknown place"

@@ -2,6 +2,13 @@
 
 Internal. Ties break on a sequence number from ``itertools.count()``, never on ``id()``
 or dict order, so the same calls in the same order always run in the same order.
+
+Three guards stop a loop that would never end: ``max_instant_steps`` (timers run at one
+virtual instant without the clock moving, within one driving call: a poison message
+redelivered at once, again and again), and a step budget and a virtual-time horizon for
+one bounded call (:meth:`Loop.bounded`). Each raises
+:class:`~simq.exceptions.RunawaySimulation` before the next timer runs, so the heap is
+left intact; ``explain`` (set by the simulation) words the message.
 """
 
 from __future__ import annotations
@@ -10,12 +17,16 @@ import contextlib
 import gc
 import heapq
 import itertools
+import math
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NoReturn
 
-from simq.exceptions import SimqError
+from simq.exceptions import RunawaySimulation, SimqError
 
 __all__ = ["Loop", "Timer", "relaxed_gc"]
+
+#: A step count no run reaches: "no limit" without a None check on the hot path.
+_NEVER = 1 << 62
 
 
 @contextlib.contextmanager
@@ -64,11 +75,69 @@ class Timer:
 class Loop:
     """A discrete-event loop over virtual time (float seconds since the Unix epoch)."""
 
-    def __init__(self, start: float) -> None:
+    def __init__(self, start: float, *, max_instant_steps: int | None = None) -> None:
         self.now = start
         self._heap: list[tuple[float, int, Timer]] = []
         self._seq = itertools.count()
         self.on_advance: Callable[[], None] | None = None
+        #: Words a RunawaySimulation's message from the guard's name (set by the owner).
+        self.explain: Callable[[str], str] | None = None
+        self.steps = 0  # timers run so far
+        self.instant_start = 0  # ``steps`` when the clock last moved
+        self.max_instant_steps = max_instant_steps
+        self.budget_start: tuple[int, float] = (0, start)  # (steps, time) of the bounded call
+        self._budget_end = _NEVER
+        self._trip = _NEVER  # the step count at which a guard stops the loop
+        self._horizon = math.inf  # no timer due after this runs (max_run_time)
+        self._rearm()
+
+    # -- guards ------------------------------------------------------------------------
+
+    def _rearm(self) -> None:
+        instant = self.max_instant_steps
+        end = _NEVER if instant is None else self.instant_start + instant
+        self._trip = min(end, self._budget_end)
+
+    @contextlib.contextmanager
+    def bounded(self, max_steps: int | None, horizon: float | None = None) -> Iterator[None]:
+        """Within the block, run at most ``max_steps`` timers, and none due after the
+        virtual time ``horizon`` (the ``max_run_time`` guard); None: no limit.
+
+        Steps at one instant count from the start of the block too: a test that calls
+        ``get()`` on one zero-duration task after another, all at one virtual instant,
+        is not a loop. Nested blocks keep the tighter limits; the previous ones come
+        back afterwards.
+        """
+        saved = self._budget_end, self.budget_start, self._horizon
+        self.instant_start = self.steps
+        if max_steps is not None and self.steps + max_steps < self._budget_end:
+            self._budget_end = self.steps + max_steps
+            self.budget_start = (self.steps, self.now)
+        if horizon is not None and horizon < self._horizon:
+            self._horizon = horizon
+        self._rearm()
+        try:
+            yield
+        finally:
+            self._budget_end, self.budget_start, self._horizon = saved
+            self._rearm()
+
+    @property
+    def instant_steps(self) -> int:
+        """Timers run at the current virtual instant."""
+        return self.steps - self.instant_start
+
+    def _limit_reached(self, limit: str | None = None) -> NoReturn:
+        if limit is None:
+            instant = self.max_instant_steps
+            at_instant = instant is not None and self.instant_steps >= instant
+            limit = "max_instant_steps" if at_instant else "max_steps"
+        explain = self.explain
+        if explain is not None:
+            message = explain(limit)
+        else:
+            message = f"the event loop reached its {limit} limit at virtual time {self.now!r}"
+        raise RunawaySimulation(message, limit=limit)
 
     def call_at(self, when: float, fn: Callable[..., Any], *args: Any) -> Timer:
         """Schedule ``fn(*args)`` at virtual time ``when`` (never before now)."""
@@ -92,6 +161,8 @@ class Loop:
             raise SimqError(f"time can't go backwards: now={self.now!r}, asked for {when!r}")
         if when != self.now:
             self.now = when
+            self.instant_start = self.steps
+            self._rearm()
             if self.on_advance is not None:
                 self.on_advance()
 
@@ -103,20 +174,35 @@ class Loop:
         return heap[0][0] if heap else None
 
     def step(self) -> bool:
-        """Run the next live timer; return False when nothing is scheduled."""
+        """Run the next live timer; return False when nothing is scheduled.
+
+        Raises RunawaySimulation, with the timer left in the heap, when a guard's limit
+        is reached.
+        """
         heap = self._heap
         while heap:
-            when, _, timer = heapq.heappop(heap)
+            when, _, timer = heap[0]
             fn = timer.fn
             if fn is None:
+                heapq.heappop(heap)
                 continue
             if when != self.now:
+                if when > self._horizon:
+                    self._limit_reached("max_run_time")
                 self.advance_to(when)
+            if self.steps >= self._trip:
+                self._limit_reached()
+            heapq.heappop(heap)
+            self.steps += 1
             args = timer.args
             timer.fn = None
             fn(*args)
             return True
         return False
+
+    def pending(self) -> list[Timer]:
+        """The live timers, soonest first (for explanations; not on the hot path)."""
+        return [t for _, _, t in sorted(self._heap) if t.fn is not None]
 
     def __len__(self) -> int:
         return sum(1 for _, _, t in self._heap if t.fn is not None)

@@ -22,6 +22,9 @@ except the packages in ``SKIPPED_ROOTS``, whose clocks must stay real (their cal
 ``time.sleep``/``time.monotonic`` get the real functions too). Defaults, closures
 and instance attributes that captured an original are not reached. Outside a simulation
 a replacement calls the original, so a reference that escapes restoration is harmless.
+freezegun's ``stop()`` puts back the clocks it saw at its import; while a simulation is
+active those are simq's (``start()`` rebinds freezegun's ``real_monotonic``), so a user's
+``freeze_time`` block inside a task ends on the virtual clock.
 Why time-machine and not freezegun: ``bench/timepatch.py``, docs/benchmarks.md.
 """
 
@@ -131,6 +134,8 @@ _REPLACED = (
 )
 _FAKE_FOR = {id(real): fake for _, real, fake in _REPLACED}
 _REAL_FOR = {id(fake): real for _, real, fake in _REPLACED}
+#: Where freezegun keeps the clocks its ``stop()`` restores.
+_FREEZEGUN_REALS = ("real_monotonic", "real_monotonic_ns")
 
 
 def _originals_in(namespace: dict[str, object]) -> tuple[str, ...]:
@@ -261,6 +266,11 @@ class VirtualTime:
             self._replace(time.__dict__, _originals_in(time.__dict__))
             for namespace, names in _bound_originals():
                 self._replace(namespace, names)
+            freezegun = sys.modules.get("freezegun.api")
+            if freezegun is not None:
+                # freezegun's stop() puts back the clocks it saw at import: make those ours,
+                # so a user's freeze_time block inside a task ends on the virtual clock.
+                self._replace(freezegun.__dict__, _FREEZEGUN_REALS)
         except BaseException:
             self.stop()
             raise
@@ -286,6 +296,13 @@ class VirtualTime:
             if self._modules_at_start:
                 _restore_new_modules(self._modules_at_start)
                 self._modules_at_start = set()
+            freezegun = sys.modules.get("freezegun.api")
+            if freezegun is not None:
+                # Imported during the simulation, it took our clocks for the real ones.
+                for name in _FREEZEGUN_REALS:
+                    real = _REAL_FOR.get(id(freezegun.__dict__.get(name)))
+                    if real is not None:
+                        freezegun.__dict__[name] = real
         finally:
             travel, traveller = self._travel, self._traveller
             self._travel = self._traveller = None
@@ -314,7 +331,8 @@ class VirtualTime:
 
     def ensure(self) -> None:
         """Re-installs the replacements a user's patcher put back; cheap when none did."""
-        # freezegun's stop() restores the originals it saw at import time, ours included.
+        # A patcher's stop() may restore the originals it saw at its start (freezegun's
+        # is handled in start(); others are caught here at the next fiber switch).
         if (
             time.monotonic is _real_monotonic
             or time.monotonic_ns is _real_monotonic_ns

@@ -112,6 +112,9 @@ class Installation:
         # broker's connection: give it the simulated one.
         dispatcher = app.events.Dispatcher(connection, enabled=False)
         self._set(app.amqp, "_event_dispatcher", dispatcher, cached=True)
+        # Celery builds its task sender once per app, over the dispatcher of the moment:
+        # one built here must not outlive the simulation (it would keep it reachable).
+        self._set(app.amqp, "send_task_message", app.amqp._create_task_sender(), cached=True)
         pool = connection.Pool(limit=app.conf.broker_pool_limit or 10)
         self._undo.append(pool.force_close_all)
         self._set(app, "_pool", pool)

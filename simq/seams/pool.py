@@ -22,7 +22,15 @@ timeout=)``. This pool answers the way billiard's prefork pool does:
   ``TimeoutHandler.on_hard_timeout``).
 
 Each callback runs the way billiard's ``safe_apply_callback`` does: an exception in it is
-logged and the worker goes on.
+logged and the worker goes on. A BaseException that is not an Exception (a hook raising
+SystemExit, KeyboardInterrupt or its own BaseException subclass in the worker's parent
+process: ``on_failure`` at a hard time limit, ``on_retry`` when a lost task is retried)
+propagates up Celery's worker instead: a real ``celery worker -P prefork`` then goes down
+(a warm shutdown for SystemExit and KeyboardInterrupt, an exit with a traceback for any
+other). The pool does the same to its simulated worker, and the run goes on.
+
+A KeyboardInterrupt raised by a real SIGINT (Ctrl-C in the test process,
+:mod:`simq.engine.interrupts`) is neither: it stops the run and reaches the user.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import greenlet
 from billiard.common import human_status
 from billiard.einfo import ExceptionInfo
 from billiard.exceptions import (
@@ -42,13 +51,16 @@ from billiard.exceptions import (
     WorkerLostError,
 )
 from celery import signals
+from celery._state import _task_stack
 
-from simq.engine.fibers import SUSPENDED, Exited, Fiber
+from simq.engine.fibers import SUSPENDED, Exited
+from simq.engine.interrupts import from_signal
+from simq.world.request import RequestState
 
 if TYPE_CHECKING:
     from simq.engine.loop import Timer
 
-__all__ = ["Job", "Pool", "Slot"]
+__all__ = ["Job", "Pool", "Slot", "forget_dead_children"]
 
 logger = logging.getLogger("simq.pool")
 
@@ -69,6 +81,23 @@ def safe_apply(fn: Callable[..., Any] | None, *args: Any, **kwargs: Any) -> None
         fn(*args, **kwargs)
     except Exception:
         logger.exception("pool callback %r raised", fn)
+
+
+def forget_dead_children(app: Any) -> None:
+    """Drop what Celery's greenlet-local stacks still hold for children that are gone.
+
+    Celery keys ``task.request_stack`` and the current-task stack by greenlet
+    (``celery.utils.threads`` uses greenlet's ``getcurrent`` when greenlet is installed).
+    A child killed mid-task never pops them: a dead greenlet can never be current again,
+    so its entries are dropped here, with the request they hold.
+    """
+    stacks = [_task_stack, *(task.request_stack for task in app.tasks.values())]
+    for stack in stacks:
+        storage = getattr(getattr(stack, "_local", None), "__storage__", None)
+        if not storage:
+            continue
+        for key in [k for k in list(storage) if isinstance(k, greenlet.greenlet) and k.dead]:
+            storage.pop(key, None)
 
 
 class Job:
@@ -130,7 +159,7 @@ class Slot:
     def __init__(self, pool: Pool, index: int) -> None:
         self.pool = pool
         self.index = index
-        self.fiber = Fiber(f"{pool.worker.name}/child-{index + 1}", owner=self)
+        self.fiber = pool.sim.fibers.new(f"{pool.worker.name}/child-{index + 1}", owner=self)
         self.job: Job | None = None
         self.timers: list[Timer] = []
         self.token = 0  # bumped when the child is replaced: stale timers do nothing
@@ -174,6 +203,7 @@ class Slot:
         self.timers.clear()
         if self.fiber.busy:
             self.fiber.abandon()
+        forget_dead_children(self.pool.app)
         self.job = None
         self.pid = self.pool.new_pid()
         self.initialized = False
@@ -214,8 +244,46 @@ class Pool:
         acting, sim.acting_worker = sim.acting_worker, self.worker.name
         try:
             safe_apply(fn, *args, **kwargs)
+        except BaseException as exc:
+            if from_signal(exc):
+                raise
+            self._parent_died(fn, exc)
         finally:
             sim.acting_worker = acting
+
+    def _parent_died(self, fn: Any, exc: BaseException) -> None:
+        """A BaseException escaped callback ``fn``: the worker process goes down."""
+        worker = self.worker
+        if not worker.alive:
+            return
+        # Celery's WorkController.start: SystemExit and KeyboardInterrupt stop the worker
+        # warm; anything else ends the process.
+        warm = isinstance(exc, SystemExit | KeyboardInterrupt)
+        logger.critical(
+            "worker %s: %r escaped pool callback %r in the parent process; the worker %s",
+            worker.name,
+            exc,
+            fn,
+            "shuts down" if warm else "exits",
+            exc_info=(type(exc), exc, exc.__traceback__),
+        )
+        # A finished job that Celery had not acked yet (the hook raised first): its
+        # message goes back as the worker's channel closes.
+        running = {id(slot.request) for slot in self.slots}
+        for delivery in list(worker.requests.values()):
+            if (
+                delivery.state is RequestState.ACTIVE
+                and id(delivery) not in running
+                and not (delivery.acked or delivery.orphaned)
+            ):
+                delivery.orphaned = True
+                worker.broker.channel_closed(
+                    delivery.envelope, "shutdown" if warm else "worker-crashed"
+                )
+        if warm:
+            self.sim.faults.shutdown_worker(worker.name, warm=True)
+        else:
+            self.sim.faults.crash_worker(worker.name)
 
     def free_slot(self) -> Slot | None:
         for slot in self.slots:
@@ -305,7 +373,9 @@ class Pool:
             code = exc.code
             status = code if isinstance(code, int) else (0 if code is None else 1)
             return ("exit-raised", ExceptionInfo(), status)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
+            if from_signal(exc):
+                raise  # Ctrl-C in the test process: not the task's, stop the run
             return ("exit-raised", ExceptionInfo(), 1)
         except BaseException:  # billiard reports it as the job's failure; the child lives on
             return ("raised", ExceptionInfo())

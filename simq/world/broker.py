@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import attrs
 
-from simq.exceptions import SimqError
+from simq.exceptions import InvalidArgument, SimqError
 from simq.message import Message
 
 __all__ = [
@@ -60,6 +60,13 @@ _ALLOWED = {old.value: frozenset(n.value for n in new) for old, new in _TRANSITI
 _COPY = {"copy": True}
 
 
+def _timelimit(value: Any) -> list[Any] | None:
+    """Celery's ``timelimit`` header ``(hard, soft)`` as JSON; None when neither is set."""
+    if not isinstance(value, list | tuple) or not any(v is not None for v in value):
+        return None
+    return list(value)
+
+
 @attrs.define(eq=False, slots=True)
 class Envelope:
     """The broker's live record of one message: where it is and who holds it."""
@@ -73,6 +80,8 @@ class Envelope:
     delivered_at: float | None = None
     vt_timer: Any = None  # the visibility-timeout restore pending for this delivery
     seq: int = 0  # publication order: where a requeued message goes back to
+    tag: str | None = None  # the attempt id of its current (or last) delivery
+    returning: bool = False  # requeued; deliverable again at the broker's next step
 
     def move(self, new: MessageState) -> None:
         if new._value_ not in _ALLOWED[self.state._value_]:
@@ -124,7 +133,12 @@ class Queue:
         priority = envelope.message.priority or 0
         if mode == "redis":
             # kombu's redis transport: lists for steps [0, 3, 6, 9]; a priority goes to the
-            # step at or below it (Channel.priority: steps[bisect(steps, n) - 1]).
+            # step at or below it (Channel.priority: steps[bisect(steps, n) - 1]). What
+            # int() cannot read counts as the default, 0 (_get_message_priority).
+            try:
+                priority = int(priority)
+            except (TypeError, ValueError):
+                priority = 0
             return max(step for step in (0, 3, 6, 9) if step <= min(max(priority, 0), 9))
         # RabbitMQ: higher is more urgent, capped at the queue's x-max-priority.
         return -min(max(priority, 0), self.max_priority or 0)
@@ -146,6 +160,12 @@ class Queue:
             dq.insert(i, envelope)
         else:
             dq.append(envelope)
+        self.count += 1
+
+    def unpop(self, envelope: Envelope) -> None:
+        """Put back the envelope :meth:`pop` just returned, where it was."""
+        level = self._level(envelope)
+        self._levels[level].appendleft(envelope)
         self.count += 1
 
     def pop(self) -> Envelope | None:
@@ -205,6 +225,17 @@ class Broker:
             if visibility_timeout is not None
             else default_timeout
         )
+        if self.visibility_timeout is not None and not self.visibility_timeout > 0:
+            # kombu's Redis restores every unacked message older than the timeout, and
+            # SQS makes a message visible again when it runs out: at 0 (or below) every
+            # delivered message is handed out again at once, for ever.
+            raise InvalidArgument(
+                "Simulation(): app.conf.broker_transport_options['visibility_timeout'] must "
+                f"be a number of seconds > 0 on the {transport} transport, got "
+                f"{visibility_timeout!r}: the broker would hand every unacked message out "
+                "again at once, for ever; pass the longest a task may run before its "
+                f"message is redelivered (kombu's default: {default_timeout:g})"
+            )
         if transport == "redis":
             self._mode = "redis"
         elif transport == "amqp" and max_priority is not None:
@@ -218,6 +249,9 @@ class Broker:
         self._dispatching = False
         self._pending: dict[str, None] = {}
         self._dispatch_soon = False
+        self._returning: list[Envelope] = []  # requeued, back in their queues next step
+        # Deliveries so far per message id, copies included: the next delivery's tag.
+        self._delivered: dict[str, int] = {}
 
     @property
     def acks_emulated(self) -> bool:
@@ -234,9 +268,11 @@ class Broker:
 
     def publish(self, message: Message) -> Envelope:
         envelope = Envelope(message, seq=len(self.envelopes))
+        # Into the queue first: a message that cannot be queued raises here, before it is
+        # recorded, so nothing is ever recorded published and then silently missing.
+        self.queue(message.queue).push(envelope)
         self.envelopes[message.message_id] = envelope
         self._record_published(message, message.queue)
-        self.queue(message.queue).push(envelope)
         # Delivery is the broker's own step, after the publisher's call returns (as on a
         # real broker): Celery's after_task_publish comes before any worker's receipt,
         # and a task that publishes never runs consumer code inside its own child.
@@ -248,6 +284,10 @@ class Broker:
 
     def _dispatch_pending(self) -> None:
         self._dispatch_soon = False
+        returning, self._returning = self._returning, []
+        for envelope in returning:
+            envelope.returning = False
+            self._pending[envelope.message.queue] = None
         self.dispatch()
 
     def _record_published(self, message: Message, queue: str | None) -> None:
@@ -264,6 +304,10 @@ class Broker:
             priority=message.priority,
             parent_id=headers.get("parent_id"),
             root_id=headers.get("root_id"),
+            # Per-call options the worker reads from the message, not the task: checkers
+            # must judge each message by them (apply_async(ignore_result=, time_limit=)).
+            ignore_result=headers.get("ignore_result"),
+            timelimit=_timelimit(headers.get("timelimit")),
         )
 
     def unroutable(self, message: Message, exchange: str, routing_key: str) -> None:
@@ -334,6 +378,9 @@ class Broker:
             envelope = q.pop()
             if envelope is None:
                 return
+            if envelope.returning:
+                q.unpop(envelope)  # the broker's next step delivers it (see restore)
+                return
             expires = envelope.message.expires
             if expires is not None and self.transport == "amqp" and self.loop.now >= expires:
                 # RabbitMQ enforces the per-message TTL Celery sets from ``expires``
@@ -346,6 +393,13 @@ class Broker:
             envelope.deliveries += 1
             envelope.delivered_at = self.loop.now
             message = envelope.message
+            # The attempt id (the delivery tag the worker's kombu Message carries): the
+            # message id and its delivery number, copies counted with the original, so
+            # every event of this attempt names it and two live attempts stay apart.
+            number = self._delivered[message.message_id] = (
+                self._delivered.get(message.message_id, 0) + 1
+            )
+            envelope.tag = f"{message.message_id}.{number}"
             self._record(
                 "delivered",
                 task_id=message.task_id,
@@ -354,6 +408,7 @@ class Broker:
                 queue=name,
                 redelivered=envelope.redelivered,
                 **_COPY if envelope.copy else {},
+                attempt=envelope.tag,
             )
             if self.visibility_timeout is not None:
                 envelope.vt_timer = self.loop.call_later(
@@ -375,7 +430,11 @@ class Broker:
         envelope.move(MessageState.ACKED)
         message = envelope.message
         self._record(
-            "acked", task_id=message.task_id, message_id=message.message_id, worker=envelope.holder
+            "acked",
+            task_id=message.task_id,
+            message_id=message.message_id,
+            worker=envelope.holder,
+            attempt=envelope.tag,
         )
         envelope.holder = None
 
@@ -388,6 +447,7 @@ class Broker:
             message_id=message.message_id,
             worker=envelope.holder,
             requeue=requeue,
+            attempt=envelope.tag,
         )
         if requeue:
             self.restore(envelope, front=True, record=False)
@@ -414,11 +474,21 @@ class Broker:
                 message_id=message.message_id,
                 worker=envelope.holder,
                 reason=reason,
+                attempt=envelope.tag,
             )
         envelope.holder = None
         envelope.redelivered = True
         self.queue(message.queue).push(envelope, front=front)
-        self.dispatch(message.queue)
+        # Redelivery is the broker's own step after the reject or the channel close, as
+        # delivery is after a publish: RabbitMQ, and kombu's Redis and SQS, put a requeued
+        # message back at once, with no delay, but never inside the consumer's call. As
+        # its own step a poison message's loop shows in the event loop, where the
+        # max_instant_steps guard stops it; no virtual delay is added.
+        envelope.returning = True
+        self._returning.append(envelope)
+        if not self._dispatch_soon:
+            self._dispatch_soon = True
+            self.loop.call_soon(self._dispatch_pending)
 
     def channel_closed(self, envelope: Envelope, reason: str) -> None:
         """The holder's channel closed with ``envelope`` unacked.
@@ -449,6 +519,7 @@ class Broker:
             worker=envelope.holder,
             reason="visibility-timeout",
             copy=True,
+            attempt=envelope.tag,  # the delivery copied: its holder keeps it
         )
         self.queue(message.queue).push(copy, front=True)
         self.dispatch(message.queue)
@@ -470,6 +541,7 @@ class Broker:
 
     def lose(self, envelope: Envelope, reason: str) -> None:
         self._settled(envelope)
+        held = envelope.state is MessageState.UNACKED
         envelope.move(MessageState.LOST)
         message = envelope.message
         self._record(
@@ -478,6 +550,8 @@ class Broker:
             message_id=message.message_id,
             worker=envelope.holder,
             reason=reason,
+            # An unacked message is lost from its delivery; a queued one from no attempt.
+            **{"attempt": envelope.tag} if held else {},
         )
         envelope.holder = None
 

@@ -19,6 +19,7 @@ from celery import signals
 from celery.platforms import signals as platform_signals
 from celery.worker.request import Request as CeleryRequest
 
+from simq import validate
 from simq.exceptions import UnknownTarget
 from simq.seams.pool import Slot
 from simq.world.request import RequestState
@@ -28,6 +29,9 @@ if TYPE_CHECKING:
     from simq.world.request import Delivery as Request
 
 __all__ = ["Faults"]
+
+#: How to say "never" for a crashed worker's restart.
+_NO_INFINITY = "; for a worker that never comes back, leave restart_after=None (the default)"
 
 #: Celery 5.6+ lets the consumer cancel without storing RETRY (``emit_retry``).
 _CANCEL_TAKES_EMIT_RETRY = "emit_retry" in inspect.signature(CeleryRequest.cancel).parameters
@@ -41,18 +45,16 @@ class Faults:
 
     # -- scheduling --------------------------------------------------------------------
 
-    def _when(self, at: float | dt.datetime | None, fn: Callable[..., None], *args: Any) -> None:
-        loop = self.sim.loop
+    def _when(self, at: float | None, fn: Callable[..., None], *args: Any) -> None:
+        """Run ``fn(*args)`` now, or schedule it ``at`` (already checked by :meth:`at`)."""
         if at is None:
             fn(*args)
-        elif isinstance(at, dt.datetime):
-            if at.tzinfo is None:
-                raise ValueError("at= must be a timezone-aware datetime or seconds from now")
-            loop.call_at(at.timestamp(), fn, *args)
-        elif isinstance(at, int | float) and not isinstance(at, bool) and at >= 0:
-            loop.call_later(float(at), fn, *args)
         else:
-            raise ValueError(f"at= must be seconds >= 0 or a datetime, got {at!r}")
+            self.sim.loop.call_at(at, fn, *args)
+
+    def at(self, call: str, at: float | dt.datetime | None) -> float | None:
+        """``at`` as epoch seconds (None: now); InvalidArgument names a bad one."""
+        return validate.moment(call, at, self.sim.loop.now)
 
     def _worker(self, name: str) -> Worker:
         return self.sim.worker(name)  # type: ignore[no-any-return]
@@ -63,14 +65,25 @@ class Faults:
         self, name: str, at: float | dt.datetime | None = None, restart_after: float | None = None
     ) -> None:
         """Power failure of worker ``name``; with ``restart_after``, an empty one returns."""
+        when = self.at("crash_worker()", at)
+        restart_after = validate.seconds(
+            "crash_worker()", "restart_after", restart_after, none=True,
+            fix=_NO_INFINITY if restart_after == float("inf") else "",
+        )  # fmt: skip
         self._worker(name)
-        self._when(at, self._crash, name, restart_after)
+        self._when(when, self._crash, name, restart_after)
 
     def _crash(self, name: str, restart_after: float | None) -> None:
         worker = self._worker(name)
         if not worker.alive:
             return
         self.sim.record("worker-crashed", worker=name, restart_after=restart_after)
+        for slot in worker.slots:
+            request = slot.request
+            if request is not None and request.acked and not request.orphaned:
+                # Acked at start (G4): the broker has nothing to redeliver, so the task
+                # itself is lost here, and its history says so.
+                worker.note("lost", request, reason="worker-crashed")
         _go_offline(worker, "worker-crashed", kill_children=True)
         worker.alive = False
         self.sim.record("worker-offline", worker=name, reason="crashed")
@@ -91,18 +104,64 @@ class Faults:
     # -- G3: one child dies ------------------------------------------------------------
 
     def kill_child(
-        self, task_id: str, at: float | dt.datetime | None = None, exitcode: int = -9
+        self,
+        task_id: str,
+        at: float | dt.datetime | None = None,
+        exitcode: int = -9,
+        attempt: str | None = None,
     ) -> None:
-        """The child process running ``task_id`` dies (default SIGKILL, exit code -9)."""
-        if at is None:
-            self._running(task_id)
-        self._when(at, self._kill, task_id, exitcode)
+        """The child process running ``task_id`` dies (default SIGKILL, exit code -9).
 
-    def _running(self, task_id: str) -> tuple[Worker, Slot]:
+        With ``attempt`` (a delivery's ``attempt`` id, e.g. ``"m1.2"``), the child running
+        that attempt; without it, the first child found running the task.
+        """
+        if attempt is not None and not isinstance(attempt, str):
+            raise validate.invalid(
+                "kill_child()",
+                "attempt",
+                "an attempt id (a str such as 'm1.2', the 'attempt' of the task's events)",
+                attempt,
+            )
+        when = self.at("kill_child()", at)
+        if not isinstance(task_id, str):
+            raise validate.invalid("kill_child()", "task_id", "a task id (a str)", task_id)
+        if (
+            isinstance(exitcode, bool)
+            or not isinstance(exitcode, int)
+            or not -64 <= exitcode <= 255
+        ):
+            raise validate.invalid(
+                "kill_child()",
+                "exitcode",
+                "an int: an exit status 0-255, or minus a signal number (-9 is SIGKILL)",
+                exitcode,
+            )
+        if when is None:
+            self._kill(task_id, exitcode, attempt)
+        else:
+            self.sim.loop.call_at(when, self._kill_if_running, task_id, exitcode, attempt)
+
+    def _running(self, task_id: str, attempt: str | None = None) -> tuple[Worker, Slot]:
         for worker in self.sim.workers.values():
             for slot in worker.slots:
-                if slot.request is not None and slot.request.id == task_id:
+                request = slot.request
+                if (
+                    request is not None
+                    and request.id == task_id
+                    and (attempt is None or request.tag == attempt)
+                ):
                     return worker, slot
+        if attempt is not None:
+            mine = sorted(
+                s.request.tag or "?"
+                for w in self.sim.workers.values()
+                for s in w.slots
+                if s.request is not None and s.request.id == task_id
+            )
+            raise UnknownTarget(
+                f"no child is running attempt {attempt!r} of task {task_id!r}; its running "
+                f"attempts: {', '.join(mine) if mine else 'none'}"
+            )
         running = sorted(
             s.request.id
             for w in self.sim.workers.values()
@@ -114,18 +173,22 @@ class Faults:
             f"{', '.join(running) if running else 'none'}"
         )
 
-    def _kill(self, task_id: str, exitcode: int) -> None:
-        worker, slot = self._running(task_id)
+    def _kill_if_running(self, task_id: str, exitcode: int, attempt: str | None) -> None:
+        # A kill planned for a moment when the task no longer (or not yet) runs acts on
+        # nothing, as `kill` of a pid that is gone: recorded, and the run goes on.
+        try:
+            self._running(task_id, attempt)
+        except UnknownTarget as exc:
+            self.sim.record("fault-skipped", task_id=task_id, fault="kill_child", reason=str(exc))
+            return
+        self._kill(task_id, exitcode, attempt)
+
+    def _kill(self, task_id: str, exitcode: int, attempt: str | None = None) -> None:
+        worker, slot = self._running(task_id, attempt)
         running = slot.request
         assert running is not None
         request = running
-        self.sim.record(
-            "child-killed",
-            task_id=task_id,
-            message_id=request.message.message_id,
-            worker=worker.name,
-            exitcode=exitcode,
-        )
+        worker.note("child-killed", request, exitcode=exitcode)
         worker.pool.kill(slot, exitcode)
 
     # -- G7: the broker connection drops -----------------------------------------------
@@ -134,10 +197,10 @@ class Faults:
         self, worker: str, at: float | dt.datetime | None = None, reconnect_after: float = 5.0
     ) -> None:
         """Worker ``worker`` loses its broker connection, reconnecting after a while."""
+        when = self.at("lose_connection()", at)
+        reconnect_after = validate.seconds("lose_connection()", "reconnect_after", reconnect_after)
         self._worker(worker)
-        if reconnect_after < 0:
-            raise ValueError(f"reconnect_after must be >= 0, got {reconnect_after}")
-        self._when(at, self._lose_connection, worker, reconnect_after)
+        self._when(when, self._lose_connection, worker, reconnect_after)
 
     def _lose_connection(self, name: str, reconnect_after: float | None) -> None:
         worker = self._worker(name)
@@ -167,7 +230,9 @@ class Faults:
     def restart_broker(self, at: float | dt.datetime | None = None, down_for: float = 1.0) -> None:
         """The broker restarts: every connection drops; durable queues survive (amqp, sqs);
         this Redis keeps nothing on disk, so its messages are lost."""
-        self._when(at, self._restart_broker, down_for)
+        when = self.at("restart_broker()", at)
+        down_for = validate.seconds("restart_broker()", "down_for", down_for)
+        self._when(when, self._restart_broker, down_for)
 
     def _restart_broker(self, down_for: float) -> None:
         # A worker in warm shutdown still holds its running tasks' channel: it closes too.
@@ -198,8 +263,10 @@ class Faults:
         self, name: str, at: float | dt.datetime | None = None, warm: bool = True
     ) -> None:
         """Stop worker ``name``: warm lets running tasks finish; cold cancels them."""
+        when = self.at("shutdown_worker()", at)
+        validate.flag("shutdown_worker()", "warm", warm)
         self._worker(name)
-        self._when(at, self._shutdown, name, warm)
+        self._when(when, self._shutdown, name, warm)
 
     def _shutdown(self, name: str, warm: bool) -> None:
         worker = self._worker(name)
@@ -338,5 +405,6 @@ def _cancel(
 def _forget(worker: Worker, request: Request) -> None:
     if request.state is not RequestState.DONE:
         request.state = RequestState.DONE
+    worker.forget_attempt(request)
     if worker.requests.get(request.envelope) is request:
         del worker.requests[request.envelope]

@@ -473,3 +473,23 @@ def test_killing_a_task_that_is_not_running_names_the_running_ones(app, simulati
         UnknownTarget, match=rf"^no child is running task '{other.id}'; running now: {running}$"
     ):
         sim.kill_child(other.id)
+
+
+def test_a_planned_kill_of_a_task_no_longer_running_is_skipped_and_recorded(app, simulation):
+    """A kill planned for a moment when the task has already finished acts on nothing:
+    the history says so (``fault-skipped``) and the run goes on; nothing is raised into
+    whichever later call happens to drive the clock."""
+    task, _ = sleeper(app)
+    sim = simulation(app)
+    first = task.delay()
+    sim.kill_child(first.id, at=15)  # it finishes at 10
+    second = task.apply_async(countdown=12)
+    assert second.get() == "done"
+    assert first.get() == "done"
+    skipped = sim.history.where(kind="fault-skipped")
+    assert [(e.task_id, e["fault"], e.time - sim.started_at) for e in skipped] == [
+        (first.id, "kill_child", 15.0)
+    ]
+    assert skipped.first()["reason"].startswith(f"no child is running task '{first.id}'")
+    assert len(sim.history.where(kind="child-killed")) == 0
+    assert sim.check() == []

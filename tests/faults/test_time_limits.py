@@ -213,8 +213,8 @@ def test_acks_late_without_acks_on_timeout_stores_failure_then_runs_again(
         "5 time-limit m1 hard 5",
         f"5 failed m1 {TLE5}",
         "5 rejected m1 requeue=True",
-        "5 delivered m1 worker-1 redelivered",
         f"5 state FAILURE {TLE5}",
+        "5 delivered m1 worker-1 redelivered",
         "5 started m1 worker-1 retries=0",
         "6 state SUCCESS 'second time'",
         "6 succeeded m1",
@@ -382,7 +382,7 @@ def test_a_bad_duration_is_refused(app):
     """A negative duration or a non-number is a ValueError naming the task."""
     with pytest.raises(
         ValueError,
-        match=r"^durations\['shop.x'\] must be seconds >= 0 or a "
+        match=r"^Simulation\(\): durations\['shop.x'\] must be a number of seconds >= 0 or a "
         r"callable taking a random.Random, got -1$",
     ):
         simq.Simulation(app, durations={"shop.x": -1})
