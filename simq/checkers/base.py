@@ -155,11 +155,15 @@ class CheckConfig:
         """Whether ``task`` acks late."""
         return bool(self.setting("acks_late", task))
 
-    def stores_errors(self, task: str | None) -> bool:
-        """Whether failures of ``task`` are stored (results kept, or errors kept anyway)."""
-        return not self.setting("ignore_result", task) or bool(
-            self.setting("store_errors_even_if_ignored", task)
-        )
+    def stores_errors(self, task: str | None, ignore_result: bool | None = None) -> bool:
+        """Whether failures of ``task`` are stored (results kept, or errors kept anyway).
+
+        ``ignore_result`` is the message's own (``apply_async(ignore_result=True)``, in its
+        ``published`` event), which Celery's worker reads before the task's setting.
+        """
+        if ignore_result is None:
+            ignore_result = bool(self.setting("ignore_result", task))
+        return not ignore_result or bool(self.setting("store_errors_even_if_ignored", task))
 
     @property
     def emulates_acks(self) -> bool:

@@ -6,6 +6,8 @@ violations it finds, each carrying the events that show it.
 
 from __future__ import annotations
 
+import bisect
+
 from simq.checkers.base import CheckConfig, Violation, when
 from simq.checkers.index import Delivery, Index, Ref, index_of
 from simq.history import Event, History
@@ -55,31 +57,47 @@ def premature_settle(d: Delivery, guarantee: str, slack: float = 0.0) -> list[Vi
 
 
 def redeliveries(idx: Index, config: CheckConfig, late: bool, guarantee: str) -> list[Violation]:
-    """Each redelivery needs an earlier return to the queue; amqp/redis flag it redelivered."""
+    """Each redelivery needs an earlier return to the queue; amqp/redis flag it redelivered.
+
+    Linear in a message's deliveries: the returns before each delivery are counted with
+    a bisection, not listed again for every delivery.
+    """
     out = []
     flags = config.transport in ("amqp", "redis")
+    vt = config.effective_visibility_timeout
+    timeout = None if vt is None else vt - config.slack
+    times = [e.time for e in idx.events] if timeout is not None else []
     for message_id, ds in idx.by_message.items():
-        if config.late(ds[0].task) != late:
+        if config.late(ds[0].task) != late or len(ds) < 2:
             continue
         returns = idx.returns.get(message_id, [])
+        returned_at = [j for j, _ in returns]
+        silent = _silent_intervals(ds, returns, timeout, times)
+        starts = sorted(a for a, _ in silent)
+        ends = sorted(b for _, b in silent)
         for k, d in enumerate(ds):
             if k == 0:
                 continue
-            back = [e for j, e in returns if j < d.at] + _silent_returns(ds[:k], returns, d.at)
-            if len(back) < k:
+            back = bisect.bisect_left(returned_at, d.at)
+            back += bisect.bisect_left(starts, d.at) - bisect.bisect_left(ends, d.at)
+            if back >= k and (not flags or d.redelivered):
+                continue
+            # A violation: list the returns (the linear part, only here).
+            shown = [e for j, e in returns if j < d.at] + _silent_returns(ds[:k], returns, d.at)
+            if back < k:
                 out.append(
                     Violation(
                         guarantee,
                         (
                             f"{d.label} was delivered again to {d.worker} at {when(d.event)} "
-                            f"(delivery {k + 1}) but had gone back to the queue only {len(back)} "
+                            f"(delivery {k + 1}) but had gone back to the queue only {back} "
                             "time(s): a message comes back only after reject(requeue=True), a "
                             "requeue by the broker (lost holder, visibility timeout) or a restart"
                         ),
-                        evidence(*(p.event for p in ds[:k]), *back, d.event),
+                        evidence(*(p.event for p in ds[:k]), *shown, d.event),
                     )
                 )
-            elif flags and not d.redelivered:
+            else:
                 out.append(
                     Violation(
                         guarantee,
@@ -88,7 +106,7 @@ def redeliveries(idx: Index, config: CheckConfig, late: bool, guarantee: str) ->
                             f"without the redelivered flag ({config.transport} sets it on every "
                             "message that returns to the queue)"
                         ),
-                        evidence(back[-1], d.event),
+                        evidence(shown[-1], d.event),
                     )
                 )
     return out
@@ -98,6 +116,46 @@ def redeliveries(idx: Index, config: CheckConfig, late: bool, guarantee: str) ->
 _RETURNING_FAULTS = frozenset(
     {"worker-crashed", "connection-lost", "worker-offline", "broker-restarted"}
 )
+
+
+def _silent_intervals(
+    ds: list[Delivery],
+    returns: list[tuple[int, Event]],
+    timeout: float | None,
+    times: list[float],
+) -> list[tuple[int, float]]:
+    """For each delivery that went back unrecorded, ``(from index, next recorded return)``.
+
+    A fault that released the delivery, or (on Redis and SQS, ``timeout`` seconds) its
+    visibility timeout running out while it was unacked, counts as a silent return for
+    every later delivery up to the next ``requeued`` of the same holder (or of no holder),
+    which records the return itself: a real broker restores a message inside itself.
+    """
+    by_worker: dict[str | None, list[int]] = {}
+    for j, e in returns:
+        by_worker.setdefault(e.worker, []).append(j)
+    out: list[tuple[int, float]] = []
+    for p in ds:
+        starts = []
+        r, at = p.release, p.release_at
+        if r is not None and at is not None and r.kind in _RETURNING_FAULTS:
+            starts.append(at)
+        if timeout is not None:
+            due = bisect.bisect_left(times, p.event.time + timeout, lo=p.at + 1)
+            settled = p.settle is not None and p.settle.kind in ("acked", "rejected")
+            if due < len(times) and not (settled and (p.settle_at or 0) < due):
+                starts.append(due - 1)  # restored just before the event at ``due``
+        if not starts:
+            continue
+        start = min(starts)  # one return per delivery, however it went back
+        nxt = float("inf")
+        for worker in {None, p.worker}:
+            mine = by_worker.get(worker, [])
+            k = bisect.bisect_left(mine, start)
+            if k < len(mine):
+                nxt = min(nxt, mine[k])
+        out.append((start, nxt))
+    return out
 
 
 def _silent_returns(
@@ -249,15 +307,10 @@ def _started_again(idx: Index, config: CheckConfig) -> list[Violation]:
         )
         if first is None or first.settle_at is None:
             continue
-        restored = [
-            j
-            for j, e in idx.returns.get(message_id, ())
-            if e.details.get("reason") == "visibility-timeout"
-        ]
         for d in ds:
             if d is first or d.start_at is None or d.start_at < first.settle_at:
                 continue
-            if config.emulates_acks and (d.copy or any(j < d.start_at for j in restored)):
+            if config.emulates_acks and (d.copy or idx.duplicated_before(message_id, d.start_at)):
                 continue
             out.append(
                 Violation(
@@ -398,8 +451,14 @@ def _rerun_after_crash(idx: Index, d: Delivery, config: CheckConfig) -> list[Vio
         or d.release_at < d.start_at
     ):
         return []
-    # (A visibility-timeout copy restored while it ran also put the message back.)
-    if idx.came_back(d.message_id, d.release_at, since=d.at):
+    # A visibility-timeout copy restored while it ran also put the message back: a run of
+    # that copy, even before the crash, is the run again.
+    since = d.release_at
+    for j, e in idx.restores_of(d):
+        if e.details.get("copy") and j < since:
+            since = j
+            break
+    if idx.came_back(d.message_id, since, since=d.at):
         return []
     return [
         Violation(

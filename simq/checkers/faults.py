@@ -24,12 +24,10 @@ def _comes_back(idx: Index, d: Delivery, i: int, g: str, fault: Event) -> list[V
     """
     m = d.message_id
     # A visibility-timeout copy restored from this very delivery already put it back.
-    requeued = any(
-        e.kind == "requeued"
-        and (j > i or (j > d.at and e.details.get("copy") and e.worker == d.worker))
-        for j, e in idx.returns.get(m, ())
+    requeued = idx.requeued_after(m, i) or any(
+        j > d.at and e.details.get("copy") and e.worker == d.worker for j, e in idx.restores_of(d)
     )
-    if requeued or idx.deliveries_after(m, i) or idx.lost_after(m, i):
+    if requeued or idx.delivered_after(m, i) or idx.lost_after(m, i):
         return []
     return [
         Violation(
@@ -51,12 +49,14 @@ def check_g4(history: History | Index, config: CheckConfig) -> list[Violation]:
     ``worker-crashed``: every message delivered to the worker and not acked or rejected
     is delivered again (in a drained run; on redis/sqs not before the visibility timeout);
     an early-acked task running there never runs again and gets no more outcome or state
-    from that attempt (the "stuck STARTED" signature); and a dead worker records nothing
-    until it comes back online.
+    from that attempt (the "stuck STARTED" signature), and a history that names attempts
+    records its loss on the task itself (``lost`` [worker-crashed], and only for such a
+    task); and a dead worker records nothing until it comes back online.
     """
     idx = index_of(history)
     out: list[Violation] = []
     vt = config.effective_visibility_timeout
+    out += _misplaced_losses(idx)
     for i, crash in idx.faults:
         if crash.kind != "worker-crashed":
             continue
@@ -65,25 +65,116 @@ def check_g4(history: History | Index, config: CheckConfig) -> list[Violation]:
             if d.unacked_at(i):
                 if config.complete:
                     out += _comes_back(idx, d, i, "G4", crash)
-                again = [x for x in idx.deliveries_after(d.message_id, i) if not x.copy]
-                soon = vt is not None and d.event.time + vt - config.slack
-                if again and soon and again[0].event.time < soon:
+                if vt is not None:
+                    out += _restored_too_soon(idx, d, i, crash, vt, config)
+            elif d.running_at(i) and _acked_before(d, i):
+                out += _lost_early_task(idx, d, i, crash)
+                if d.attempt is not None and d.lost is None:
                     out.append(
                         Violation(
                             "G4",
                             (
-                                f"{d.label} was delivered again at {when(again[0].event)} after "
-                                f"{crash.worker} crashed at {when(crash)}, sooner than the visibility "
-                                f"timeout ({vt} s) after its delivery at {when(d.event)}; "
-                                f"{config.transport} only restores it by timeout"
+                                f"{d.label} was acked at start and running on {d.worker} when it "
+                                f"crashed at {when(crash)}, and its loss was not recorded (a lost "
+                                "event with reason worker-crashed for its attempt)"
                             ),
-                            evidence(d.event, crash, again[0].event),
+                            evidence(d.start, crash),
                         )
                     )
-            elif d.running_at(i) and _acked_before(d, i):
-                out += _lost_early_task(idx, d, i, crash)
         out += _silent_while_dead(idx, i, crash)
     return out
+
+
+def _misplaced_losses(idx: Index) -> list[Violation]:
+    """``lost`` [worker-crashed] only for an attempt acked at start that ran at a crash."""
+    out = [
+        Violation(
+            "G4",
+            (
+                f"task {e.task_id} message {e.message_id} was recorded lost with {e.worker} at "
+                f"{when(e)}, but no attempt acked at start was running there when it crashed"
+            ),
+            (e,),
+        )
+        for _, e in idx.orphans
+        if e.kind == "lost"
+    ]
+    for d in idx.deliveries:
+        lost, j = d.lost, d.lost_at
+        if lost is None or j is None:
+            continue
+        if d.died_at is None or d.died_at > j or not _acked_before(d, d.died_at):
+            out.append(
+                Violation(
+                    "G4",
+                    (
+                        f"{d.label} was recorded lost at {when(lost)}, but it was not an attempt "
+                        f"acked at start and running on {d.worker} when it crashed; an unacked "
+                        "message goes back to the queue"
+                    ),
+                    evidence(d.event, d.start, d.settle, lost),
+                )
+            )
+    return out
+
+
+def _restored_too_soon(
+    idx: Index, d: Delivery, i: int, crash: Event, vt: float, config: CheckConfig
+) -> list[Violation]:
+    """On redis/sqs a crashed holder's message comes back only by visibility timeout.
+
+    The restore of ``d`` itself is the one judged: its ``requeued`` when the history
+    names attempts and records it, else the next delivery of the message (a real broker
+    restores silently) that no other recorded return explains.
+    """
+    soon = d.event.time + vt - config.slack
+    if d.attempt is not None:
+        own = [
+            (j, e)
+            for j, e in idx.restores_of(d)
+            if j > i and e.kind == "requeued" and not e.details.get("copy")
+        ]
+        if own:
+            e = own[0][1]
+            if e.time >= soon:
+                return []
+            return [
+                Violation(
+                    "G4",
+                    (
+                        f"{d.label} was restored at {when(e)} after {crash.worker} crashed at "
+                        f"{when(crash)}, sooner than the visibility timeout ({vt} s) after its "
+                        f"delivery at {when(d.event)}; {config.transport} only restores it by "
+                        "timeout"
+                    ),
+                    evidence(d.event, crash, e),
+                )
+            ]
+    others = [
+        j
+        for j, e in idx.returns.get(d.message_id, ())
+        if j > i and (d.attempt is None or e.details.get("attempt") != d.attempt)
+    ]
+    for x in idx.deliveries_after(d.message_id, i):
+        if x.copy:
+            continue
+        if d.attempt is not None and any(j < x.at for j in others):
+            return []  # brought back by another attempt's return, not this one's
+        if x.event.time >= soon:
+            return []
+        return [
+            Violation(
+                "G4",
+                (
+                    f"{d.label} was delivered again at {when(x.event)} after {crash.worker} "
+                    f"crashed at {when(crash)}, sooner than the visibility timeout ({vt} s) "
+                    f"after its delivery at {when(d.event)}; {config.transport} only restores "
+                    "it by timeout"
+                ),
+                evidence(d.event, crash, x.event),
+            )
+        ]
+    return []
 
 
 def _acked_before(d: Delivery, i: int) -> bool:
@@ -245,7 +336,7 @@ def _cancel_rule(
     j, cancel = cancels[0]
     out = []
     retry = [st for k, st in d.states_after(j) if st.details.get("state") == "RETRY"]
-    if not retry and config.stores_errors(d.task):
+    if not retry and config.stores_errors(d.task, d.ignore_result):
         out.append(
             Violation(
                 "G7",
@@ -387,7 +478,7 @@ def _cold(idx: Index, d: Delivery, i: int, stop: Event, config: CheckConfig) -> 
     retry = [st for _, st in d.states_after(j) if st.details.get("state") == "RETRY"]
     out = []
     if acked:
-        if not retry and config.stores_errors(d.task):
+        if not retry and config.stores_errors(d.task, d.ignore_result):
             out.append(
                 Violation(
                     "G17",

@@ -5,19 +5,21 @@ under the :class:`Delivery` it concerns:
 
 * ``started``, outcomes (``succeeded``, ``failed``, ``retried``, ``ignored``,
   ``declined``, ``child-lost``, ``revoked`` with ``terminated``) and marks
-  (``time-limit``, ``cancelled``, ``child-killed``) go to the earliest delivery of that
-  message on that worker still waiting for one;
+  (``time-limit``, ``cancelled``, ``child-killed``) go to their delivery;
 * ``acked``, ``rejected``, ``ack-failed`` settle a delivery; ``requeued`` (unless it
   restored a copy), ``lost`` and a worker's crash, connection loss or going offline
-  release it from the worker's hold;
-* ``state`` writes (they carry no message id) go to the attempt of that task on that
-  worker whose last step came just before: a child-lost, revoke, decline, cancel or time
-  limit is followed by its write; a write during a run goes to the attempt that ends next
-  when several run side by side (visibility-timeout copies); writes the backend
-  discarded (``state-discarded``) are filed the same way.
+  release it from the worker's hold; ``lost`` [worker-crashed] marks an early-acked
+  attempt that died with its worker;
+* ``state`` writes (they carry no message id) and writes the backend discarded
+  (``state-discarded``) go to the attempt that made them.
 
-Copies of one message held by one worker at once are identical in the history; timing
-checks skip them (:meth:`Index.twins`) rather than guess which copy did what.
+An event that carries an ``attempt`` id goes to the delivery whose ``delivered`` event
+named it, in constant time. One without (a history recorded before simq wrote ids, or
+by a recorder that does not) is filed by order (:mod:`simq.checkers.order`): a step goes
+to the earliest delivery of its message on its worker still waiting for one, a write to
+the attempt of that task on that worker whose last step came just before. Copies of one
+message held by one worker at once are then identical in the history; timing checks
+skip them (:meth:`Index.twins`) rather than guess which copy did what.
 
 A history without message ids (some real-broker recordings) is read with the task id
 in their place, which merges retries of one task; checkers then see less, not wrong.
@@ -31,6 +33,13 @@ from typing import Any
 from simq.checkers.model import Delivery as Delivery
 from simq.checkers.model import Index as Index
 from simq.checkers.model import Ref as Ref
+from simq.checkers.order import WRITES_BEFORE as _WRITES_BEFORE
+from simq.checkers.order import done as _done
+from simq.checkers.order import last_step as _last_step
+from simq.checkers.order import latest as _latest
+from simq.checkers.order import next_step as _next_step
+from simq.checkers.order import reattribute as _reattribute
+from simq.checkers.order import stored_revoked as _stored_revoked
 from simq.history import Event, History
 
 __all__ = ["Delivery", "Index", "Ref", "index_of"]
@@ -54,83 +63,6 @@ FAULTS = frozenset(
 )
 
 _CRASH = frozenset({"worker-crashed"})
-#: Outcomes recorded after the attempt's backend write (child-lost, revoked and declined
-#: come first: Reject(requeue=False) stores its FAILURE after the decline, in the parent).
-_WRITES_BEFORE = frozenset({"succeeded", "failed", "retried", "ignored"})
-
-
-def _latest(cands: list[Delivery], i: int) -> Delivery | None:
-    """The delivery with the last step before ``i``: its start, outcome or a mark (a
-    child-lost, hard time limit or cancel is followed by its write), or its revoke or
-    unknown-task notice at receipt."""
-    best: Delivery | None = None
-    best_at = -1
-    for d in cands:
-        j = _last_step(d, i)
-        if j is not None and j > best_at:
-            best, best_at = d, j
-    return best
-
-
-def _next_step(d: Delivery, i: int) -> float:
-    """Index of ``d``'s first outcome or mark after ``i`` (infinity if none)."""
-    steps = (d.outcome_at, d.died_at, *(k for k, _ in d.marks))
-    return min((j for j in steps if j is not None and j > i), default=float("inf"))
-
-
-def _last_step(d: Delivery, i: int) -> int | None:
-    """Index of ``d``'s last step before ``i`` (start, outcome, mark, receipt notice)."""
-    steps = (d.start_at, d.revoked_at, d.unregistered_at, d.outcome_at, *(k for k, _ in d.marks))
-    return max((j for j in steps if j is not None and j < i), default=None)
-
-
-def _reattribute(idx: Index, d: Delivery, field: str) -> None:
-    """Move backend writes the single pass gave the wrong attempt of one task and worker.
-
-    Processes of a real worker record in their own order: the REVOKED write of a
-    message revoked at receipt may come before its ``revoked`` event, and an attempt's
-    RETRY may land after a retry message was already refused there. A delivery revoked
-    at receipt writes only REVOKED; a started, unrevoked one writes no REVOKED when a
-    sibling revoked at receipt lacks its write.
-    """
-    writes: list[Ref] = getattr(d, field)
-    if not writes:
-        return
-    siblings = [x for x in idx.by_task_worker.get((d.task_id, d.worker), ()) if x is not d]
-    keep: list[Ref] = []
-    for j, e in writes:
-        revoked_write = e.details.get("state") == "REVOKED"
-        if d.start is None and d.revoked is not None and not revoked_write:
-            dest = [
-                x
-                for x in siblings
-                if x.start_at is not None
-                and x.start_at < j
-                and (x.outcome_at is None or x.outcome_at >= j)
-            ]
-        elif d.start is not None and d.revoked is None and revoked_write:
-            dest = sorted(
-                (
-                    x
-                    for x in siblings
-                    if x.start is None
-                    and x.revoked_at is not None
-                    and not _stored_revoked(getattr(x, field))
-                ),
-                key=lambda x: abs((x.revoked_at or 0) - j),
-            )
-        else:
-            dest = []
-        if dest:
-            getattr(dest[0], field).append((j, e))
-            getattr(dest[0], field).sort(key=lambda r: r[0])
-        else:
-            keep.append((j, e))
-    setattr(d, field, keep)
-
-
-def _stored_revoked(writes: list[Ref]) -> bool:
-    return any(e.details.get("state") == "REVOKED" for _, e in writes)
 
 
 def _key(event: Event) -> str:
@@ -142,12 +74,22 @@ class _Builder:
         self.idx = Index(list(history))
         self.by_key: dict[tuple[str, str | None], list[Delivery]] = defaultdict(list)
         self.pending: list[tuple[int, Event, list[Delivery]]] = []
+        self.reused: set[str] = set()  # attempt ids given to more than one delivery
+
+    def attempt(self, event: Event) -> Delivery | None:
+        """The delivery ``event`` names by its attempt id, if it names a known one."""
+        tag = event.details.get("attempt")
+        return None if tag is None else self.idx.by_attempt.get(str(tag))
 
     def candidates(self, event: Event) -> list[Delivery]:
         key = _key(event)
         if event.worker is None:
             return list(self.idx.by_message.get(key, ()))
         found = self.by_key.get((key, event.worker))
+        if found:
+            # An attempt started, ended and settled takes no more events: drop it, so a
+            # message delivered again and again is matched in linear time.
+            found[:] = [d for d in found if not _done(d)]
         if found is None and event.message_id is None:
             # A recording without message ids: match the task on this worker.
             found = self.idx.by_task_worker.get((event.task_id, event.worker))
@@ -172,8 +114,9 @@ class _Builder:
             writes.append((i, e))
             writes.sort(key=lambda r: r[0])
         for d in self.idx.deliveries:
-            _reattribute(self.idx, d, "states")
-            _reattribute(self.idx, d, "discarded")
+            if d.attempt is None:
+                _reattribute(self.idx, d, "states")
+                _reattribute(self.idx, d, "discarded")
         return self.idx
 
     # -- broker side ------------------------------------------------------------------
@@ -198,15 +141,55 @@ class _Builder:
         idx.by_worker[e.worker or ""].append(d)
         self.by_key[(key, e.worker)].append(d)
         idx.by_task_worker[(e.task_id, e.worker)].append(d)
+        tag = e.details.get("attempt")
+        if tag is None:
+            return
+        tag = str(tag)
+        first = idx.by_attempt.get(tag)
+        if first is None and tag not in self.reused:
+            idx.by_attempt[tag] = d
+            d.attempt = tag
+        elif first is not None:
+            # Two deliveries under one id (a doctored or broken recording): neither can be
+            # told apart by it, so both are matched by order, as without ids.
+            first.attempt = None
+            del idx.by_attempt[tag]
+            self.reused.add(tag)
 
     def on_requeued(self, i: int, e: Event) -> None:
         self.idx.returns[_key(e)].append((i, e))
+        tag = e.details.get("attempt")
+        if tag is not None:
+            self.idx.attempt_returns[str(tag)].append((i, e))
         if e.details.get("copy"):
             return  # the holder keeps its copy (kombu #337): not a release
+        d = self.attempt(e)
+        if d is not None:
+            if d.settle is None and d.release is None:
+                d.release, d.release_at = e, i
+            return
         self._release(self.candidates(e), i, e)
 
     def on_lost(self, i: int, e: Event) -> None:
+        d = self.attempt(e)
+        if e.details.get("reason") == "worker-crashed":
+            # An early-acked task that died with its worker: its message was acked, the
+            # loss is the attempt's, not the broker's (G4).
+            if d is None:
+                d = self.pick(
+                    self.candidates(e),
+                    lambda d: d.died_at is not None and d.lost is None and d.settle is not None,
+                )
+            if d is not None:
+                d.lost, d.lost_at = e, i
+            else:
+                self.idx.orphans.append((i, e))
+            return
         self.idx.lost[_key(e)].append((i, e))
+        if d is not None:
+            if d.settle is None and d.release is None:
+                d.release, d.release_at = e, i
+            return
         self._release(self.candidates(e), i, e)
 
     def _release(self, cands: list[Delivery], i: int, e: Event) -> None:
@@ -223,15 +206,22 @@ class _Builder:
     # -- worker side ------------------------------------------------------------------
 
     def on_started(self, i: int, e: Event) -> None:
-        def fresh(d: Delivery) -> bool:
-            return d.start is None and d.revoked is None and d.unregistered is None
+        d = self.attempt(e)
+        if d is not None:
+            if d.start is not None:
+                self.idx.orphans.append((i, e))  # an attempt starts once
+                return
+        else:
 
-        d = self.pick(
-            self.candidates(e),
-            lambda d: fresh(d) and d.release is None and d.settle is None,
-            lambda d: fresh(d) and d.release is None,
-            fresh,
-        )
+            def fresh(d: Delivery) -> bool:
+                return d.start is None and d.revoked is None and d.unregistered is None
+
+            d = self.pick(
+                self.candidates(e),
+                lambda d: fresh(d) and d.release is None and d.settle is None,
+                lambda d: fresh(d) and d.release is None,
+                fresh,
+            )
         if d is None:
             self.idx.orphans.append((i, e))
             return
@@ -240,6 +230,13 @@ class _Builder:
             d.task = e.details["task"]
 
     def _settle(self, i: int, e: Event, released_first: bool) -> None:
+        d = self.attempt(e)
+        if d is not None:
+            if d.settle is not None:
+                self.idx.orphans.append((i, e))  # a second ack or reject of one delivery
+                return
+            d.settle, d.settle_at = e, i
+            return
         # An ack follows the step that decided it (start, outcome, revoke at receipt): among
         # copies of one message on one worker, the one with the latest step goes first.
         cands = sorted(
@@ -290,6 +287,10 @@ class _Builder:
         self._settle(i, e, released_first=True)
 
     def _running(self, e: Event) -> Delivery | None:
+        d = self.attempt(e)
+        if d is not None:
+            return d
+
         def running(d: Delivery) -> bool:
             return d.start is not None and d.outcome is None
 
@@ -302,14 +303,18 @@ class _Builder:
         return self.pick(self.candidates(e), alive, running)
 
     def _outcome(self, i: int, e: Event) -> None:
-        d = self._running(e)
-        if e.details.get("deduplicated"):
-            # G14's skip ends the attempt that just started, not an older one still
-            # running on a lost channel.
-            running = [
-                x for x in self.candidates(e) if x.start_at is not None and x.outcome is None
-            ]
-            d = max(running, key=lambda x: x.start_at or 0, default=d)
+        d = self.attempt(e)
+        if d is None:
+            d = self._running(e)
+            if e.details.get("deduplicated"):
+                # G14's skip ends the attempt that just started, not an older one still
+                # running on a lost channel.
+                running = [
+                    x for x in self.candidates(e) if x.start_at is not None and x.outcome is None
+                ]
+                d = max(running, key=lambda x: x.start_at or 0, default=d)
+        elif d.outcome is not None:
+            d = None  # an attempt ends once
         if d is None:
             self.idx.orphans.append((i, e))
             return
@@ -328,6 +333,12 @@ class _Builder:
     on_time_limit = on_cancelled = on_child_killed = _mark
 
     def on_revoked(self, i: int, e: Event) -> None:
+        d = self.attempt(e)
+        if d is not None:
+            if d.start is not None and d.outcome is None:
+                d.outcome, d.outcome_at = e, i  # terminated while it ran
+            d.revoked, d.revoked_at = e, i
+            return
         cands = self.candidates(e)
         if e.details.get("terminated") or e.details.get("reason") == "terminated":
             d = self._running(e)
@@ -355,7 +366,9 @@ class _Builder:
         d.revoked, d.revoked_at = e, i
 
     def on_unregistered(self, i: int, e: Event) -> None:
-        d = self.pick(self.candidates(e), lambda d: d.start is None and d.unregistered is None)
+        d = self.attempt(e) or self.pick(
+            self.candidates(e), lambda d: d.start is None and d.unregistered is None
+        )
         if d is not None:
             d.unregistered, d.unregistered_at = e, i
 
@@ -366,8 +379,9 @@ class _Builder:
     # -- backend ----------------------------------------------------------------------
 
     def _writer(self, i: int, e: Event) -> Delivery | None:
-        if e.worker is None:
-            return None
+        d = self.attempt(e)
+        if d is not None or e.worker is None:
+            return d
         cands = self.idx.by_task_worker.get((e.task_id, e.worker), [])
         # An attempt that reported success, failure, retry, Ignore or Reject stored its
         # state before that: a later write comes from another attempt still running
@@ -421,7 +435,7 @@ class _Builder:
     # -- faults -----------------------------------------------------------------------
 
     def _fault(self, i: int, e: Event) -> None:
-        self.idx.faults.append((i, e))
+        self.idx.add_fault(i, e)
         if e.kind == "worker-crashed":
             for d in self.idx.by_worker.get(e.worker or "", ()):
                 if d.died_at is None and d.running_at(i):

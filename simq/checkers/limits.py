@@ -39,7 +39,11 @@ def _limit_fired(d: Delivery, j: int, e: Event, g: str, slack: float) -> list[Vi
 
 
 def _overran(idx: Index, d: Delivery, which: str, config: CheckConfig) -> list[Violation]:
-    limit = config.setting("soft_time_limit" if which == "soft" else "time_limit", d.task)
+    # The message's own limit first (apply_async(time_limit=), its ``timelimit`` header),
+    # then the task's: Celery's Request passes ``time_limit or task.time_limit``.
+    limit = d.time_limit(which) or config.setting(
+        "soft_time_limit" if which == "soft" else "time_limit", d.task
+    )
     if limit is None or d.start is None or d.marks_of("time-limit", which=which):
         return []
     end = idx.attempt_end(d)
@@ -90,7 +94,7 @@ def check_g11(history: History | Index, config: CheckConfig) -> list[Violation]:
                         evidence(d.start, o),
                     )
                 )
-            if config.stores_errors(d.task) and not _stored(
+            if config.stores_errors(d.task, d.ignore_result) and not _stored(
                 d.states + d.discarded, states.FAILURE, "SoftTimeLimitExceeded"
             ):
                 out.append(
@@ -142,7 +146,7 @@ def _hard_limit(idx: Index, d: Delivery, j: int, e: Event, config: CheckConfig) 
     o = d.outcome
     if o is not None and (d.outcome_at or 0) > j and o.kind != "failed":
         bad(f"the child is killed, yet the attempt ended with {o.kind} at {when(o)}", o)
-    if config.stores_errors(d.task) and not _stored(
+    if config.stores_errors(d.task, d.ignore_result) and not _stored(
         d.states_after(j), states.FAILURE, "TimeLimitExceeded"
     ):
         bad("FAILURE(TimeLimitExceeded) is stored, and it was not")

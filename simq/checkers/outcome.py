@@ -41,17 +41,13 @@ def _ran_again(idx: Index, d: Delivery, i: int, config: CheckConfig) -> list[Del
     s = d.settle
     if s is None or s.kind not in ("acked", "rejected") or bool(s.details.get("requeue")):
         return []
-    restored = [
-        j
-        for j, e in idx.returns.get(d.message_id, ())
-        if e.details.get("reason") == "visibility-timeout"
-    ]
     # On redis/sqs a visibility-timeout restore duplicates the message: G6's business.
     return [
         x
         for x in idx.started_after(d.message_id, i)
         if not (
-            config.emulates_acks and (x.copy or any(j < (x.start_at or x.at) for j in restored))
+            config.emulates_acks
+            and (x.copy or idx.duplicated_before(d.message_id, x.start_at or x.at))
         )
     ]
 
@@ -139,15 +135,16 @@ def _child_lost(
     elif config.setting("retry_on_worker_lost", d.task) and retries_left:
         pubs = [
             e
-            for j, e in idx.published.get(d.task_id or "", ())
-            if j > i and e.details.get("retries") == d.retries + 1
+            for j, e in idx.published_after(d.task_id, i)
+            if e.details.get("retries") == d.retries + 1
         ]
         if not pubs:
             bad(
                 f"retry_on_worker_lost with retries left ({d.retries} < {max_retries}) "
                 f"publishes a retry message with retries={d.retries + 1}, and none was"
             )
-        if config.stores_errors(d.task) and not _stored(after, states.RETRY, "WorkerLostError"):
+        stores = config.stores_errors(d.task, d.ignore_result)
+        if stores and not _stored(after, states.RETRY, "WorkerLostError"):
             bad("retry_on_worker_lost stores RETRY(WorkerLostError), and it was not stored")
         for f in failures:
             bad(f"retry_on_worker_lost retries, yet FAILURE was stored at {when(f)}", f)
@@ -177,7 +174,8 @@ def _child_lost(
         if _landed(d) and config.complete and not idx.came_back(d.message_id, i):
             bad("the requeued message never ran again although the run drained")
     else:
-        if config.stores_errors(d.task) and not _stored(after, states.FAILURE, "WorkerLostError"):
+        stores = config.stores_errors(d.task, d.ignore_result)
+        if stores and not _stored(after, states.FAILURE, "WorkerLostError"):
             bad("FAILURE(WorkerLostError) is stored, and it was not")
         if late:
             aof = bool(config.setting("acks_on_failure", d.task))
@@ -242,7 +240,7 @@ def _reject_or_ignore(
     if not o.details.get("requeue"):
         if (
             config.reject_stores_failure
-            and config.stores_errors(d.task)
+            and config.stores_errors(d.task, d.ignore_result)
             and not _stored(after, states.FAILURE, "Reject")
         ):
             bad(
@@ -272,7 +270,7 @@ def _reject_or_ignore(
         elif (
             _landed(d)
             and config.complete
-            and not (idx.deliveries_after(d.message_id, i) or idx.came_back(d.message_id, i))
+            and not (idx.delivered_after(d.message_id, i) or idx.came_back(d.message_id, i))
         ):
             bad(
                 f"raised Reject(requeue=True) at {when(o)} and was never delivered "

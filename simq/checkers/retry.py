@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import bisect
+import heapq
 from collections import defaultdict
 
 from celery import states
@@ -36,11 +38,10 @@ def check_g13(history: History | Index, config: CheckConfig) -> list[Violation]:
         if o is None or o.kind != "retried" or d.start_at is None or d.outcome_at is None:
             continue
         k = d.retries
-        pubs = [
-            (j, e)
-            for j, e in idx.published.get(d.task_id or "", ())
-            if d.start_at < j < d.outcome_at and e.details.get("retries") == k + 1
-        ]
+        published = idx.published.get(d.task_id or "", [])
+        lo = bisect.bisect_right(published, d.start_at, key=lambda r: r[0])
+        hi = bisect.bisect_left(published, d.outcome_at, key=lambda r: r[0])
+        pubs = [(j, e) for j, e in published[lo:hi] if e.details.get("retries") == k + 1]
         retry = [
             (j, e) for j, e in d.states_after(d.start_at) if e.details.get("state") == states.RETRY
         ]
@@ -71,7 +72,7 @@ def check_g13(history: History | Index, config: CheckConfig) -> list[Violation]:
                             evidence(d.start, st, pub),
                         )
                     )
-        if not retry and config.stores_errors(d.task):
+        if not retry and config.stores_errors(d.task, d.ignore_result):
             out.append(
                 Violation(
                     "G13",
@@ -180,11 +181,12 @@ def check_g18(history: History | Index, config: CheckConfig) -> list[Violation]:
                 )
             )
     for task_id, pubs in idx.published.items():
+        publishers = _Publishers(attempts.get(task_id, []))
         for j, p in pubs:
             r = p.details.get("retries")
             if not r:
                 continue
-            live = [d for d in attempts.get(task_id, ()) if _publishes_at(d, j, attempts[task_id])]
+            live = publishers.at(j)
             if live and not any(d.retries == int(r) - 1 for d in live):
                 out.append(
                     Violation(
@@ -201,15 +203,48 @@ def check_g18(history: History | Index, config: CheckConfig) -> list[Violation]:
     return out
 
 
-def _publishes_at(d: Delivery, j: int, same: list[Delivery]) -> bool:
-    """Whether a publication at index ``j`` can come from attempt ``d``."""
-    assert d.start_at is not None
-    if d.running_at(j):
-        crashed = d.release is not None and d.release.kind == "worker-crashed"
-        return not (crashed and d.release_at is not None and d.release_at < j)
-    if d.start_at >= j or d.outcome_at is None:
-        return False
-    if d.outcome is not None and d.outcome.kind == "child-lost":
-        # retry_on_worker_lost publishes from the parent right after the child died.
-        return not any(x.start_at is not None and d.outcome_at < x.start_at < j for x in same)
-    return False
+class _Publishers:
+    """The attempts of one task that can publish its next message at a given index.
+
+    An attempt publishes while it runs, and retry_on_worker_lost publishes from the
+    parent right after its child died (until another attempt starts). Publications are
+    asked about in history order, so one sweep over the attempts answers them all.
+    """
+
+    def __init__(self, attempts: list[Delivery]) -> None:
+        self.order = {id(d): n for n, d in enumerate(attempts)}  # delivery order
+        self.by_start = sorted(attempts, key=lambda d: d.start_at or 0)
+        self.starts = [d.start_at or 0 for d in self.by_start]
+        lost = [d for d in attempts if d.outcome is not None and d.outcome.kind == "child-lost"]
+        self.lost = sorted(lost, key=lambda d: d.outcome_at or 0)
+        self.lost_at = [d.outcome_at or 0 for d in self.lost]
+        self.next = 0  # attempts in by_start[:next] started before the last index asked
+        self.active: list[tuple[int, int, Delivery]] = []  # (stop, n, attempt)
+
+    def at(self, j: int) -> list[Delivery]:
+        while self.next < len(self.by_start) and self.starts[self.next] < j:
+            d = self.by_start[self.next]
+            heapq.heappush(self.active, (_stop(d), self.next, d))
+            self.next += 1
+        while self.active and self.active[0][0] < j:
+            heapq.heappop(self.active)
+        found = [d for _, _, d in self.active if d.running_at(j) and not _crashed_before(d, j)]
+        # A lost child's parent publishes until another attempt starts.
+        k = bisect.bisect_left(self.starts, j)
+        since = self.starts[k - 1] if k else -1
+        lo = bisect.bisect_right(self.lost_at, since)
+        hi = bisect.bisect_left(self.lost_at, j)
+        found += [d for d in self.lost[lo:hi] if (d.start_at or 0) < j]
+        return sorted({id(d): d for d in found}.values(), key=lambda d: self.order[id(d)])
+
+
+def _stop(d: Delivery) -> int:
+    """The last index at which ``d`` may still be running (its outcome, death or cancel)."""
+    ends = [j for j in (d.outcome_at, d.died_at) if j is not None]
+    ends += [j for j, e in d.marks if e.kind == "cancelled"]
+    return min(ends) if ends else 1 << 62
+
+
+def _crashed_before(d: Delivery, j: int) -> bool:
+    crashed = d.release is not None and d.release.kind == "worker-crashed"
+    return crashed and d.release_at is not None and d.release_at < j

@@ -33,7 +33,8 @@ def _receipt_revoked(
     # record it just before the revoked event); a discarded one counts, since after
     # SUCCESS it is the backend's call (G15).
     writes = d.states + d.discarded
-    if config.stores_errors(d.task) and not _stored(writes, states.REVOKED, "TaskRevokedError"):
+    stores = config.stores_errors(d.task, d.ignore_result)
+    if stores and not _stored(writes, states.REVOKED, "TaskRevokedError"):
         out.append(
             Violation(
                 g,
@@ -172,11 +173,30 @@ def check_g10(history: History | Index, config: CheckConfig) -> list[Violation]:
     idx = index_of(history)
     out: list[Violation] = []
     revoked_ids = {e.task_id for _, e in idx.revokes}
+    # Celery's Request.maybe_expire adds an expired task's id to the worker's revoked
+    # set: later deliveries of that id to the same worker (a retry, a copy) are revoked
+    # there too, until the worker restarts.
+    expired: dict[tuple[str | None, str | None], list[int]] = {}
+    for d in idx.deliveries:
+        r = d.revoked
+        if r is not None and r.details.get("expired") and d.revoked_at is not None:
+            expired.setdefault((d.worker, d.task_id), []).append(d.revoked_at)
+    restarts = frozenset({"worker-crashed", "worker-online"})
     for d in idx.deliveries:
         r = d.revoked
         if r is None or r.details.get("reason") != "revoked":
             continue
         out += _receipt_revoked(idx, d, "revoked", "G10", config)
+        at = d.revoked_at
+        if (
+            at is not None
+            and d.worker is not None
+            and any(
+                k < at < idx.next_fault(d.worker, restarts, k)
+                for k in expired.get((d.worker, d.task_id), ())
+            )
+        ):
+            continue
         if d.task_id not in revoked_ids:
             out.append(
                 Violation(
@@ -239,7 +259,7 @@ def _revoke(idx: Index, i: int, rv: Event, config: CheckConfig) -> list[Violatio
                 )
             elif terminate and killed and d.outcome_at is not None:
                 assert o is not None
-                if config.stores_errors(d.task) and not _stored(
+                if config.stores_errors(d.task, d.ignore_result) and not _stored(
                     d.states_after(d.outcome_at), states.REVOKED
                 ):
                     out.append(

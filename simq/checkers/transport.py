@@ -152,6 +152,9 @@ def check_g6(history: History | Index, config: CheckConfig) -> list[Violation]:
     return out
 
 
+_RESTARTED = frozenset({"broker-restarted"})
+
+
 def _wiping_restarts(idx: Index) -> list[tuple[int, Event]]:
     """Broker restarts that lost messages: the broker kept nothing, unacked records too."""
     lost_at = {
@@ -176,7 +179,14 @@ def _early_restore(
     used: set[int],
     wipes: list[tuple[int, Event]],
 ) -> list[Violation]:
-    """Pair a restore with the oldest delivery it can restore: unacked, not restored yet."""
+    """Pair a restore with the oldest delivery it can restore: unacked, not restored yet.
+
+    A restore that names its attempt is paired with that delivery, in constant time.
+    """
+    tag = e.details.get("attempt")
+    d = idx.by_attempt.get(str(tag)) if tag is not None else None
+    if d is not None and d.at < j:
+        return _restored(d, j, e, vt, slack, used, wipes)
     key = e.message_id or f"task:{e.task_id}"
     before = [
         d
@@ -250,6 +260,70 @@ def _early_restore(
     ]
 
 
+def _restored(
+    d: Delivery,
+    j: int,
+    e: Event,
+    vt: float,
+    slack: float,
+    used: set[int],
+    wipes: list[tuple[int, Event]],
+) -> list[Violation]:
+    """Judge restore ``e`` of the delivery it names, ``d``."""
+    settled = (
+        d.settle is not None and d.settle.kind in ("acked", "rejected") and (d.settle_at or 0) < j
+    )
+    if settled or d.at in used:
+        how = f"{d.settle.kind} at {when(d.settle)}" if settled and d.settle else "restored already"
+        return [
+            Violation(
+                "G6",
+                (
+                    f"{d.label} was restored at {when(e)} although it was {how}; only unacked "
+                    "messages are restored"
+                ),
+                evidence(d.event, d.settle, e),
+            )
+        ]
+    used.add(d.at)
+    wipe = max(((k, w) for k, w in wipes if k < j), key=lambda r: r[0], default=None)
+    if wipe is not None and d.at < wipe[0]:
+        return [
+            Violation(
+                "G6",
+                (
+                    f"{d.label} was restored at {when(e)} although the broker restart at "
+                    f"{when(wipe[1])} lost its messages, unacked ones included"
+                ),
+                evidence(d.event, wipe[1], e),
+            )
+        ]
+    if e.time - d.event.time >= vt - slack:
+        return []
+    return [
+        Violation(
+            "G6",
+            (
+                f"{d.label} was restored at {when(e)}, {e.time - d.event.time:g} s after its delivery "
+                f"to {d.worker}; the visibility timeout is {vt:g} s"
+            ),
+            evidence(d.event, e),
+        )
+    ]
+
+
+def _redelivered_after_timeout(idx: Index, d: Delivery, vt: float, before: int) -> bool:
+    """Whether ``d``'s message was delivered again, flagged redelivered, once ``d`` had
+    been held ``vt`` seconds, before index ``before``: a real Redis restores a message
+    inside the broker, and its recording shows only the redelivery."""
+    for x in idx.deliveries_after(d.message_id, d.at):
+        if x.at >= before:
+            return False
+        if x.redelivered and x.event.time >= d.event.time + vt:
+            return True
+    return False
+
+
 def _never_restored(idx: Index, d: Delivery, vt: float, slack: float) -> list[Violation]:
     if idx.twins(d):
         return []  # copies held side by side: which one waited cannot be told
@@ -257,18 +331,31 @@ def _never_restored(idx: Index, d: Delivery, vt: float, slack: float) -> list[Vi
     ends: list[tuple[int, Event]] = []
     if d.settle is not None and d.settle.kind in ("acked", "rejected") and d.settle_at:
         ends.append((d.settle_at, d.settle))
-    ends += [
-        (j, e)
-        for j, e in idx.returns.get(key, ())
-        if j > d.at and e.kind == "requeued" and (e.worker is None or e.worker == d.worker)
-    ]
-    ends += idx.lost_after(key, d.at)
-    ends += [(j, e) for j, e in idx.faults if j > d.at and e.kind == "broker-restarted"]
+    # Copies share their message's delivery tag (kombu's Redis): the first ack of any
+    # delivery of the message takes it out of the unacked index, for every copy.
+    first = idx.first_settle_after(key, d.at)
+    if first is not None:
+        ends.append(first)
+    if d.attempt is not None:
+        # The broker's returns of this very delivery (its restore, or a copy of it).
+        ends += [(j, e) for j, e in idx.restores_of(d) if j > d.at and e.kind == "requeued"]
+    else:
+        ends += [
+            (j, e)
+            for j, e in idx.returns.get(key, ())
+            if j > d.at and e.kind == "requeued" and (e.worker is None or e.worker == d.worker)
+        ]
+    ends += idx.lost_after(key, d.at)[:1]
+    restart = idx.next_fault(None, _RESTARTED, d.at)
+    if restart < len(idx.events):
+        ends.append((restart, idx.events[restart]))
     end = min(ends, key=lambda r: r[0]) if ends else None
     until = end[1].time if end is not None else idx.end_time
     if until - d.event.time <= vt + slack:
         return []
     if end is not None and end[1].kind == "requeued":
+        return []
+    if _redelivered_after_timeout(idx, d, vt - slack, end[0] if end else len(idx.events)):
         return []
     how = f"until it was {end[1].kind} at {when(end[1])}" if end else "until the run ended"
     return [

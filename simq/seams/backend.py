@@ -113,16 +113,33 @@ class Backend(KeyValueStoreBackend):
         if worker is None:
             worker = self.simulation.acting_worker
         value = result if type(result) in _PLAIN else jsonable(self.encode_result(result, state))
+        attempt = self._attempt(task_id, slot, worker, request)
+        extra = {} if attempt is None else {"attempt": attempt}
         if final:
             self.simulation.record(
-                "state-discarded", task_id=task_id, worker=worker, state=state, result=value
+                "state-discarded",
+                task_id=task_id,
+                worker=worker,
+                state=state,
+                result=value,
+                **extra,
             )
         else:
             self.status[task_id] = state
             self.simulation.record(
-                "state", task_id=task_id, worker=worker, state=state, result=value
+                "state", task_id=task_id, worker=worker, state=state, result=value, **extra
             )
         return out
+
+    def _attempt(self, task_id: str, slot: Any, worker: str | None, request: Any) -> str | None:
+        """The attempt (delivery tag) making a write of ``task_id``'s state, if any: the one
+        a child runs, or the one whose Request the worker's main process acts for."""
+        job = getattr(slot, "job", None)
+        if job is not None:
+            delivery = job.request
+            return delivery.tag if delivery is not None and delivery.id == task_id else None
+        node = self.simulation.workers.get(worker) if worker is not None else None
+        return node.attempt_of(task_id, request) if node is not None else None
 
     def _forget(self, task_id: str) -> None:
         super()._forget(task_id)
@@ -145,6 +162,12 @@ class Backend(KeyValueStoreBackend):
     ) -> Any:
         self._ensure_not_eager()
         self._require_simulation()
+        if current_fiber() is not None:
+            # Inside a task that allowed it (allow_join_result(), disable_sync_subtasks=
+            # False), Celery's worker child polls the store, sleeping between reads:
+            # Celery's own loop, on virtual time. The task waits where it stands while
+            # other children run; a task cannot drive the event loop itself.
+            return super().wait_for(task_id, timeout, interval, no_ack, on_interval)
         # Without a predicate the simulation waits for a ready state of task_id in this
         # store; celery's TimeoutError on timeout.
         self.simulation.wait(None, timeout, task_id)

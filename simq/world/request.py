@@ -62,6 +62,7 @@ class Delivery:
     acked: bool = False
     timer: Timer | None = None
     orphaned: bool = False  # its channel closed: an ack or reject can no longer land
+    tag: str | None = None  # the attempt id: the delivery tag of its kombu Message
 
     @property
     def message(self) -> Message:

@@ -14,6 +14,7 @@ differential check compares this model with real workers.
 from __future__ import annotations
 
 import functools
+import math
 from collections import deque
 from collections.abc import Callable
 from functools import partial
@@ -111,6 +112,11 @@ class Worker:
         self.alive = True  # the process exists (False after a crash)
         self.stopping = False  # warm shutdown in progress
         self.on_idle: Callable[[], None] | None = None  # called when no child is busy
+        # Attempt ids for writes Celery's Request makes in this worker's main process, by
+        # the id of that Request's delivery_info (its _context carries the same dict);
+        # ``writing`` names the attempt of a write no Request makes (an unknown task).
+        self._attempts: dict[int, Delivery] = {}
+        self.writing: str | None = None
 
     @property
     def slots(self) -> list[Slot]:
@@ -146,7 +152,7 @@ class Worker:
             if not task.rate_limit:
                 continue
             try:
-                parse_rate(task.rate_limit)
+                limit = parse_rate(task.rate_limit)
             except (KeyError, ValueError, TypeError) as exc:
                 raise SimqError(
                     f"worker {self.name!r} cannot start: task {name!r} has rate_limit "
@@ -154,6 +160,20 @@ class Worker:
                     f"({type(exc).__name__}: {exc}); use a number of tasks per second, or "
                     "a string like '10/s', '10/m' or '10/h'"
                 ) from exc
+            if math.isnan(limit) or limit < 0:
+                # Celery's worker takes these and then misbehaves: kombu's TokenBucket
+                # reads a NaN refill as a full bucket (no limit at all), and with a
+                # negative rate it never refills while the consumer's timer spins.
+                what = (
+                    "is not a number: Celery's worker would take it and never limit the task"
+                    if math.isnan(limit)
+                    else "is negative: Celery's worker would run the task once and then never again"
+                )
+                raise SimqError(
+                    f"worker {self.name!r} cannot start: task {name!r} has rate_limit "
+                    f"{task.rate_limit!r}, which {what}; use a positive number of tasks per "
+                    "second, or a string like '10/s', '10/m' or '10/h' (None: no limit)"
+                )
 
     # -- consumer side -----------------------------------------------------------------
 
@@ -183,7 +203,7 @@ class Worker:
             return
         kmsg = KombuMessage(
             body=message.body,
-            delivery_tag=f"{message.message_id}.{envelope.deliveries}",
+            delivery_tag=envelope.tag,
             content_type=message.content_type,
             content_encoding=message.content_encoding,
             delivery_info={
@@ -195,7 +215,7 @@ class Worker:
             headers=message.headers,
             accept=self.accept,
         )
-        delivery = Delivery(envelope, self)
+        delivery = Delivery(envelope, self, tag=envelope.tag)
         try:
             kmsg.payload  # noqa: B018 - Celery's consumer decodes here (on_decode_error)
         except Exception as exc:
@@ -214,6 +234,7 @@ class Worker:
         req._simq = delivery
         delivery.celery = req
         self.requests[envelope] = delivery
+        self._attempts[id(req.delivery_info)] = delivery
         self.load_revoked()
         if (req.expires or req.id in celery_state.revoked) and self._revoked(delivery):
             return
@@ -235,15 +256,18 @@ class Worker:
             message_id=message.message_id,
             worker=self.name,
             task=message.task,
+            attempt=envelope.tag,
         )
         self._live_unacked -= 1
         self.broker.reject(envelope, requeue=False)
         sim = self.sim
         acting, sim.acting_worker = sim.acting_worker, self.name
+        writing, self.writing = self.writing, envelope.tag
         try:
             self.app.backend.mark_as_failure(message.task_id, NotRegistered(message.task))
         finally:
             sim.acting_worker = acting
+            self.writing = writing
         signals.task_unknown.send(
             sender=self,
             message=None,
@@ -297,7 +321,9 @@ class Worker:
             bucket = self.buckets.get(task.name)
             if bucket is None:
                 bucket = self.buckets[task.name] = TokenBucket(parse_rate(rate), self.loop.now)
-            if bucket.waiting or not bucket.can_consume(self.loop.now):
+            # A rate of 0 ("0/s") is no limit: Celery's consumer makes no bucket for it
+            # (bucket_for_task: ``TokenBucket(limit) if limit else None``).
+            if bucket.rate and (bucket.waiting or not bucket.can_consume(self.loop.now)):
                 delivery.move(RequestState.RATE_WAIT)
                 bucket.waiting.append(delivery)
                 if len(bucket.waiting) == 1:
@@ -427,7 +453,7 @@ class Worker:
             self.on_idle()
 
     def note(self, kind: str, delivery: Delivery, **details: Any) -> None:
-        """Record an event about ``delivery`` on this worker."""
+        """Record an event about ``delivery`` on this worker, naming its attempt."""
         message = delivery.envelope.message
         self._record(
             kind,
@@ -435,7 +461,30 @@ class Worker:
             message_id=message.message_id,
             worker=self.name,
             **details,
+            attempt=delivery.tag,
         )
+
+    def attempt_of(self, task_id: str, request: Any) -> str | None:
+        """The attempt whose parent-side code writes ``task_id``'s state now, if any.
+
+        Celery's Request writes with ``request=self._context``, whose ``delivery_info``
+        is that Request's own dict: it names the delivery even when two attempts of one
+        message run here side by side (a visibility-timeout copy, a redelivery after a
+        lost connection).
+        """
+        if self.writing is not None:
+            return self.writing
+        info = getattr(request, "delivery_info", None)
+        delivery = self._attempts.get(id(info)) if info is not None else None
+        if delivery is None or delivery.celery.delivery_info is not info:
+            return None
+        return delivery.tag if delivery.id == task_id else None
+
+    def forget_attempt(self, delivery: Delivery) -> None:
+        """``delivery`` is over: no later write of this worker's main process is its."""
+        req = delivery.celery
+        if req is not None and self._attempts.get(id(req.delivery_info)) is delivery:
+            del self._attempts[id(req.delivery_info)]
 
     # -- the ack callbacks Celery's Request calls --------------------------------------
 
@@ -461,6 +510,7 @@ class Worker:
     def _done(self, delivery: Delivery) -> None:
         if delivery.state is not RequestState.DONE:
             delivery.move(RequestState.DONE)
+        self.forget_attempt(delivery)
         # A requeued message may already be back here as a new delivery under the same
         # envelope (reject_on_worker_lost, Reject(requeue=True)): leave that one alone.
         if self.requests.get(delivery.envelope) is delivery:

@@ -208,8 +208,8 @@ CASES = [
     # Requeued: on_failure stores nothing, on_timeout stores FAILURE once.
     ("time-limit-late-no-aot", {**LATE, "time_limit": 2, "acks_on_timeout": False},
      "quicker-again", "none", {}, [
-        *RUNNING, *TIME_LIMIT, "2 rejected m1 requeue=True", "2 delivered m1 w1 redelivered",
-        FAILED_BY_TIME_LIMIT, "2 started m1 w1 retries=0", "3 state SUCCESS 'ok'",
+        *RUNNING, *TIME_LIMIT, "2 rejected m1 requeue=True", FAILED_BY_TIME_LIMIT,
+        "2 delivered m1 w1 redelivered", "2 started m1 w1 retries=0", "3 state SUCCESS 'ok'",
         "3 succeeded m1", "3 acked m1"],
      [0, 0]),
     # -- child died, default: FAILURE(WorkerLostError); acked@start / AoF ACK / REJ(False) -
@@ -252,7 +252,8 @@ CASES = [
      [0]),
     # -- whole worker killed: the early-acked run is lost / the message is redelivered ----
     ("worker-killed-early", {}, "return", "crash", {}, [
-        *EARLY, "2 worker-crashed w1", "2 worker-offline w1", "3 worker-online w1"], [0]),
+        *EARLY, "2 worker-crashed w1", "2 lost m1 worker-crashed", "2 worker-offline w1",
+        "3 worker-online w1"], [0]),
     ("worker-killed-late", LATE, "return", "crash", {}, [
         *RUNNING, "2 worker-crashed w1", "2 requeued m1 worker-crashed", "2 worker-offline w1",
         "3 worker-online w1", "3 delivered m1 w1 redelivered", "3 started m1 w1 retries=0",

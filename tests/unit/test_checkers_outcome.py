@@ -373,6 +373,27 @@ def test_g10_fails_a_discard_nobody_asked_for() -> None:
     assert "no revoke for task t1 was sent" in only(check_g10(s.history, AMQP), "G10").message
 
 
+def expired_then_retried(restart: bool) -> Story:
+    """t1 expires on w1 (m1); its retry message m2 then reaches w1 again."""
+    s = Story().online("w1").publish("m1", "t1", expires=5).at(6).deliver("m1")
+    s.outcome("revoked", "m1", reason="expired", expired=True, terminated=False)
+    s.state("t1", "REVOKED", REVOKED).ack("m1")
+    if restart:
+        s.fault("worker-crashed", restart_after=1.0).online("w1")
+    s.at(8).publish("m2", "t1", retries=1).deliver("m2")
+    s.outcome("revoked", "m2", reason="revoked", expired=False, terminated=False)
+    return s.state("t1", "REVOKED", REVOKED).ack("m2")
+
+
+def test_g10_passes_a_revoke_that_follows_an_expiry_on_the_same_worker() -> None:
+    """Celery's Request.maybe_expire puts an expired id in the worker's revoked set, so a
+    later message of that task on that worker is revoked without a revoke command
+    (until the worker restarts) (§3.2 G10)."""
+    assert check_g10(expired_then_retried(restart=False).history, AMQP) == []
+    v = only(check_g10(expired_then_retried(restart=True).history, AMQP), "G10")
+    assert "no revoke for task t1 was sent" in v.message
+
+
 def running_revoke(terminate: bool) -> Story:
     s = Story().online("w1").publish("m1", "t1").deliver("m1").start("m1").ack("m1").at(2)
     return s.event("revoke", "t1", terminate=terminate, signal=None, workers=["w1"])

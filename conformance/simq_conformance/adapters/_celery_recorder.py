@@ -12,6 +12,8 @@ hook                                       process           events
                                                              header: a retry is a new
                                                              message)
 ``Consumer.create_task_handler`` wrapper   worker parent     ``delivered`` [redelivered]
+                                                             (and stamps a fresh
+                                                             ``simq_attempt`` header)
 ``Consumer.connect`` wrapper               worker parent     ``connection-restored``
 ``Tasks.shutdown`` (task channel closes)   worker parent     ``worker-offline`` [shutdown]
 ``worker_ready`` signal                    worker parent     ``worker-online``
@@ -30,6 +32,13 @@ kombu ``Message.ack/reject/requeue``       worker parent     ``acked`` ``rejecte
 ``task_unknown`` signal                    worker parent     ``unregistered``
 =========================================  ================  ===========================
 
+Every event of one delivery carries its ``attempt`` id. The parent stamps it into the
+message's headers as it receives the message, before Celery builds the Request: the
+Request's dict, which Celery sends to the pool child and hands to the backend as
+``request``, carries it from there. kombu's own delivery tag cannot serve: RabbitMQ
+numbers deliveries per channel (a reconnected worker counts from 1 again), and kombu's
+Redis transport gives a message one tag for life (a visibility-timeout copy shares it).
+
 Signals and class patches are process-wide, so a process has at most one recorder
 installed; worker processes install it at import of the boot module (before the pool
 forks, so children inherit it), the test process installs it for one run and removes
@@ -38,6 +47,8 @@ it afterwards.
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
 import time
 from collections.abc import Callable
@@ -50,6 +61,8 @@ __all__ = ["HEADER", "CeleryRecorder", "worker_name"]
 
 #: The message header carrying simq's message id (one per publication).
 HEADER = "simq_message_id"
+#: The message header carrying the attempt id (one per delivery), stamped on receipt.
+ATTEMPT = "simq_attempt"
 
 _OUTCOMES = {
     "SUCCESS": "succeeded",
@@ -94,6 +107,24 @@ def _message_id(request: Any) -> str | None:
     return get(HEADER) if callable(get) else None
 
 
+def _attempt(request: Any) -> dict[str, Any]:
+    """``{"attempt": id}`` for a worker Request (its message) or a task Context, if any."""
+    headers = getattr(getattr(request, "message", None), "headers", None)
+    if headers:
+        value = headers.get(ATTEMPT)
+    else:
+        get = getattr(request, "get", None)
+        value = get(ATTEMPT) if callable(get) else None
+    return {} if value is None else {"attempt": value}
+
+
+def _timelimit(value: Any) -> list[Any] | None:
+    """Celery's ``timelimit`` header ``(hard, soft)`` as simq records it."""
+    if not isinstance(value, list | tuple) or not any(v is not None for v in value):
+        return None
+    return list(value)
+
+
 def _exitcode(exc: Any) -> int | None:
     if isinstance(exc, SystemExit):
         return exc.code if isinstance(exc.code, int) else 1
@@ -125,6 +156,7 @@ class CeleryRecorder:
         self._holders: dict[str, str | None] = {}
         self._cancelling: str | None = None
         self._signals: list[tuple[Any, Callable[..., Any]]] = []
+        self._deliveries = itertools.count(1)  # this process's deliveries: attempt ids
 
     # -- install / uninstall -----------------------------------------------------------
 
@@ -215,6 +247,8 @@ class CeleryRecorder:
             priority=(properties or {}).get("priority"),
             parent_id=headers.get("parent_id"),
             root_id=headers.get("root_id"),
+            ignore_result=headers.get("ignore_result"),
+            timelimit=_timelimit(headers.get("timelimit")),
         )
 
     # -- the worker parent: consuming --------------------------------------------------
@@ -236,9 +270,14 @@ class CeleryRecorder:
 
     def _on_delivered(self, worker: str | None, message: Any) -> None:
         message._simq_worker = worker
-        headers = message.headers or {}
+        headers = message.headers
+        if headers is None:
+            headers = message.headers = {}
         if self.worker is None and headers.get(HEADER):
             self._holders[headers[HEADER]] = worker
+        # Unique in the run: a worker's node name, its process, its delivery count.
+        attempt = f"{worker}.{os.getpid()}.{next(self._deliveries)}"
+        headers[ATTEMPT] = message._simq_attempt = attempt
         info = message.delivery_info or {}
         self.sink.record(
             "delivered",
@@ -247,6 +286,7 @@ class CeleryRecorder:
             worker=worker,
             queue=info.get("routing_key"),
             redelivered=bool(info.get("redelivered")),
+            attempt=attempt,
         )
 
     def _wrap_connect(self, original: Callable[..., Any]) -> Callable[..., Any]:
@@ -312,6 +352,9 @@ class CeleryRecorder:
                     "message_id": headers.get(HEADER),
                     "worker": getattr(message, "_simq_worker", None) or recorder.worker,
                 }
+                attempt = getattr(message, "_simq_attempt", None) or headers.get(ATTEMPT)
+                if attempt is not None:
+                    details["attempt"] = attempt
                 # Stamped when issued: once the broker has it back, another worker may
                 # record the redelivery before this call returns.
                 issued = time.time()
@@ -355,12 +398,14 @@ class CeleryRecorder:
         **_: Any,
     ) -> None:
         headers = getattr(message, "headers", None) or {}
+        attempt = headers.get(ATTEMPT)
         self.sink.record(
             "unregistered",
             task_id=id,
             message_id=headers.get(HEADER),
             worker=worker_name(getattr(sender, "hostname", None)) or self.worker,
             task=name,
+            **({} if attempt is None else {"attempt": attempt}),
         )
 
     def _wrap_on_failure(self, original: Callable[..., Any]) -> Callable[..., Any]:
@@ -386,6 +431,7 @@ class CeleryRecorder:
                     message_id=_message_id(request),
                     worker=worker_name(request.hostname) or recorder.worker,
                     exitcode=_exitcode(exc),
+                    **_attempt(request),
                 )
             return original(request, exc_info, *args, **kwargs)
 
@@ -422,6 +468,7 @@ class CeleryRecorder:
             "task_id": request.id,
             "message_id": _message_id(request),
             "worker": worker_name(request.hostname) or self.worker,
+            **_attempt(request),
         }
 
     def _wrap_cancel(self, original: Callable[..., Any]) -> Callable[..., Any]:
@@ -466,6 +513,7 @@ class CeleryRecorder:
             worker=self._worker_of(request),
             task=task.name,
             retries=request.retries or 0,
+            **_attempt(request),
         )
 
     def _on_postrun(
@@ -501,6 +549,7 @@ class CeleryRecorder:
             message_id=request.get(HEADER),
             worker=self._worker_of(request),
             **details,
+            **_attempt(request),
         )
 
     def _worker_of(self, request: Any) -> str | None:
@@ -547,7 +596,14 @@ class CeleryRecorder:
                 value = _safe(backend.encode_result(result, state))
             except Exception:
                 value = _safe(result)
-            recorder.sink.record(kind, task_id=task_id, worker=worker, state=state, result=value)
+            # The attempt whose Request (or task context) writes, when the write is its own
+            # task's (a chord's callback state is written by a member's attempt).
+            attempt = {}
+            if request is not None and getattr(request, "id", None) == task_id:
+                attempt = _attempt(request)
+            recorder.sink.record(
+                kind, task_id=task_id, worker=worker, state=state, result=value, **attempt
+            )
             return stored
 
         return store_result

@@ -360,10 +360,13 @@ def _progress(records: list[Record], task_ids: dict[str, str]) -> tuple[set[str]
     published: dict[str | None, Event] = {}
     unsettled: dict[str | None, str | None] = {}
     holder: dict[str | None, str | None] = {}
-    running: dict[tuple[str | None, str | None], str | None] = {}
+    # By attempt: two attempts of one message may run on one worker at once (a
+    # visibility-timeout copy); the first one ending says nothing of the other.
+    running: dict[tuple[str | None, str | None, Any], str | None] = {}
     for record in sorted(records, key=lambda r: r.order):
         e = record.event
         ref = e.message_id or e.task_id
+        attempt = e.details.get("attempt")
         if e.kind == "published":
             published[ref] = e
             unsettled[ref], holder[ref] = e.task_id, None
@@ -374,9 +377,9 @@ def _progress(records: list[Record], task_ids: dict[str, str]) -> tuple[set[str]
         elif e.kind == "rejected":
             holder[ref] = None
         elif e.kind == "started":
-            running[(ref, e.worker)] = e.task_id
+            running[(ref, e.worker, attempt)] = e.task_id
         elif e.kind in _ENDS:
-            running.pop((ref, e.worker), None)
+            running.pop((ref, e.worker, attempt), None)
         if e.kind in _RELEASES:
             holder = {m: (None if w == e.worker else w) for m, w in holder.items()}
             if e.kind == "worker-crashed":

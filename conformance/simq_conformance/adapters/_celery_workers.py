@@ -31,6 +31,11 @@ if TYPE_CHECKING:
 
 __all__ = ["InProcessWorkers", "ProcessWorkers"]
 
+#: Events after which an attempt no longer runs.
+_ENDS = frozenset(
+    {"succeeded", "failed", "retried", "ignored", "declined", "child-lost", "revoked", "lost"}
+)
+
 
 class _Workers:
     """What both kinds share: slots, names, the client app."""
@@ -189,14 +194,51 @@ class ProcessWorkers(_Workers):
         proc = self.procs[name]
         if proc.poll() is not None or name in self._stopping:
             return
-        self.run.sink.record("worker-crashed", worker=name, restart_after=restart_after)
+        crashed_at = time.time()
+        self.run.sink.record(
+            "worker-crashed", worker=name, restart_after=restart_after, at=crashed_at
+        )
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        self._record_losses(name, crashed_at)
         self.run.sink.record("worker-offline", worker=name, reason="crashed")
         if restart_after is not None:
             index = self.names.index(name)
             self._due.append((time.monotonic() + restart_after, index, name))
+
+    def _record_losses(self, name: str, crashed_at: float) -> None:
+        """Record ``lost`` for each attempt the kill cut short after its early ack (G4).
+
+        The dead worker cannot say it: the attempts that started and were acked on it
+        before the crash, with no outcome, are read back from the sink.
+        """
+        reader = self.run.reader
+        reader.poll()
+        started: dict[str, Any] = {}
+        acked: set[str] = set()
+        ended: set[str] = set()
+        for record in reader.records:
+            e = record.event
+            attempt = e.details.get("attempt")
+            if e.worker != name or attempt is None or e.time > crashed_at:
+                continue
+            if e.kind == "started":
+                started[attempt] = e
+            elif e.kind == "acked":
+                acked.add(attempt)
+            elif e.kind in _ENDS:
+                ended.add(attempt)
+        for attempt, e in started.items():
+            if attempt in acked and attempt not in ended:
+                self.run.sink.record(
+                    "lost",
+                    task_id=e.task_id,
+                    message_id=e.message_id,
+                    worker=name,
+                    reason="worker-crashed",
+                    attempt=attempt,
+                )
 
     def shutdown(self, slot: int | str | None, warm: bool, replace_after: float) -> None:
         """SIGTERM (warm) or SIGQUIT (cold) the worker; a fresh one takes its slot."""
