@@ -140,7 +140,7 @@ class Simulation:
         self.backend = Backend(app=app, simulation=self)
         self.revoked_owner: Worker | None = None  # whose revokes celery.worker.state holds
         self.acting_worker: str | None = None  # the worker whose parent process acts now
-        self._pids = 100
+        self._pids = _FIRST_PID
         self._installation: Installation | None = None
         self.fibers = Fibers()  # every child slot's fiber, ended by close()
         self._sigint = SigintHandler()  # Ctrl-C reaches the user while active
@@ -474,6 +474,19 @@ class Simulation:
         self._pids += 1
         return self._pids
 
+    def owns_pid(self, pid: int) -> bool:
+        """Whether ``pid`` was handed out to a simulated child of this simulation."""
+        return _FIRST_PID < pid <= self._pids
+
+    def child_slot(self, pid: int) -> Any:
+        """The live child slot whose process id is ``pid``, or None."""
+        for worker in self.workers.values():
+            if worker.alive:
+                for slot in worker.slots:
+                    if slot.pid == pid:
+                        return slot
+        return None
+
     def new_message_id(self) -> str:
         self._message_seq += 1
         return f"m{self._message_seq}"
@@ -723,6 +736,9 @@ class Simulation:
 #: calls ``backend.mark_as_revoked`` from 5.6.2; 5.5's does not).
 _REVOKE_MARKS_REVOKED = "mark_as_revoked" in celery.worker.control._revoke.__code__.co_names
 _REVOCABLE = frozenset({states.PENDING, states.RECEIVED, states.RETRY, states.REJECTED})
+
+#: Simulated child process ids count up from here (deterministic, never real pids).
+_FIRST_PID = 100
 
 #: The simulation active in this process, if any: time is patched process-wide.
 _ACTIVE: list[Simulation | None] = [None]

@@ -210,8 +210,29 @@ class Installation:
             pid = getattr(slot, "pid", None)
             return int(pid) if pid is not None else real_getpid()
 
+        real_kill = os.kill
+
+        def child_kill(pid: int, sig: int) -> None:
+            # A simulated pid (a task's own os.getpid()) names a simulated child, never a
+            # real process: its signal kills that child; a pid the simulation handed out
+            # to a child that is gone is ProcessLookupError, as for a dead process.
+            if not isinstance(pid, int) or not sim.owns_pid(pid):
+                real_kill(pid, sig)
+                return
+            slot = sim.child_slot(pid)
+            if slot is None:
+                raise ProcessLookupError(3, f"No such process (simulated child {pid} is gone)")
+            if sig == 0:
+                return
+            fiber = current_fiber()
+            if fiber is not None and fiber is slot.fiber:
+                fiber.exit(-int(sig))
+            else:
+                slot.pool.kill(slot, -int(sig))
+
         self._set(kombu_uuid, "__defaults__", (seeded_uuid4,))
         self._set(os, "getpid", child_getpid)
+        self._set(os, "kill", child_kill)
         self._set(uuid_module, "uuid4", seeded_uuid4)
         self._set(celery_amqp, "anon_nodename", lambda *_: "gen0@simq")
         self._set(celery_trace, "gethostname", node_hostname)

@@ -493,3 +493,55 @@ def test_a_planned_kill_of_a_task_no_longer_running_is_skipped_and_recorded(app,
     assert skipped.first()["reason"].startswith(f"no child is running task '{first.id}'")
     assert len(sim.history.where(kind="child-killed")) == 0
     assert sim.check() == []
+
+
+def test_os_kill_of_a_task_own_pid_kills_the_simulated_child_only(app, simulation):
+    """Inside a task os.getpid() is the simulated child's pid (101, 102, ...), which may be
+    a real process of the machine: os.kill on it signals the simulated child, never that
+    process. The child dies by the signal, as ``kill -9 $$`` in a prefork child would."""
+
+    @app.task(name="shop.suicide")
+    def suicide():
+        os.kill(os.getpid(), 9)
+        return "never"
+
+    sim = simulation(app)
+    r = suicide.delay()
+    with pytest.raises(WorkerLostError, match=r"signal 9 \(SIGKILL\)"):
+        r.get()
+    assert [e.kind for e in sim.history.where(task_id=r.id, kind="child-lost")] == ["child-lost"]
+    assert sim.history.where(kind="child-lost").first()["exitcode"] == -9
+    assert sim.check() == []
+
+
+def test_os_kill_between_simulated_children(app, simulation):
+    """One task signals another task's child by its simulated pid; a pid handed out to a
+    child that is gone is ProcessLookupError, as for a dead process; signal 0 probes."""
+    pids: dict[str, int] = {}
+
+    @app.task(name="shop.victim")
+    def victim():
+        pids["victim"] = os.getpid()
+        time.sleep(10)
+        return "survived"
+
+    @app.task(name="shop.killer")
+    def killer():
+        os.kill(pids["victim"], 0)  # alive: no error
+        os.kill(pids["victim"], 15)
+        try:
+            os.kill(pids["victim"], 0)
+        except ProcessLookupError:
+            return "gone"
+        return "still there"
+
+    sim = simulation(app, concurrency=2)
+    v = victim.delay()
+    sim.advance(1)
+    k = killer.delay()
+    assert k.get() == "gone"
+    with pytest.raises(WorkerLostError, match=r"signal 15 \(SIGTERM\)"):
+        v.get()
+    assert sim.check() == []
+    # Outside a task (and for pids the simulation never handed out) os.kill is the real one.
+    os.kill(os.getpid(), 0)
