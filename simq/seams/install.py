@@ -31,6 +31,7 @@ from kombu.utils.uuid import uuid as kombu_uuid
 
 from simq.engine.fibers import current_fiber
 from simq.exceptions import SimqError
+from simq.seams.calling import annotated
 from simq.seams.transport import ProducerPool, connect
 
 __all__ = ["Installation"]
@@ -108,6 +109,7 @@ class Installation:
         producers = ProducerPool(connection)
         self.channel = producers.producer.channel
         self._set(app.amqp, "_producer_pool", producers)
+        self._set(app, "send_task", annotated(app.send_task), cached=True)
         # Celery 5.5 builds the (disabled) task-sent event dispatcher on the configured
         # broker's connection: give it the simulated one.
         dispatcher = app.events.Dispatcher(connection, enabled=False)
