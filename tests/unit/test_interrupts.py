@@ -75,6 +75,10 @@ def test_a_simulation_interrupted_by_ctrl_c_can_be_closed_later() -> None:
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+@pytest.mark.celery(
+    min="5.7",
+    why="5.5's worker parent runs no task hook at a hard time limit",
+)
 def test_ctrl_c_during_a_hook_the_workers_parent_runs_reaches_the_caller() -> None:
     """A SIGINT while on_failure runs at a hard time limit (in the worker's parent, not a
     child) stops the run too, rather than taking the simulated worker down."""
@@ -95,6 +99,10 @@ def test_ctrl_c_during_a_hook_the_workers_parent_runs_reaches_the_caller() -> No
         assert not sim.history.where(kind=["worker-crashed", "shutdown"])
 
 
+@pytest.mark.celery(
+    min="5.7",
+    why="5.5's Request.on_failure does not turn the job's own KeyboardInterrupt into WorkerLostError",
+)
 def test_a_tasks_own_keyboard_interrupt_is_still_a_dead_child() -> None:
     """`raise KeyboardInterrupt` in a task body ends its child (WorkerLostError), and the
     run goes on."""
