@@ -16,6 +16,10 @@ the shapes that once made the checkers raise false alarms (issue 8, item 9).
 
 from __future__ import annotations
 
+import gc
+import logging
+import random
+import sys
 import time
 from collections import Counter
 
@@ -93,9 +97,12 @@ def make_app(transport: str) -> tuple[celery.Celery, Counter[str]]:
     return app, rejections
 
 
+TASKS = ("plain", "late", "late_lost", "flaky", "picky", "limited")
+FAULT_KINDS = ("crash", "kill", "connection", "broker", "shutdown", "revoke")
+
 calls = st.builds(
     Call,
-    task=st.sampled_from(["plain", "late", "late_lost", "flaky", "picky", "limited"]),
+    task=st.sampled_from(TASKS),
     arg=st.integers(0, 5) | st.sampled_from([20, 45]),
     countdown=st.none() | st.integers(1, 4),
     ignore_result=st.booleans(),
@@ -103,7 +110,7 @@ calls = st.builds(
 )
 faults = st.builds(
     Fault,
-    kind=st.sampled_from(["crash", "kill", "connection", "broker", "shutdown", "revoke"]),
+    kind=st.sampled_from(FAULT_KINDS),
     at=st.floats(0, 12, allow_nan=False).map(lambda x: round(x, 1)),
     target=st.integers(0, 9),
     amount=st.floats(0.5, 6, allow_nan=False).map(lambda x: round(x, 1)),
@@ -175,3 +182,71 @@ def test_random_fault_schedules_keep_every_guarantee(
         sim.advance(600)
         assert sim.check() == []
         assert vanished(sim) == []
+
+
+def _random_run(rng: random.Random, app: celery.Celery, transport: str, seed: int) -> None:
+    """One random workload and fault schedule on ``app``: every guarantee, nothing lost."""
+    workload = [
+        Call(
+            rng.choice(TASKS),
+            rng.choice([0, 1, 2, 3, 4, 5, 20, 45]),
+            rng.choice([None, 1, 2, 3, 4]),
+            rng.random() < 0.5,
+            rng.choice([None, rng.randint(2, 30)]),
+        )
+        for _ in range(rng.randint(1, 8))
+    ]
+    schedule = [
+        Fault(
+            rng.choice(FAULT_KINDS),
+            round(rng.uniform(0, 12), 1),
+            rng.randint(0, 9),
+            round(rng.uniform(0.5, 6), 1),
+            rng.random() < 0.5,
+        )
+        for _ in range(rng.randint(0, 4))
+    ]
+    with simq.Simulation(
+        app, seed=seed, workers=len(WORKERS), concurrency=2, transport=transport
+    ) as sim:
+        ids = [
+            app.tasks[c.task]
+            .apply_async(
+                (c.arg,), countdown=c.countdown, ignore_result=c.ignore_result,
+                time_limit=c.time_limit,
+            )
+            .id
+            for c in workload
+        ]  # fmt: skip
+        for fault in schedule:
+            apply(sim, fault, ids)
+        sim.advance(600)
+        assert sim.check() == [], (transport, seed, workload, schedule)
+        assert vanished(sim) == [], (transport, seed, workload, schedule)
+
+
+def test_memory_is_flat_over_random_fault_schedules() -> None:
+    """Four hundred random fault runs over all transports hold no more memory after the
+    last than after the first hundred (Python's allocated blocks), each with every
+    guarantee kept and nothing lost."""
+    logging.disable(logging.CRITICAL)  # Celery logs every WorkerLostError it handles
+    try:
+        apps = {transport: make_app(transport) for transport in TRANSPORTS}
+        rng = random.Random(8)
+
+        def runs(seeds: range) -> None:
+            for seed in seeds:
+                transport = TRANSPORTS[seed % len(TRANSPORTS)]
+                app, rejections = apps[transport]
+                rejections.clear()
+                _random_run(rng, app, transport, seed)
+
+        runs(range(100))
+        gc.collect()
+        before = sys.getallocatedblocks()
+        runs(range(100, 400))
+        gc.collect()
+        grown = sys.getallocatedblocks() - before
+    finally:
+        logging.disable(logging.NOTSET)
+    assert grown < 4_000, f"{grown} blocks more after 300 more simulations"
