@@ -40,7 +40,7 @@ from simq.engine.vtime import VirtualTime
 from simq.exceptions import InvalidArgument, SimqError, SimulationIdle, UnknownTarget
 from simq.history import Event, History
 from simq.message import Message
-from simq.seams.backend import Backend
+from simq.seams.backend import CHORD_BACKENDS, Backend
 from simq.seams.install import Installation
 from simq.seams.pool import forget_dead_children
 from simq.world.broker import Broker
@@ -78,6 +78,11 @@ class Simulation:
             messages come back (channel close, or visibility timeout) and how priorities
             order a queue. ``app.conf.broker_transport_options["visibility_timeout"]``
             overrides kombu's defaults (3600 s redis, 1800 s sqs).
+        result_backend: Whose chord support the result store has: ``"redis"`` (default;
+            Celery's RedisBackend code counts each header part once and the last part
+            publishes the body), ``"database"`` or ``"rpc"`` (no counter: Celery sends
+            ``celery.chord_unlock``, retried every ``result_chord_retry_interval`` until
+            the header is ready). Results are stored alike in every case.
         durations: Per task name, how long its body takes in virtual seconds: a number,
             or a callable drawing from a seeded ``random.Random``.
         max_instant_steps: Guard: steps of the event loop at one virtual instant before
@@ -98,6 +103,7 @@ class Simulation:
         prefetch_multiplier: int | None = None,
         start: dt.datetime | None = None,
         transport: str = "amqp",
+        result_backend: str = "redis",
         durations: Mapping[str, float | Callable[[random.Random], float]] | None = None,
         max_instant_steps: int | None = guards.DEFAULT_MAX_INSTANT_STEPS,
         max_steps: int | None = guards.DEFAULT_MAX_STEPS,
@@ -137,7 +143,12 @@ class Simulation:
         self.faults = Faults(self)
         self.exchange_state = BrokerState()
         self.control_exchange = f"{app.conf.control_exchange}.pidbox"
-        self.backend = Backend(app=app, simulation=self)
+        if result_backend not in CHORD_BACKENDS:
+            raise validate.invalid(
+                call, "result_backend", f"one of {', '.join(map(repr, CHORD_BACKENDS))}",
+                result_backend, validate.did_you_mean(result_backend, CHORD_BACKENDS),
+            )  # fmt: skip
+        self.backend = Backend(app=app, simulation=self, kind=result_backend)
         self.revoked_owner: Worker | None = None  # whose revokes celery.worker.state holds
         self.acting_worker: str | None = None  # the worker whose parent process acts now
         self._pids = _FIRST_PID
@@ -440,8 +451,8 @@ class Simulation:
     def check(self, **overrides: Any) -> list[Any]:
         """Run every checker of ``simq.checkers`` on this history; [] when all hold.
 
-        Each violation names its guarantee (G1-G18 of CELERY_SEMANTICS.md §3.2) and
-        carries the events that prove it. Keyword arguments override the
+        Each violation names its guarantee (G1-G18 of CELERY_SEMANTICS.md §3.2, C1-C4
+        for the canvas) and carries the events that prove it. Keyword arguments override the
         :class:`~simq.checkers.CheckConfig` read from this simulation.
 
         Example:

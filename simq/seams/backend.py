@@ -1,26 +1,49 @@
 """A Celery result backend over the simulation's key-value store. Internal.
 
 :class:`Backend` is a ``KeyValueStoreBackend``, like Celery's Redis and cache backends:
-Celery's own code encodes metas, refuses to overwrite SUCCESS, counts chord parts with
-``incr`` and serves ``AsyncResult``. simq adds two things: every write is an event in
-the history (``state``, or ``state-discarded`` for a write refused after SUCCESS), and
-waiting for a result (``AsyncResult.get``) drives the simulation in virtual time instead
-of sleeping.
+Celery's own code encodes metas, refuses to overwrite SUCCESS and serves ``AsyncResult``.
+simq adds two things: every write is an event in the history (``state``, or
+``state-discarded`` for a write refused after SUCCESS), and waiting for a result
+(``AsyncResult.get``) drives the simulation in virtual time instead of sleeping.
+
+Chords go the way of the backend the simulation names (``Simulation(result_backend=)``):
+
+* ``"redis"``: Celery's ``RedisBackend`` chord methods themselves (``apply_chord``,
+  ``set_chord_size``, ``add_to_chord``, ``on_chord_part_return``) run over
+  :class:`RedisChordStore`, a model of the Redis server's side: its keys and the three
+  Lua scripts Celery registers (each header part counted once, by task id and index; one
+  dispatch claim; a ``done`` marker against late copies). Keys never expire. Without
+  the redis package (which Celery 5.7's Redis backend module imports), chords keep
+  Celery's generic key-value path instead (``BaseKeyValueStoreBackend``: an ``incr``
+  counter of finished parts, as the cache backend; no de-duplication of copies).
+* ``"database"``, ``"rpc"``: no native join. Celery's ``BaseBackend.apply_chord`` sends
+  ``celery.chord_unlock``, which polls the header every ``result_chord_retry_interval``
+  (a retried task) and publishes the body once every part is ready.
 """
 
 from __future__ import annotations
 
 import json
+import types
 from typing import Any
 
 from celery import states
-from celery.backends.base import KeyValueStoreBackend
+from celery.backends.base import BaseBackend, KeyValueStoreBackend
 from kombu.utils.json import dumps as kombu_dumps
 
 from simq.engine.fibers import current_fiber
 from simq.exceptions import NoActiveSimulation
 
-__all__ = ["Backend", "jsonable"]
+try:
+    from celery.backends.redis import RedisBackend
+except ImportError:  # Celery 5.7's module needs the redis package (celery[redis])
+    RedisBackend = None
+
+__all__ = ["CHORD_BACKENDS", "Backend", "RedisChordStore", "jsonable"]
+
+#: The result backends whose chord support simq models (``Simulation(result_backend=)``):
+#: whether each joins natively (``supports_native_join``).
+CHORD_BACKENDS = {"redis": True, "database": False, "rpc": True}
 
 _PLAIN = (str, int, float, bool, type(None))
 
@@ -42,20 +65,44 @@ def jsonable(value: Any) -> Any:
 
 
 class Backend(KeyValueStoreBackend):
-    """The simulation's result backend (Celery's key-value semantics, chords included)."""
+    """The simulation's result backend (Celery's key-value semantics, chords as ``kind``)."""
 
     supports_native_join = True
     implements_incr = True
     persistent = True
 
-    def __init__(self, app: Any = None, simulation: Any = None, **kwargs: Any) -> None:
+    def __init__(
+        self, app: Any = None, simulation: Any = None, kind: str = "redis", **kwargs: Any
+    ) -> None:
         # Celery makes this backend from result_backend= when the app's backend is first
         # used. Outside a simulation it exists (so that Celery's eager apply(), which
         # builds a tracer over the app's backend, works) but every read or write raises.
+        if kind not in CHORD_BACKENDS:
+            raise ValueError(f"unknown result backend kind {kind!r}")
+        polling = kind != "redis"
+        if polling:
+            # No counter: BaseKeyValueStoreBackend keeps BaseBackend.apply_chord (which
+            # sends celery.chord_unlock) and its on_chord_part_return does nothing.
+            self.implements_incr = False
         super().__init__(app=app, **kwargs)
+        self.kind = kind
+        self.supports_native_join = CHORD_BACKENDS[kind]
+        if polling:
+            self.apply_chord = types.MethodType(BaseBackend.apply_chord, self)
+            self.set_chord_size = types.MethodType(BaseBackend.set_chord_size, self)
+            self.add_to_chord = types.MethodType(BaseBackend.add_to_chord, self)
+            self.on_chord_part_return = types.MethodType(BaseBackend.on_chord_part_return, self)
+        elif RedisBackend is not None:
+            # BaseKeyValueStoreBackend.__init__ made apply_chord its incr variant.
+            self.apply_chord = types.MethodType(RedisBackend.apply_chord, self)
         self.simulation = simulation
         self.data: dict[str, Any] = {}
         self.status: dict[str, str] = {}  # task id -> last stored state, for waiting
+        self.client = RedisChordStore(self)
+
+    def ensure(self, fun: Any, args: Any, **policy: Any) -> Any:
+        """RedisBackend.ensure retries on connection errors; the store never fails."""
+        return fun(*args)
 
     def _require_simulation(self) -> None:
         if self.simulation is None:
@@ -179,3 +226,188 @@ class Backend(KeyValueStoreBackend):
 
 def _key(key: Any) -> str:
     return key.decode() if isinstance(key, bytes) else str(key)
+
+
+# Redis's chord support is Celery's RedisBackend code (whatever the installed Celery has:
+# 5.5 pipelines, 5.6+ Lua scripts), run by Backend over RedisChordStore.
+_REDIS_CHORD_CODE = (
+    "apply_chord", "set_chord_size", "add_to_chord", "on_chord_part_return",
+    "_unpack_chord_result", "_set_chord_key", "_chord_publish_claim_expires",
+    "_chord_zset", "_transport_options", "_chord_part_return_script",
+    "_chord_cleanup_script", "_chord_claim_extend_script", "_MAX_STR_VALUE_SIZE",
+)  # fmt: skip
+for _name in _REDIS_CHORD_CODE if RedisBackend is not None else ():
+    if _name in vars(RedisBackend):
+        setattr(Backend, _name, vars(RedisBackend)[_name])
+
+
+class _Pipeline:
+    """``client.pipeline()``: commands queued by chaining, run in order by ``execute``."""
+
+    def __init__(self, store: RedisChordStore) -> None:
+        self.store = store
+        self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+
+    def __enter__(self) -> _Pipeline:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.calls.clear()
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or not hasattr(self.store, name):
+            raise AttributeError(name)
+
+        def queue(*args: Any, **kwargs: Any) -> _Pipeline:
+            self.calls.append((name, args, kwargs))
+            return self
+
+        return queue
+
+    def execute(self) -> list[Any]:
+        calls, self.calls = self.calls, []
+        return [getattr(self.store, name)(*args, **kwargs) for name, args, kwargs in calls]
+
+
+class RedisChordStore:
+    """The Redis server as Celery's RedisBackend chord code sees it (``backend.client``).
+
+    Plain keys live in the backend's store; a chord's part results are a sorted set
+    (``{member: score}``) or a list under their key, its counted parts a set. The
+    commands Celery's chord code sends (5.5: a pipeline of ZADD/RPUSH, ZCOUNT/LLEN, GET;
+    5.6+: the Lua scripts CHORD_PART_RETURN_LUA, CHORD_CLEANUP_LUA and
+    CHORD_CLAIM_EXTEND_LUA, modelled line for line and atomic as Redis runs them) act on
+    them. Keys never expire within a simulation (claims included).
+    """
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    @property
+    def data(self) -> dict[str, Any]:
+        self.backend._require_simulation()
+        return self.backend.data
+
+    # -- commands ----------------------------------------------------------------------
+
+    def get(self, key: Any) -> Any:
+        return self.data.get(_key(key))
+
+    def set(self, key: Any, value: Any, ex: Any = None, nx: bool = False) -> bool:
+        k = _key(key)
+        if nx and k in self.data:
+            return False
+        self.data[k] = value
+        return True
+
+    def delete(self, *keys: Any) -> int:
+        return sum(self.data.pop(_key(k), None) is not None for k in keys)
+
+    def incr(self, key: Any, amount: int = 1) -> int:
+        k = _key(key)
+        value = int(self.data.get(k) or 0) + amount
+        self.data[k] = value
+        return value
+
+    def expire(self, key: Any, seconds: Any) -> bool:
+        return _key(key) in self.data
+
+    def zadd(self, key: Any, mapping: dict[Any, Any]) -> int:
+        zset = self.data.setdefault(_key(key), {})
+        added = sum(member not in zset for member in mapping)
+        for member, score in mapping.items():
+            zset[member] = float(score)
+        return added
+
+    def zcount(self, key: Any, low: Any, high: Any) -> int:
+        lo, hi = float(low), float(high)
+        return sum(lo <= score <= hi for score in (self.data.get(_key(key)) or {}).values())
+
+    def zrange(self, key: Any, start: int, end: int) -> list[Any]:
+        zset = self.data.get(_key(key)) or {}
+        ordered = sorted(zset, key=lambda member: (zset[member], _sortable(member)))
+        return _span(ordered, start, end)
+
+    def rpush(self, key: Any, *values: Any) -> int:
+        items = self.data.setdefault(_key(key), [])
+        items.extend(values)
+        return len(items)
+
+    def llen(self, key: Any) -> int:
+        return len(self.data.get(_key(key)) or [])
+
+    def lrange(self, key: Any, start: int, end: int) -> list[Any]:
+        return _span(self.data.get(_key(key)) or [], start, end)
+
+    def pipeline(self) -> _Pipeline:
+        return _Pipeline(self)
+
+    def register_script(self, source: str) -> Any:
+        import celery.backends.redis as redis_backend
+
+        scripts = {
+            "CHORD_PART_RETURN_LUA": self._part_return,
+            "CHORD_CLEANUP_LUA": self._cleanup,
+            "CHORD_CLAIM_EXTEND_LUA": self._claim_extend,
+        }
+        for name, script in scripts.items():
+            if source == getattr(redis_backend, name, None):
+                return script
+        raise NotImplementedError(
+            "simq's model of Redis runs only the chord scripts of celery.backends.redis"
+        )
+
+    # -- Celery's Lua scripts ----------------------------------------------------------
+
+    def _part_return(self, keys: list[Any], args: list[Any], client: Any = None) -> list[Any]:
+        jkey, tkey, skey, dkey, _gkey, ckey = keys
+        tid, value, ordered, score, _, _, _, claim_token = args
+        data = self.data
+        if data.get(_key(ckey)) == "done":
+            return [-1, 0, 0, 0]
+        member = f"{tid}:{score}"
+        counted = data.setdefault(_key(dkey), set())
+        if member not in counted:
+            if str(ordered) == "1":
+                self.zadd(jkey, {value: score})
+            else:
+                self.rpush(jkey, value)
+            counted.add(member)
+        readycount = self.zcount(jkey, "-inf", "+inf") if str(ordered) == "1" else self.llen(jkey)
+        totaldiff = self.get(tkey)
+        size = self.get(skey)
+        claimed = 0
+        complete = size is not None and readycount == int(size) + int(totaldiff or 0)
+        if complete and self.set(ckey, claim_token, nx=True):
+            claimed = 1
+        return [readycount, totaldiff, size, claimed]
+
+    def _cleanup(self, keys: list[Any], args: list[Any], client: Any = None) -> int:
+        ckey, jkey, tkey, skey, dkey = keys
+        token, done_expires = args
+        if self.get(ckey) == token:
+            self.delete(jkey, tkey, skey, dkey)
+            if done_expires and int(done_expires) > 0:
+                self.set(ckey, "done")
+            return 1
+        return 0
+
+    def _claim_extend(self, keys: list[Any], args: list[Any], client: Any = None) -> int:
+        ckey, skey = keys
+        token = args[0]
+        if self.get(ckey) == token:
+            return 1
+        if self.get(ckey) is None and self.get(skey) is not None:
+            return int(self.set(ckey, token, nx=True))
+        return 0
+
+
+def _sortable(member: Any) -> bytes:
+    return member if isinstance(member, bytes) else str(member).encode()
+
+
+def _span(entries: list[Any], start: int, end: int) -> list[Any]:
+    """Redis's inclusive [start, end] range, negative indices from the end."""
+    n = len(entries)
+    stop = n if end == -1 else (end + 1 if end >= 0 else n + end + 1)
+    return list(entries[start:stop])

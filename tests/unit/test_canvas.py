@@ -283,3 +283,255 @@ def test_errbacks_do_not_fire_on_success() -> None:
         sim.run()
         assert [e["task"] for e in sim.history.where(kind="published")] == ["proj.add"]
     assert seen == []
+
+
+# -- every primitive, on both kinds of chord support (issue 9) --------------------------
+
+MODES = ["redis", "database", "rpc"]
+
+
+class Canvas:
+    """Tasks for the primitives: add, tsum, boom, a replacing and a chord-adding task."""
+
+    def __init__(self) -> None:
+        app = self.app = simq.App("cv")
+        self.errors: list[str] = []
+        errors = self.errors
+
+        @app.task(shared=False, name="cv.add")
+        def add(x: int, y: int) -> int:
+            return x + y
+
+        @app.task(shared=False, name="cv.tsum")
+        def tsum(xs: list[int]) -> int:
+            return sum(xs)
+
+        @app.task(shared=False, name="cv.boom")
+        def boom(*args: Any) -> None:
+            raise KeyError("k")
+
+        @app.task(shared=False, bind=True, name="cv.replace")
+        def replace(self: celery.Task, x: int) -> None:
+            raise self.replace(add.s(x, 100))
+
+        @app.task(shared=False, bind=True, name="cv.adder")
+        def adder(self: celery.Task, x: int) -> int:
+            self.add_to_chord(add.si(x, 1000))
+            return x
+
+        @app.task(shared=False, name="cv.on_error")
+        def on_error(request: Any, exc: BaseException, traceback: Any) -> None:
+            errors.append(f"{request.id} {type(exc).__name__}")
+
+        self.add, self.tsum, self.boom = add, tsum, boom
+        self.replace, self.adder, self.on_error = replace, adder, on_error
+
+
+def _shapes(c: Canvas) -> dict[str, tuple[Any, Any]]:
+    add, tsum, rep = c.add, c.tsum, c.replace
+    return {
+        "chain": (celery.chain(add.s(1, 2), add.s(3), add.s(4)), 10),
+        "pipe": (add.s(1, 2) | add.s(3), 6),
+        "group": (celery.group(add.s(i, i) for i in range(3)), [0, 2, 4]),
+        "chord": (celery.chord((add.s(i, i) for i in range(3)), tsum.s()), 6),
+        "chord of chains": (
+            celery.chord([add.s(1, 1) | add.s(1), add.s(2, 2) | add.s(2)], tsum.s()),
+            9,
+        ),
+        "chain of chords": (
+            celery.chain(
+                celery.chord([add.s(1, 1), add.s(2, 2)], tsum.s()),
+                celery.chord([add.s(1), add.s(2)], tsum.s()),
+            ),
+            15,
+        ),
+        "group in a chain": (add.s(1, 1) | celery.group(add.s(1), add.s(2)) | tsum.s(), 7),
+        "nested chords": (
+            celery.chord(
+                [celery.chord([add.s(1, 1), add.s(2, 2)], tsum.s()), add.s(3, 3)], tsum.s()
+            ),
+            12,
+        ),
+        "chunks": (add.chunks([(0, 0), (1, 1), (2, 2), (3, 3)], 2), [[0, 2], [4, 6]]),
+        "map": (tsum.map([[1, 2], [3, 4]]), [3, 7]),
+        "starmap": (add.starmap([(1, 2), (3, 4)]), [3, 7]),
+        "replace": (rep.s(1), 101),
+        "replace in a chain": (add.s(1, 1) | rep.s() | add.s(1), 103),
+        "replace in a chord": (celery.chord([rep.s(1), add.s(2, 2)], tsum.s()), 105),
+    }
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("shape", list(_shapes(Canvas())))
+def test_every_primitive_gives_celerys_result(shape: str, mode: str) -> None:
+    """Each canvas primitive, built and run by Celery's own code, returns what it does on a
+    real worker, whichever chord support the result store has."""
+    c = Canvas()
+    sig, expected = _shapes(c)[shape]
+    with simq.Simulation(c.app, result_backend=mode) as sim:
+        result = sig.apply_async()
+        assert result.get() == expected
+        sim.run()
+        assert not sim.history.where(kind="failed")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_group_result_and_result_set_track_completion(mode: str) -> None:
+    """GroupResult / ResultSet: ready, completed_count, get and join over the store."""
+    c = Canvas()
+    with simq.Simulation(c.app, result_backend=mode, durations={"cv.add": 5}) as sim:
+        result = celery.group(c.add.s(i, i) for i in range(3)).apply_async()
+        assert (result.ready(), result.completed_count()) == (False, 0)
+        assert result.get() == [0, 2, 4]
+        assert (result.ready(), result.completed_count(), result.successful()) == (3 > 0, 3, True)
+        assert result.join() == [0, 2, 4]
+        rs = celery.result.ResultSet([c.add.delay(1, 1), c.add.delay(2, 2)], app=c.app)
+        assert not rs.ready()
+        assert rs.join() == [2, 4]
+        assert (rs.ready(), rs.completed_count()) == (True, 2)
+        sim.run()
+
+
+def test_add_to_chord_extends_the_header_on_redis() -> None:
+    """Task.add_to_chord on Redis: the added task counts in the header and its result
+    reaches the body (RedisBackend.add_to_chord increments the group's .t key, and
+    on_chord_part_return waits for size + that difference)."""
+    c = Canvas()
+    with simq.Simulation(c.app) as sim:
+        result = celery.chord([c.adder.s(1), c.add.s(2, 2)], c.tsum.s()).apply_async()
+        assert result.get() == 1 + 4 + 1001
+        sim.run()
+        assert len(sim.history.where(kind="started", task="cv.tsum")) == 1
+
+
+@pytest.mark.parametrize("mode", ["database", "rpc"])
+def test_add_to_chord_is_refused_by_polling_backends(mode: str) -> None:
+    """The database and rpc backends have no add_to_chord: Celery's BaseBackend raises
+    NotImplementedError in the header task, which fails the chord (ChordError)."""
+    c = Canvas()
+    with simq.Simulation(c.app, result_backend=mode) as sim:
+        result = celery.chord([c.adder.s(1), c.add.s(2, 2)], c.tsum.s()).apply_async()
+        with pytest.raises(celery.exceptions.ChordError, match="add_to_chord"):
+            result.get()
+        sim.run()
+
+
+def test_redis_chord_publishes_the_body_from_the_last_part_and_no_chord_unlock() -> None:
+    """Redis: the header task that finishes last publishes the body itself
+    (RedisBackend.on_chord_part_return); celery.chord_unlock is never sent."""
+    c = Canvas()
+    with simq.Simulation(c.app, durations={"cv.add": 5}) as sim:
+        result = celery.chord((c.add.s(i, i) for i in range(3)), c.tsum.s()).apply_async()
+        assert result.get() == 6
+        sim.run()
+        assert not sim.history.where(task="celery.chord_unlock")
+        assert sim.elapsed == 15  # three 5 s header tasks on one child, body at once
+
+
+@pytest.mark.parametrize("mode", ["database", "rpc"])
+def test_polling_chord_sends_chord_unlock_retried_every_retry_interval(mode: str) -> None:
+    """database/rpc: Celery's BaseBackend.apply_chord -> fallback_chord_unlock sends
+    celery.chord_unlock (countdown 1), which retries every result_chord_retry_interval
+    until the header is ready (celery/app/builtins.py unlock_chord), then publishes the
+    body."""
+    c = Canvas()
+    c.app.conf.result_chord_retry_interval = 2
+    durations = {"cv.add": 5}
+    with simq.Simulation(c.app, result_backend=mode, concurrency=3, durations=durations) as sim:
+        result = celery.chord([c.add.s(1, 1), c.add.s(2, 2)], c.tsum.s()).apply_async()
+        assert result.get() == 6
+        sim.run()
+        unlock = sim.history.where(kind="published", task="celery.chord_unlock")
+        retried = sim.history.where(kind="retried", task_id=unlock.first().task_id)
+        starts = [e.time - sim.started_at for e in sim.history.where(
+            kind="started", task="celery.chord_unlock")]  # fmt: skip
+    # Published at 0 (countdown 1), polled at 1, 3 (retried), 5: the header is ready.
+    assert len(unlock) == 3  # the first send and two retries
+    assert len(retried) == 2
+    assert starts == [1, 3, 5]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_chord_error_propagates_to_the_body_and_its_errback(mode: str) -> None:
+    """A failing header part fails the body with ChordError naming the culprit, and calls
+    the body's link_error (Backend.chord_error_from_stack); the body never runs."""
+    c = Canvas()
+    with simq.Simulation(c.app, result_backend=mode) as sim:
+        body = c.tsum.s().on_error(c.on_error.s())
+        result = celery.chord([c.boom.s(), c.add.s(2, 2)], body).apply_async()
+        with pytest.raises(celery.exceptions.ChordError, match="KeyError"):
+            result.get()
+        sim.run()
+        assert not sim.history.where(kind="started", task="cv.tsum")
+    assert c.errors == [f"{result.id} ChordError"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_link_and_link_error_on_each_primitive(mode: str) -> None:
+    """link runs after a chain / chord succeeds; a group refuses link= and link_error=
+    (Celery's group.apply_async raises TypeError) but group.link_error() sets it on each
+    member. link_error fires once per failure of a chain, a group member, a chord body."""
+    c = Canvas()
+    with simq.Simulation(c.app, result_backend=mode) as sim:
+        with pytest.raises(TypeError, match="use a chord"):
+            celery.group(c.add.s(1, 1)).apply_async(link=c.tsum.s())
+        chain_r = (c.add.s(1, 1) | c.add.s(1)).apply_async(link=c.add.s(10))
+        chord_sig = celery.chord([c.add.s(1, 1)], c.tsum.s())
+        chord_sig.link(c.add.s(5))  # chord.link: on the body (5.5 refuses apply_async(link=))
+        chord_r = chord_sig.apply_async()
+        assert (chain_r.get(), chord_r.get()) == (3, 2)
+        failing_chain = (c.add.s(1, 1) | c.boom.s()).apply_async(link_error=c.on_error.s())
+        with pytest.raises(TypeError, match="individual tasks"):
+            celery.group(c.boom.s()).apply_async(link_error=c.on_error.s())
+        group_sig = celery.group(c.boom.s(), c.add.s(1, 1))
+        group_sig.link_error(c.on_error.s())  # group.link_error: on each member
+        failing_group = group_sig.apply_async()
+        failing_chord_sig = celery.chord([c.add.s(1, 1)], c.boom.s())
+        c.app.conf.task_allow_error_cb_on_chord_header = True  # Celery's future default
+        failing_chord_sig.link_error(c.on_error.s())  # on the header tasks and the body
+        failing_chord = failing_chord_sig.apply_async()
+        for failing in (failing_chain, failing_chord):
+            with pytest.raises(KeyError):
+                failing.get()
+        with pytest.raises(KeyError):
+            failing_group.get()
+        sim.run()
+        done = {
+            e["result"] for e in sim.history.where(kind="state", state="SUCCESS")
+            if isinstance(e["result"], int)
+        }  # fmt: skip
+    assert {13, 7} <= done  # the chain's link got 3, the chord's link got 2
+    assert sorted(c.errors) == sorted(
+        [
+            f"{failing_chain.id} KeyError",
+            f"{failing_group.results[0].id} KeyError",
+            f"{failing_chord.id} KeyError",
+        ]
+    )
+
+
+def test_parent_children_and_collect() -> None:
+    """AsyncResult.parent links a chain's steps; children and collect() walk the graph."""
+    c = Canvas()
+
+    @c.app.task(shared=False, name="cv.spawn")
+    def spawn(n: int) -> Any:
+        return celery.group(c.add.s(i, i) for i in range(n)).delay()
+
+    with simq.Simulation(c.app) as sim:
+        last = (c.add.s(1, 1) | c.add.s(1)).apply_async()
+        assert last.get() == 3
+        assert last.parent is not None and last.parent.get() == 2
+        root = spawn.delay(2)
+        root.get()
+        sim.run()
+        collected = [v for _, v in root.collect() if isinstance(v, int)]
+        assert len(root.children) == 1
+    assert sorted(collected) == [0, 2]
+
+
+def test_unknown_result_backend_is_refused() -> None:
+    """result_backend= names one of the modelled backends; a typo gets a suggestion."""
+    c = Canvas()
+    with pytest.raises(simq.exceptions.InvalidArgument, match=r"result_backend.*'redis'"):
+        simq.Simulation(c.app, result_backend="rediss")
