@@ -10,7 +10,8 @@ to JSON Lines and back without loss::
 Event kinds (``details`` keys in brackets; docs/history.md says when each is recorded):
 
 * messages: ``published`` [task, queue, retries, eta, expires, priority, parent_id,
-  root_id, ignore_result, timelimit], ``delivered`` [queue, redelivered, copy?],
+  root_id, ignore_result, timelimit; for canvas messages only: group, group_index,
+  chord, chain, link, link_error], ``delivered`` [queue, redelivered, copy?],
   ``acked``, ``rejected`` [requeue], ``requeued`` [reason, copy?], ``ack-failed``,
   ``lost`` [reason] (with reason ``worker-crashed``: an early-acked task that died with
   its worker)
@@ -58,7 +59,7 @@ KINDS: dict[str, frozenset[str]] = {
     kind: frozenset(keys.split())
     for kind, keys in {
         "published": "task queue retries eta expires priority parent_id root_id "
-        "ignore_result timelimit",
+        "ignore_result timelimit group group_index chord chain link link_error",
         "delivered": "queue redelivered copy",
         "acked": "",
         "rejected": "requeue",

@@ -10,11 +10,17 @@ fields say where it goes. ``eta`` and
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
+from kombu.serialization import loads
 
-__all__ = ["Message"]
+__all__ = ["Message", "canvas_details"]
+
+#: What kombu's JSON serializer writes for a message that is part of no canvas
+#: (``app/amqp.py`` ``as_task_v2``'s embed): such a body need not be decoded.
+_PLAIN_EMBED = '{"callbacks": null, "errbacks": null, "chain": null, "chord": null}]'
 
 
 @attrs.frozen(slots=True)
@@ -56,3 +62,65 @@ class Message:
     @property
     def retries(self) -> int:
         return int(self.headers.get("retries") or 0)
+
+    def canvas(self) -> dict[str, Any]:
+        """The canvas details of this message (see :func:`canvas_details`)."""
+        body = self.body
+        if self.task != "celery.chord_unlock" and not self.headers.get("group"):
+            text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+            if isinstance(text, str) and text.endswith(_PLAIN_EMBED):
+                return {}  # the common case, without decoding the body
+        try:
+            decoded = loads(body, self.content_type, self.content_encoding)
+        except Exception:  # an undecodable body has no canvas to record (the worker says so)
+            return {}
+        return canvas_details(self.task, self.headers, decoded)
+
+
+def _sig_id(sig: Any) -> str | None:
+    options = sig.get("options") if isinstance(sig, Mapping) else None
+    value = options.get("task_id") if isinstance(options, Mapping) else None
+    return str(value) if value is not None else None
+
+
+def _sig_name(sig: Any) -> str | None:
+    value = sig.get("task") if isinstance(sig, Mapping) else None
+    return str(value) if value is not None else None
+
+
+def canvas_details(task: str, headers: Mapping[str, Any], body: Any) -> dict[str, Any]:
+    """What a ``published`` event records of a message's place in a canvas.
+
+    ``body`` is the decoded ``(args, kwargs, embed)`` triple of protocol 2
+    (``celery/app/amqp.py`` ``as_task_v2``). Only the keys that apply are returned, so
+    a message outside any canvas records nothing more:
+
+    * ``group``, ``group_index``: the headers of a group member (``group.freeze``);
+    * ``chord``: the task id of the chord body a header task counts towards (its
+      embed's ``chord``), or that a ``celery.chord_unlock`` task polls for (its
+      ``callback`` keyword);
+    * ``chain``: the task ids of the chain steps still to run after this one, in run
+      order (the embed's ``chain`` is kept reversed: ``app/trace.py`` pops the last);
+    * ``link``, ``link_error``: the task names of the callbacks and errbacks (their
+      ids are usually made only when they are sent).
+    """
+    out: dict[str, Any] = {}
+    if headers.get("group") is not None:
+        out["group"] = headers["group"]
+        out["group_index"] = headers.get("group_index")
+    parts = list(body) if isinstance(body, list | tuple) else []
+    kwargs = parts[1] if len(parts) > 1 and isinstance(parts[1], Mapping) else {}
+    embed = parts[2] if len(parts) > 2 and isinstance(parts[2], Mapping) else {}
+    chord = embed.get("chord")
+    if task == "celery.chord_unlock":
+        chord = kwargs.get("callback")
+    if chord:
+        out["chord"] = _sig_id(chord)
+    chain = embed.get("chain")
+    if chain:
+        out["chain"] = [_sig_id(sig) for sig in reversed(chain)]
+    for key, name in (("callbacks", "link"), ("errbacks", "link_error")):
+        sigs = embed.get(key)
+        if sigs:
+            out[name] = [_sig_name(sig) for sig in sigs]
+    return out

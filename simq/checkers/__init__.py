@@ -3,7 +3,9 @@
 Each ``check_gN(history, config)`` reads one history (from the simulator or recorded on
 a real broker) and returns the :class:`Violation` s of guarantee GN of
 CELERY_SEMANTICS.md §3.2, each with the events that prove it; an empty list means the
-history keeps the guarantee. :func:`run_all` runs every checker::
+history keeps the guarantee. ``check_c1`` to ``check_c4`` judge the canvas (chain order,
+group completeness, one chord body per join, one errback per failure; see
+:mod:`simq.checkers.canvas`). :func:`run_all` runs every checker::
 
     from simq.checkers import config_from, run_all
 
@@ -30,6 +32,10 @@ from celery.worker.request import Request as _CeleryRequest
 from simq.checkers.base import TRANSPORTS as TRANSPORTS
 from simq.checkers.base import CheckConfig as CheckConfig
 from simq.checkers.base import Violation as Violation
+from simq.checkers.canvas import check_c1 as check_c1
+from simq.checkers.canvas import check_c2 as check_c2
+from simq.checkers.canvas import check_c3 as check_c3
+from simq.checkers.canvas import check_c4 as check_c4
 from simq.checkers.delivery import check_g1 as check_g1
 from simq.checkers.delivery import check_g2 as check_g2
 from simq.checkers.faults import check_g4 as check_g4
@@ -56,6 +62,10 @@ __all__ = [
     "TRANSPORTS",
     "CheckConfig",
     "Violation",
+    "check_c1",
+    "check_c2",
+    "check_c3",
+    "check_c4",
     "check_g1",
     "check_g2",
     "check_g3",
@@ -80,7 +90,9 @@ __all__ = [
 
 Checker = Callable[[Any, CheckConfig], list[Violation]]
 
-#: Every checker by guarantee, in §3.2's order.
+#: Every checker by guarantee, in §3.2's order, then the canvas guarantees C1 to C4
+#: (:mod:`simq.checkers.canvas`: chain order, group completeness, one chord body per
+#: join, one errback per failure).
 CHECKS: dict[str, Checker] = {
     "G1": check_g1,
     "G2": check_g2,
@@ -100,6 +112,10 @@ CHECKS: dict[str, Checker] = {
     "G16": check_g16,
     "G17": check_g17,
     "G18": check_g18,
+    "C1": check_c1,
+    "C2": check_c2,
+    "C3": check_c3,
+    "C4": check_c4,
 }
 
 

@@ -308,6 +308,9 @@ class Broker:
             # must judge each message by them (apply_async(ignore_result=, time_limit=)).
             ignore_result=headers.get("ignore_result"),
             timelimit=_timelimit(headers.get("timelimit")),
+            # Group, chord, chain and link membership, only for canvas messages (the
+            # canvas checkers, simq/checkers/canvas.py, read them).
+            **message.canvas(),
         )
 
     def unroutable(self, message: Message, exchange: str, routing_key: str) -> None:

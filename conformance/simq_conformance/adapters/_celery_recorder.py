@@ -54,6 +54,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from simq.message import canvas_details
 from simq.seams.backend import jsonable
 from simq_conformance.sink import Sink
 
@@ -227,6 +228,7 @@ class CeleryRecorder:
         headers: dict[str, Any] | None = None,
         routing_key: str | None = None,
         properties: dict[str, Any] | None = None,
+        body: Any = None,
         **_: Any,
     ) -> None:
         if headers is None or not str(headers.get("task", "")).startswith("probes."):
@@ -249,6 +251,9 @@ class CeleryRecorder:
             root_id=headers.get("root_id"),
             ignore_result=headers.get("ignore_result"),
             timelimit=_timelimit(headers.get("timelimit")),
+            # The body is still (args, kwargs, embed) here: the same canvas keys simq's
+            # broker records (group, chord, chain, link, link_error), for C1-C4.
+            **canvas_details(str(headers.get("task")), headers, body),
         )
 
     # -- the worker parent: consuming --------------------------------------------------
