@@ -35,6 +35,9 @@ def main() -> None:
     print(f"\n## {t['tasks']:,} queued trivial tasks")
     print(f"- {t['tasks_per_second']:,.0f} tasks per second")
     print(f"- peak traced memory {t['peak_mib']:.1f} MiB ({t['events']:,} history events)")
+    from bench import contrib
+
+    contrib.report(contrib.main())
     try:
         from bench import timepatch
     except ImportError:

@@ -12,6 +12,7 @@ fixture's: it is checked when the fixture has been torn down.
 
 from __future__ import annotations
 
+import importlib
 import weakref
 from collections.abc import Callable, Generator
 from typing import Any
@@ -21,9 +22,12 @@ import pytest
 from simq import simulation as simulation_module
 from simq.simulation import Simulation
 
-__all__ = ["SEED_OPTION", "simulation"]
+__all__ = ["SEED_OPTION", "WORKER_INI", "WORKER_OPTION", "simulation"]
 
 SEED_OPTION = "--simq-seed"
+#: Turn on the drop-in for celery.contrib.pytest (:mod:`simq.contrib_pytest`).
+WORKER_OPTION = "--simq-worker"
+WORKER_INI = "simq_worker"
 _SEED_DEST = "simq_seed"
 _SEEDS_KEY = pytest.StashKey[list[int]]()
 
@@ -38,6 +42,38 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         dest=_SEED_DEST,
         help="seed for simulations made by the `simulation` fixture (default: 0)",
     )
+    group.addoption(
+        WORKER_OPTION,
+        action="store_true",
+        default=False,
+        dest=WORKER_INI,
+        help="run celery.contrib.pytest's fixtures (celery_app, celery_worker, ...) on "
+        "simq's simulated worker instead of a real one",
+    )
+    parser.addini(
+        WORKER_INI,
+        type="bool",
+        default=False,
+        help=f"as {WORKER_OPTION}: celery.contrib.pytest's fixtures run on simq's worker",
+    )
+
+
+def worker_enabled(config: pytest.Config) -> bool:
+    """Whether ``--simq-worker`` or the ini setting ``simq_worker = true`` is given."""
+    namespace = getattr(config, "known_args_namespace", None)
+    if bool(getattr(namespace, WORKER_INI, False)) or bool(config.getoption(WORKER_INI, False)):
+        return True
+    return bool(config.getini(WORKER_INI))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(
+    early_config: pytest.Config, parser: pytest.Parser, args: list[str]
+) -> None:
+    # Before conftests load: their ``pytest_plugins = ("celery.contrib.pytest",)`` must
+    # find Celery's plugin blocked, and ``-p celery.contrib.pytest`` is undone here.
+    if worker_enabled(early_config):
+        importlib.import_module("simq.contrib_pytest").enable(early_config)
 
 
 def _seed(config: pytest.Config) -> int:

@@ -20,6 +20,11 @@ CELERY_VERSION = (celery.VERSION.major, celery.VERSION.minor)
 _RUNNING = (celery.VERSION.major, celery.VERSION.minor, celery.VERSION.micro)
 
 
+#: tests/contrib_suite is a user's suite with its own rootdir (pytest.ini, conftest with
+#: ``pytest_plugins``): tests/integration/test_contrib_dropin.py runs it in a subprocess.
+collect_ignore = ["contrib_suite"]
+
+
 def _version(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in text.split("."))
 
