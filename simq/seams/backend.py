@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import types
+import warnings
 from typing import Any
 
 from celery import states
@@ -95,6 +96,15 @@ class Backend(KeyValueStoreBackend):
         elif RedisBackend is not None:
             # BaseKeyValueStoreBackend.__init__ made apply_chord its incr variant.
             self.apply_chord = types.MethodType(RedisBackend.apply_chord, self)
+        else:
+            warnings.warn(
+                "simq: Celery's Redis result backend cannot be imported here (it needs the "
+                "redis package: pip install 'celery[redis]'), so chords count their parts "
+                "with Celery's generic key-value counter, which does not ignore a second "
+                "result of a redelivered header task as Redis's does",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         self.simulation = simulation
         self.data: dict[str, Any] = {}
         self.status: dict[str, str] = {}  # task id -> last stored state, for waiting

@@ -535,3 +535,17 @@ def test_unknown_result_backend_is_refused() -> None:
     c = Canvas()
     with pytest.raises(simq.exceptions.InvalidArgument, match=r"result_backend.*'redis'"):
         simq.Simulation(c.app, result_backend="rediss")
+
+
+def test_without_celerys_redis_backend_the_fallback_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where Celery's Redis backend module cannot be imported (no redis package), the
+    default chord store falls back to Celery's generic counter, with a warning naming the
+    fix rather than silently."""
+    import simq.seams.backend
+
+    monkeypatch.setattr(simq.seams.backend, "RedisBackend", None)
+    app = celery.Celery("fallback", set_as_current=False)
+    with pytest.warns(RuntimeWarning, match=r"pip install 'celery\[redis\]'"):
+        simq.Simulation(app, result_backend="redis").close()
