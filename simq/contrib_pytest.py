@@ -300,35 +300,12 @@ class _SessionSuspended:
         sim = _SESSION[0]
         self.resume = sim is not None and sim.active
         if self.resume and sim is not None:
-            _suspend(sim)
+            sim.pause()
 
     def __exit__(self, *exc_info: object) -> None:
         sim = _SESSION[0]
         if self.resume and sim is not None:
             sim.start()
-
-
-def _suspend(sim: Simulation) -> None:
-    """Deactivate ``sim`` without ending it: ``sim.start()`` resumes where it was.
-
-    The inverse of ``Simulation.start()``, the part of ``close()`` that does not end the
-    run: its queue, in-flight tasks and virtual clock stay as they are.
-    """
-    if not sim.active:
-        return
-    sim._active = False
-    sim._sigint.restore()
-    sim.loop.on_advance = None
-    os._exit = sim._real_exit  # type: ignore[assignment]
-    try:
-        sim.vtime.stop()
-        sim._gc.__exit__(None, None, None)
-    finally:
-        if simulation_module._ACTIVE[0] is sim:
-            simulation_module._ACTIVE[0] = None
-        if sim._installation is not None:
-            sim._installation.restore()
-            sim._installation = None
 
 
 @pytest.fixture(scope="session")
@@ -389,7 +366,7 @@ def _simq_session_simulation(request: pytest.FixtureRequest) -> Generator[None]:
         yield
     finally:
         if sim is not None:
-            _suspend(sim)
+            sim.pause()
 
 
 @pytest.fixture

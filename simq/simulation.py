@@ -230,20 +230,31 @@ class Simulation:
                 self.fibers.close()
                 forget_dead_children(self.app)
             finally:
-                self._active = False
-                self._sigint.restore()
-                self.loop.on_advance = None
-                os._exit = self._real_exit  # type: ignore[assignment]
-                try:
-                    self.vtime.stop()
-                    self._gc.__exit__(None, None, None)
-                finally:
-                    if _ACTIVE[0] is self:
-                        _ACTIVE[0] = None
-                    if self._installation is not None:
-                        self._installation.restore()
-                        self._installation = None
+                self.pause()
         self._closed = True
+
+    def pause(self) -> None:
+        """Deactivate without ending the run; ``start()`` resumes it where it was.
+
+        The app, time, ``os._exit`` and Ctrl-C are restored as by :meth:`close`, but the
+        queues, the tasks in flight and the virtual clock stay as they are: the pytest
+        drop-in pauses a session's simulation between the tests that use it.
+        """
+        if not self._active:
+            return
+        self._active = False
+        self._sigint.restore()
+        self.loop.on_advance = None
+        os._exit = self._real_exit  # type: ignore[assignment]
+        try:
+            self.vtime.stop()
+            self._gc.__exit__(None, None, None)
+        finally:
+            if _ACTIVE[0] is self:
+                _ACTIVE[0] = None
+            if self._installation is not None:
+                self._installation.restore()
+                self._installation = None
 
     def __enter__(self) -> Simulation:
         # Re-entrant: only the `with` block that started the simulation closes it, so a

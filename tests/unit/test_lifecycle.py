@@ -373,3 +373,29 @@ def test_two(sim):
     result = run(pytester)
     result.assert_outcomes(passed=3, errors=1)
     result.stdout.fnmatch_lines(["*ERROR at teardown of test_two*"])
+
+
+def test_pause_keeps_the_run_and_start_resumes_it() -> None:
+    """pause() restores the app and time like close(), but the task in flight, the queue
+    and the virtual clock wait for start() to carry on where they were."""
+    app = celery.Celery("pause", set_as_current=False)
+
+    @app.task(shared=False)
+    def nap(n: int) -> int:
+        time.sleep(10)
+        return n
+
+    sim = simq.Simulation(app).start()
+    running = nap.delay(1)
+    queued = nap.delay(2)
+    sim.advance(4)
+    sim.pause()
+    assert not sim.active and simq.simulation._ACTIVE[0] is None
+    assert time.time() < 1.8e9  # the real clock (virtual time starts in 2030)
+    assert "send_task" not in app.__dict__ and app.amqp._producer_pool is None
+    sim.start()
+    assert sim.elapsed == 4.0
+    assert (running.get(), queued.get()) == (1, 2)
+    assert sim.elapsed == 20.0
+    sim.close()
+    assert sim.check() == []
