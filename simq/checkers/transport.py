@@ -216,31 +216,12 @@ def _early_restore(
         )
     ]
     if wipe is not None and open_ and all(d.at < wipe[0] for d in open_):
-        return [
-            Violation(
-                "G6",
-                (
-                    f"{open_[-1].label} was restored at {when(e)} although the broker restart at "
-                    f"{when(wipe[1])} lost its messages, unacked ones included"
-                ),
-                evidence(open_[-1].event, wipe[1], e),
-            )
-        ]
+        return _restored_after_wipe(open_[-1], e, wipe[1])
     if not open_:
         d = before[-1]
         if idx.twins(d):
             return []  # copies held side by side: which one was acked cannot be told
-        how = f"{d.settle.kind} at {when(d.settle)}" if d.settle else "restored already"
-        return [
-            Violation(
-                "G6",
-                (
-                    f"{d.label} was restored at {when(e)} although it was {how}; only unacked "
-                    "messages are restored"
-                ),
-                evidence(d.event, d.settle, e),
-            )
-        ]
+        return _restored_settled(d, e, settled=d.settle is not None)
     ripe = [d for d in open_ if e.time - d.event.time >= vt - slack]
     if ripe:
         used.add(ripe[0].at)
@@ -248,16 +229,7 @@ def _early_restore(
     if any(idx.twins(x) for x in before if e.time - x.event.time >= vt - slack):
         return []  # an old enough copy held side by side may be the one restored
     d = open_[0]
-    return [
-        Violation(
-            "G6",
-            (
-                f"{d.label} was restored at {when(e)}, {e.time - d.event.time:g} s after its delivery "
-                f"to {d.worker}; the visibility timeout is {vt:g} s"
-            ),
-            evidence(d.event, e),
-        )
-    ]
+    return _restored_early(d, e, vt)
 
 
 def _restored(
@@ -274,32 +246,44 @@ def _restored(
         d.settle is not None and d.settle.kind in ("acked", "rejected") and (d.settle_at or 0) < j
     )
     if settled or d.at in used:
-        how = f"{d.settle.kind} at {when(d.settle)}" if settled and d.settle else "restored already"
-        return [
-            Violation(
-                "G6",
-                (
-                    f"{d.label} was restored at {when(e)} although it was {how}; only unacked "
-                    "messages are restored"
-                ),
-                evidence(d.event, d.settle, e),
-            )
-        ]
+        return _restored_settled(d, e, settled)
     used.add(d.at)
     wipe = max(((k, w) for k, w in wipes if k < j), key=lambda r: r[0], default=None)
     if wipe is not None and d.at < wipe[0]:
-        return [
-            Violation(
-                "G6",
-                (
-                    f"{d.label} was restored at {when(e)} although the broker restart at "
-                    f"{when(wipe[1])} lost its messages, unacked ones included"
-                ),
-                evidence(d.event, wipe[1], e),
-            )
-        ]
+        return _restored_after_wipe(d, e, wipe[1])
     if e.time - d.event.time >= vt - slack:
         return []
+    return _restored_early(d, e, vt)
+
+
+def _restored_settled(d: Delivery, e: Event, settled: bool) -> list[Violation]:
+    how = f"{d.settle.kind} at {when(d.settle)}" if settled and d.settle else "restored already"
+    return [
+        Violation(
+            "G6",
+            (
+                f"{d.label} was restored at {when(e)} although it was {how}; only unacked "
+                "messages are restored"
+            ),
+            evidence(d.event, d.settle, e),
+        )
+    ]
+
+
+def _restored_after_wipe(d: Delivery, e: Event, wipe: Event) -> list[Violation]:
+    return [
+        Violation(
+            "G6",
+            (
+                f"{d.label} was restored at {when(e)} although the broker restart at "
+                f"{when(wipe)} lost its messages, unacked ones included"
+            ),
+            evidence(d.event, wipe, e),
+        )
+    ]
+
+
+def _restored_early(d: Delivery, e: Event, vt: float) -> list[Violation]:
     return [
         Violation(
             "G6",
