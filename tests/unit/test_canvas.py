@@ -547,5 +547,10 @@ def test_without_celerys_redis_backend_the_fallback_says_so(
 
     monkeypatch.setattr(simq.seams.backend, "RedisBackend", None)
     app = celery.Celery("fallback", set_as_current=False)
-    with pytest.warns(RuntimeWarning, match=r"pip install 'celery\[redis\]'"):
-        simq.Simulation(app, result_backend="redis").close()
+    with pytest.warns(RuntimeWarning, match=r"pip install 'celery\[redis\]'") as caught:
+        sim = simq.Simulation(app, result_backend="redis")
+    sim.close()
+    assert [w.category for w in caught] == [RuntimeWarning]
+    assert "generic key-value counter" in str(caught[0].message)
+    # Celery's generic KV chord path, as BaseKeyValueStoreBackend.__init__ chose it.
+    assert sim.backend.apply_chord.__func__.__name__ == "_apply_chord_incr"
