@@ -163,6 +163,13 @@ def test_random_fault_schedules_keep_every_guarantee(
     transport: str, seed: int, workload: list[Call], schedule: list[Fault]
 ) -> None:
     app, _ = make_app(transport)
+    run_and_check(app, transport, seed, workload, schedule)
+
+
+def run_and_check(
+    app: celery.Celery, transport: str, seed: int, workload: list[Call], schedule: list[Fault]
+) -> None:
+    """Run ``workload`` under ``schedule``: every guarantee holds and nothing vanished."""
     with simq.Simulation(
         app, seed=seed, workers=len(WORKERS), concurrency=2, transport=transport
     ) as sim:
@@ -180,8 +187,8 @@ def test_random_fault_schedules_keep_every_guarantee(
         for fault in schedule:
             apply(sim, fault, ids)
         sim.advance(600)
-        assert sim.check() == []
-        assert vanished(sim) == []
+        assert sim.check() == [], (transport, seed, workload, schedule)
+        assert vanished(sim) == [], (transport, seed, workload, schedule)
 
 
 def _random_run(rng: random.Random, app: celery.Celery, transport: str, seed: int) -> None:
@@ -206,23 +213,7 @@ def _random_run(rng: random.Random, app: celery.Celery, transport: str, seed: in
         )
         for _ in range(rng.randint(0, 4))
     ]
-    with simq.Simulation(
-        app, seed=seed, workers=len(WORKERS), concurrency=2, transport=transport
-    ) as sim:
-        ids = [
-            app.tasks[c.task]
-            .apply_async(
-                (c.arg,), countdown=c.countdown, ignore_result=c.ignore_result,
-                time_limit=c.time_limit,
-            )
-            .id
-            for c in workload
-        ]  # fmt: skip
-        for fault in schedule:
-            apply(sim, fault, ids)
-        sim.advance(600)
-        assert sim.check() == [], (transport, seed, workload, schedule)
-        assert vanished(sim) == [], (transport, seed, workload, schedule)
+    run_and_check(app, transport, seed, workload, schedule)
 
 
 def test_memory_is_flat_over_random_fault_schedules() -> None:
