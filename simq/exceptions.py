@@ -6,6 +6,7 @@ Everything a task, the calling API or the tracer raises is Celery's own exceptio
     Exception
     └── SimqError                      simq's own errors: misuse, impossible waits
         ├── InvalidArgument (+TypeError, +ValueError)
+        ├── InvariantViolated (+AssertionError)   a campaign invariant failed
         ├── NoActiveSimulation (+RuntimeError)
         ├── RunawaySimulation (+RuntimeError)
         ├── SimulationIdle (+RuntimeError)
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 __all__ = [
     "InvalidArgument",
+    "InvariantViolated",
     "NoActiveSimulation",
     "RunawaySimulation",
     "SimqError",
@@ -67,3 +69,21 @@ class SimulationIdle(SimqError, RuntimeError):
 
 class UnknownTarget(SimqError, LookupError):
     """A fault or query named a worker, task or queue that does not exist."""
+
+
+class InvariantViolated(SimqError, AssertionError):
+    """A campaign invariant failed: a guarantee of Celery's, or one of the app's own.
+
+    An AssertionError, so a scenario run under plain pytest fails as an assertion does.
+
+    Attributes:
+        invariant: Its name (``"G4"``, ``"exactly_once(charged)"``, ...): a campaign
+            shrinks a failing plan while the same invariant still fails.
+    """
+
+    def __init__(self, invariant: str, message: str) -> None:
+        super().__init__(f"{invariant}: {message}")
+        self.invariant = invariant
+
+    def __reduce__(self) -> tuple[type[InvariantViolated], tuple[str, str]]:
+        return (type(self), (self.invariant, str(self).partition(": ")[2]))

@@ -27,7 +27,8 @@ Event kinds (``details`` keys in brackets; docs/history.md says when each is rec
   ``shutdown`` [warm], ``connection-lost``, ``connection-restored``,
   ``broker-restarted`` [lost, transport], ``revoke`` [terminate, signal, workers],
   ``control`` [method, destination], ``fault-skipped`` [fault, reason] (a scheduled
-  fault found nothing to act on, e.g. ``kill_child`` of a task no longer running)
+  fault found nothing to act on, e.g. ``kill_child`` of a task no longer running),
+  ``fault-plan`` [faults] (a ``FaultPlan`` was applied: its faults as JSON values)
 
 Every event of one delivery (``delivered``, ``started``, the outcome, marks such as
 ``time-limit``, ``acked``/``rejected``/``ack-failed``, ``requeued``/``lost`` of that
@@ -92,6 +93,7 @@ KINDS: dict[str, frozenset[str]] = {
         "revoke": "terminate signal workers",
         "control": "method destination",
         "fault-skipped": "fault reason",
+        "fault-plan": "faults",
     }.items()
 }
 

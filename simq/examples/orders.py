@@ -30,14 +30,19 @@ class GatewayDeclined(Exception):
 
 @app.task(name="orders.charge_payment", bind=True, max_retries=3, acks_late=True)
 def charge_payment(self: Any, order_id: int, amount: float) -> dict[str, Any]:
-    """Charge ``amount`` for ``order_id``; retry declines with 10, 20, 40 s countdowns."""
-    time.sleep(0.5)  # the gateway call takes half a (virtual) second
+    """Charge ``amount`` for ``order_id``; retry declines with 10, 20, 40 s countdowns.
+
+    Not idempotent: the gateway charges, then the receipt is written. A worker lost
+    between the two redelivers the message (``acks_late``) and the order is charged again.
+    """
+    time.sleep(0.2)  # the gateway call takes a fifth of a (virtual) second
     if self.request.retries < DECLINES[order_id]:
         LEDGER.append((time.time(), "declined", order_id))
         raise self.retry(
             exc=GatewayDeclined(f"order {order_id}"), countdown=10 * 2**self.request.retries
         )
     LEDGER.append((time.time(), "charged", order_id))
+    time.sleep(0.3)  # writing the receipt
     return {"order_id": order_id, "charged": amount}
 
 
