@@ -10,6 +10,7 @@ run and compares its history with the recorded one, byte for byte.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import os
 import sys
@@ -26,7 +27,13 @@ __all__ = ["load_scenario", "read_failure", "write_failure"]
 
 
 def load_scenario(ref: str) -> Scenario:
-    """The :class:`Scenario` named ``module:qualname`` (the current folder is importable)."""
+    """The :class:`Scenario` named ``module:qualname`` or ``path/to/script.py:qualname``.
+
+    The current folder is importable, as with ``python -m``. A script is loaded as a
+    module, not run: its ``if __name__ == "__main__":`` block does not run. Give its
+    tasks explicit names (``@app.task(name=...)``) so they are named alike both ways and
+    a replay's history matches the original byte for byte.
+    """
     module_name, sep, qualname = ref.partition(":")
     if not sep or not module_name or not qualname:
         raise InvalidArgument(
@@ -34,13 +41,13 @@ def load_scenario(ref: str) -> Scenario:
         )
     if module_name == "__main__":
         raise InvalidArgument(
-            f"scenario {ref!r} was defined in a script run as __main__, which another "
-            "process cannot import; move it into a module and name it as MODULE:NAME"
+            f"scenario {ref!r} was defined in code run as __main__ with no file, which "
+            "another process cannot import; move it into a module and name it as MODULE:NAME"
         )
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
-        obj: Any = importlib.import_module(module_name)
+        obj: Any = _import(module_name)
     except ImportError as exc:
         raise InvalidArgument(
             f"scenario {ref!r}: cannot import module {module_name!r} ({exc}); run from the "
@@ -59,6 +66,24 @@ def load_scenario(ref: str) -> Scenario:
             "@simq.scenario(app, workers=...) so simq knows its app and simulation"
         )
     return obj
+
+
+def _import(name: str) -> Any:
+    """A module by dotted name, or a script by its path (``scripts/campaign.py``)."""
+    if not name.endswith(".py"):
+        return importlib.import_module(name)
+    path = Path(name).resolve()
+    if not path.is_file():
+        raise ImportError(f"no file {name}")
+    module_name = f"simq_scenario_{path.stem}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def write_failure(scenario: Scenario, found: Found, out: Path, index: int) -> Path:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import os
 import random
 import shlex
+import sys
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -76,7 +78,13 @@ class Run:
 
 
 def _ref(fn: Callable[..., Any]) -> str:
-    return f"{fn.__module__}:{fn.__qualname__}"
+    module = fn.__module__
+    if module == "__main__":
+        # A script's scenario is found again by the script's path.
+        path = getattr(sys.modules.get("__main__"), "__file__", None)
+        if path:
+            module = os.path.relpath(path) if not os.path.isabs(path) else path
+    return f"{module}:{fn.__qualname__}"
 
 
 @attrs.frozen
