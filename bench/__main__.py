@@ -35,9 +35,10 @@ def main() -> None:
     print(f"\n## {t['tasks']:,} queued trivial tasks")
     print(f"- {t['tasks_per_second']:,.0f} tasks per second")
     print(f"- peak traced memory {t['peak_mib']:.1f} MiB ({t['events']:,} history events)")
-    from bench import contrib
+    from bench import campaign, contrib
 
     contrib.report(contrib.main())
+    campaign.report(campaign.main())
     try:
         from bench import timepatch
     except ImportError:

@@ -136,27 +136,33 @@ def _jobs(jobs: int | str) -> int:
     return validate.whole("explore()", "jobs", jobs, minimum=1)
 
 
-# The scenario a worker process runs, inherited through fork.
+# The scenario a worker process runs, and whether it hashes histories: inherited
+# through fork.
 _WORKER_SCENARIO: Scenario | None = None
+_WORKER_DIGESTS = False
 
 
 def _run_seed(seed: int) -> Run:
     assert _WORKER_SCENARIO is not None
-    return _WORKER_SCENARIO.run(seed)
+    return _WORKER_SCENARIO.run(seed, digest=_WORKER_DIGESTS)
 
 
 def _sweep(
-    scenario: Scenario, seeds: Sequence[int], jobs: int, on_run: Callable[[Run], Any]
+    scenario: Scenario,
+    seeds: Sequence[int],
+    jobs: int,
+    on_run: Callable[[Run], Any],
+    digests: bool,
 ) -> list[Run]:
-    global _WORKER_SCENARIO
+    global _WORKER_SCENARIO, _WORKER_DIGESTS
     runs: list[Run] = []
     if jobs <= 1 or len(seeds) <= 1 or "fork" not in multiprocessing.get_all_start_methods():
         for seed in seeds:
-            run = scenario.run(seed)
+            run = scenario.run(seed, digest=digests)
             runs.append(run)
             on_run(run)
         return runs
-    _WORKER_SCENARIO = scenario
+    _WORKER_SCENARIO, _WORKER_DIGESTS = scenario, digests
     try:
         with multiprocessing.get_context("fork").Pool(min(jobs, len(seeds))) as pool:
             chunk = max(1, min(8, len(seeds) // (jobs * 8)))
@@ -177,6 +183,7 @@ def explore(
     jobs: int | str = 1,
     shrink: bool = True,
     shrink_budget: int = 500,
+    digests: bool = False,
     progress: Callable[[Run], Any] | None = None,
     app: Any = None,
     **simulation: Any,
@@ -192,6 +199,8 @@ def explore(
         jobs: Processes to run seeds in (``"auto"``: one per core).
         shrink: Shrink the first failing seed of each invariant.
         shrink_budget: Most simulations one shrink may run.
+        digests: Hash every run's history (``Run.digest``), to compare campaigns run
+            for run; shrunk runs are always hashed.
         progress: Called with each finished run (sweep and shrink alike).
     """
     if not isinstance(scenario, Scenario):
@@ -210,7 +219,7 @@ def explore(
         scenario = attrs.evolve(scenario, faults=faults)
     chosen = select_seeds(seeds, shard)
     on_run = progress or (lambda run: None)
-    runs = _sweep(scenario, chosen, _jobs(jobs), on_run)
+    runs = _sweep(scenario, chosen, _jobs(jobs), on_run, digests)
     found: list[Found] = []
     by_invariant: dict[str, list[Run]] = {}
     for run in runs:

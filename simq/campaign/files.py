@@ -81,6 +81,7 @@ def _import(name: str) -> Any:
     spec = importlib.util.spec_from_file_location(module_name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    module.__simq_script__ = True  # type: ignore[attr-defined]  # its ref stays the path
     sys.modules[module_name] = module
     spec.loader.exec_module(module)
     return module

@@ -63,7 +63,8 @@ class Failure:
 
 @attrs.frozen
 class Run:
-    """One run of a scenario: its inputs, its verdict and its history's fingerprint."""
+    """One run of a scenario: its inputs, its verdict and its history's fingerprint
+    (``digest``: the sha256 of its JSON Lines; empty when the run was not hashed)."""
 
     seed: int
     plan: FaultPlan
@@ -79,11 +80,13 @@ class Run:
 
 def _ref(fn: Callable[..., Any]) -> str:
     module = fn.__module__
-    if module == "__main__":
+    loaded = sys.modules.get(module)
+    if module == "__main__" or getattr(loaded, "__simq_script__", False):
         # A script's scenario is found again by the script's path.
-        path = getattr(sys.modules.get("__main__"), "__file__", None)
+        path = getattr(loaded, "__file__", None)
         if path:
-            module = os.path.relpath(path) if not os.path.isabs(path) else path
+            inside = os.path.abspath(path).startswith(os.getcwd() + os.sep)
+            module = os.path.relpath(path) if inside else os.path.abspath(path)
     return f"{module}:{fn.__qualname__}"
 
 
@@ -151,11 +154,17 @@ class Scenario:
         return self.faults.draw(random.Random(f"simq-plan/{seed}"), self.workers())
 
     def run(
-        self, seed: int, plan: FaultPlan | None = None, size: int | None = None, keep: bool = False
+        self,
+        seed: int,
+        plan: FaultPlan | None = None,
+        size: int | None = None,
+        keep: bool = False,
+        digest: bool = True,
     ) -> Run:
         """Run once with ``seed`` and ``plan`` (default: the seed's random plan).
 
-        ``keep=True`` keeps the history on the result (for writing it out).
+        ``keep=True`` keeps the history on the result (for writing it out);
+        ``digest=False`` skips hashing it (``Run.digest`` is then empty).
         """
         if plan is None:
             plan = self.plan_for(seed)
@@ -172,10 +181,10 @@ class Scenario:
                     invariants.guarantees(sim)
             except Exception as exc:  # the verdict, whatever the scenario raised
                 failure = Failure.from_exception(exc)
-            text = sim.history.to_jsonl()
+            text = sim.history.to_jsonl() if digest else ""
             history = sim.history if keep else None
-        digest = hashlib.sha256(text.encode()).hexdigest()
-        return Run(seed, plan, size, failure, digest, history)
+        fingerprint = hashlib.sha256(text.encode()).hexdigest() if digest else ""
+        return Run(seed, plan, size, failure, fingerprint, history)
 
     def replay_command(self, seed: int, plan: FaultPlan, size: int | None = None) -> str:
         """The one command line that reruns this exact run."""

@@ -279,12 +279,16 @@ def test_the_fixed_task_passes_every_seed() -> None:
 
 
 def test_runs_are_deterministic_across_jobs_and_shards() -> None:
-    whole = simq.explore(buggy, seeds=16, shrink=False)
-    again = simq.explore(buggy, seeds=16, shrink=False, jobs=2)
+    whole = simq.explore(buggy, seeds=16, shrink=False, digests=True)
+    again = simq.explore(buggy, seeds=16, shrink=False, jobs=2, digests=True)
+    assert all(len(r.digest) == 64 for r in whole.runs)
     assert [(r.seed, r.digest, r.failure) for r in again.runs] == [
         (r.seed, r.digest, r.failure) for r in whole.runs
     ]
-    shards = [simq.explore(buggy, seeds=16, shrink=False, shard=f"{k}/3").runs for k in (1, 2, 3)]
+    shards = [
+        simq.explore(buggy, seeds=16, shrink=False, shard=f"{k}/3", digests=True).runs
+        for k in (1, 2, 3)
+    ]
     union = sorted((r.seed, r.digest) for shard in shards for r in shard)
     assert union == sorted((r.seed, r.digest) for r in whole.runs)
     assert select_seeds(10, "2/3") == [1, 4, 7]
