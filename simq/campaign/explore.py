@@ -53,7 +53,9 @@ class Found:
 
     def describe(self) -> str:
         shrunk = self.shrunk
-        size = "" if shrunk.size is None else f", size {shrunk.size} (from {self.size})"
+        size = "" if shrunk.size is None else f", size {shrunk.size}"
+        if shrunk.size is not None and shrunk.size != self.size:
+            size += f" (from {self.size})"
         return "\n".join(
             [
                 f"FAILED {self.failure.invariant} on seed {self.seed} "

@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from simq import __version__
 from simq.campaign.explore import Found
 from simq.campaign.plan import FaultPlan
@@ -87,6 +89,14 @@ def _import(name: str) -> Any:
     return module
 
 
+def _settings(scenario: Scenario) -> dict[str, Any] | None:
+    """The scenario's Simulation keywords as JSON values (None: not all are, e.g. callables)."""
+    try:
+        return json.loads(json.dumps(scenario.simulation))  # type: ignore[no-any-return]
+    except (TypeError, ValueError):
+        return None
+
+
 def write_failure(scenario: Scenario, found: Found, out: Path, index: int) -> Path:
     """Write failure ``index`` of a campaign into ``out``; returns the JSON file's path."""
     out.mkdir(parents=True, exist_ok=True)
@@ -97,6 +107,7 @@ def write_failure(scenario: Scenario, found: Found, out: Path, index: int) -> Pa
     record = {
         "simq": __version__,
         "scenario": scenario.ref,
+        "simulation": _settings(scenario),
         "invariant": found.failure.invariant,
         "message": (run.failure or found.failure).message,
         "seed": found.seed,
@@ -140,5 +151,8 @@ def read_failure(path: str | Path) -> tuple[Scenario, Run, dict[str, Any]]:
             f"{path}: not a failure file a campaign wrote (failure-N.json): {exc}"
         ) from None
     scenario = load_scenario(ref)
+    settings = record.get("simulation")
+    if settings is not None and settings != _settings(scenario):
+        scenario = attrs.evolve(scenario, simulation=settings)  # e.g. `simq demo --workers 4`
     run = scenario.run(seed, FaultPlan.from_json(shrunk["plan"]), shrunk["size"], keep=True)
     return scenario, run, record

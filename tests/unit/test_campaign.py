@@ -346,3 +346,13 @@ def test_a_failure_file_replays_byte_for_byte(tmp_path: Any) -> None:
     assert run.digest == record["shrunk"]["digest"]
     assert run.failure is not None and run.failure.invariant == record["invariant"]
     assert run.history.to_jsonl() == (tmp_path / "failure-1.history.jsonl").read_text()
+
+
+def test_a_failure_file_keeps_changed_simulation_settings(tmp_path: Any) -> None:
+    wider = attrs.evolve(buggy, simulation={"workers": 3, "concurrency": 1})
+    found = simq.explore(wider, seeds=12).found[0]
+    path = files.write_failure(wider, found, tmp_path, 1)
+    assert json.loads(path.read_text())["simulation"] == {"workers": 3, "concurrency": 1}
+    scenario, run, record = files.read_failure(path)
+    assert scenario.simulation == {"workers": 3, "concurrency": 1}
+    assert run.digest == record["shrunk"]["digest"]
