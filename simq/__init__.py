@@ -22,6 +22,7 @@ from simq.campaign import explore as explore
 from simq.campaign import invariants as invariants
 from simq.campaign import scenario as scenario
 from simq.campaign import shrink as shrink
+from simq.campaign.testing import campaign_test as campaign_test
 from simq.exceptions import SimqError as SimqError
 from simq.history import Event as Event
 from simq.history import History as History
@@ -45,6 +46,7 @@ __all__ = [
     "ShutdownWorker",
     "SimqError",
     "Simulation",
+    "campaign_test",
     "exceptions",
     "explore",
     "invariants",

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from simq import simulation as simulation_module
+from simq.campaign import pytest as campaign_pytest
 from simq.simulation import Simulation
 
 __all__ = ["SEED_OPTION", "WORKER_INI", "WORKER_OPTION", "simulation"]
@@ -56,6 +57,42 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help=f"as {WORKER_OPTION}: celery.contrib.pytest's fixtures run on simq's worker",
     )
+    # Fault campaigns (simq.campaign.pytest): checked in pytest_configure.
+    group.addoption(
+        campaign_pytest.SEEDS_OPTION,
+        action="store",
+        default=None,
+        dest=campaign_pytest.SEEDS_INI,
+        metavar="N",
+        help="run every simq campaign over N seeds, overriding each one's own count",
+    )
+    group.addoption(
+        campaign_pytest.SHARD_OPTION,
+        action="store",
+        default=None,
+        dest=campaign_pytest.SHARD_DEST,
+        metavar="K/N",
+        help="run only the K-th of N slices of every simq campaign's seeds (split across CI jobs)",
+    )
+    group.addoption(
+        campaign_pytest.REPLAY_OPTION,
+        action="store",
+        default=None,
+        dest=campaign_pytest.REPLAY_DEST,
+        metavar="JSON",
+        help="rerun one run of a simq campaign: the JSON its failure printed",
+    )
+    parser.addini(
+        campaign_pytest.SEEDS_INI,
+        type="string",
+        default="",
+        help=f"as {campaign_pytest.SEEDS_OPTION}: every simq campaign runs this many seeds",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", campaign_pytest.MARKER_HELP)
+    campaign_pytest.configure(config)
 
 
 def worker_enabled(config: pytest.Config) -> bool:

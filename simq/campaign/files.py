@@ -62,6 +62,8 @@ def load_scenario(ref: str) -> Scenario:
             raise InvalidArgument(
                 f"scenario {ref!r}: module {module_name!r} has no {qualname!r}"
             ) from None
+    # A pytest campaign (``@simq.campaign_test``) is a test function holding its scenario.
+    obj = getattr(obj, "scenario", obj) if not isinstance(obj, Scenario) else obj
     if not isinstance(obj, Scenario):
         raise InvalidArgument(
             f"scenario {ref!r} is not a simq scenario; decorate it with "

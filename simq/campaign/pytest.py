@@ -29,9 +29,9 @@ Command line and ini (registered by :mod:`simq.pytest_plugin`):
 * ``shards=S`` in the decorator makes S test items (``[shard1of4]`` ...), one slice
   each, so ``pytest -n auto`` (xdist) spreads one campaign over its workers.
 
-Each campaign item records what it ran as the user property ``simq_campaign`` (seeds
-and each run's history digest) and adds its report's first line to the test's report
-(shown by ``-rA``).
+Each campaign item records what it ran as the user property ``simq_campaign`` (the
+seeds it ran, and those that failed) and adds its report's first line to the test's
+report (shown by ``-rA``).
 """
 
 from __future__ import annotations
@@ -294,7 +294,6 @@ def _run(spec: Campaign, request: pytest.FixtureRequest, shard: int | None) -> N
             "simq_campaign",
             {
                 "seeds": [run.seed for run in report.runs],
-                "digests": {str(run.seed): run.digest for run in report.runs},
                 "failed": [run.seed for run in report.failures],
             },
         )

@@ -17,6 +17,8 @@ from typing import Any
 import celery
 
 app = celery.Celery("orders")
+# The tasks are this app's alone (shared=False): importing the example, as `simq demo`
+# does, must not add them to every other app of the process, as Celery's default would.
 
 #: Charges the gateway declines, by order id: the demo's deterministic "flakiness".
 DECLINES = {order: order % 4 for order in range(1000)}
@@ -28,7 +30,7 @@ class GatewayDeclined(Exception):
     """The payment gateway declined the charge; worth retrying later."""
 
 
-@app.task(name="orders.charge_payment", bind=True, max_retries=3, acks_late=True)
+@app.task(name="orders.charge_payment", bind=True, max_retries=3, acks_late=True, shared=False)
 def charge_payment(self: Any, order_id: int, amount: float) -> dict[str, Any]:
     """Charge ``amount`` for ``order_id``; retry declines with 10, 20, 40 s countdowns.
 
@@ -46,21 +48,21 @@ def charge_payment(self: Any, order_id: int, amount: float) -> dict[str, Any]:
     return {"order_id": order_id, "charged": amount}
 
 
-@app.task(name="orders.notify_customer", rate_limit="30/m")
+@app.task(name="orders.notify_customer", rate_limit="30/m", shared=False)
 def notify_customer(receipt: dict[str, Any]) -> str:
     """Tell the customer the order is paid (rate limited by the mail provider)."""
     LEDGER.append((time.time(), "notified", receipt["order_id"]))
     return f"order {receipt['order_id']} paid"
 
 
-@app.task(name="orders.hold_stock")
+@app.task(name="orders.hold_stock", shared=False)
 def hold_stock(order_id: int) -> str:
     """Hold stock for a flash-sale order."""
     LEDGER.append((time.time(), "held", order_id))
     return f"stock held for {order_id}"
 
 
-@app.task(name="orders.place_order")
+@app.task(name="orders.place_order", shared=False)
 def place_order(order_id: int, amount: float) -> str:
     """Start the workflow for one order."""
     charge_payment.apply_async((order_id, amount), link=notify_customer.s())

@@ -185,6 +185,8 @@ def test_example_names_are_unique() -> None:
         "migrate-from-eager.md",
         "migrate-from-contrib-pytest.md",
         "migrate-from-mocking.md",
+        "campaigns.md",
+        "campaigns-reference.md",
     ],
 )
 def test_page_has_an_executed_example(page: str) -> None:

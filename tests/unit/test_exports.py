@@ -21,10 +21,15 @@ import pytest
 import simq
 from simq import exceptions
 
-EXPECTED_ALL = ["App", "Event", "History", "SimqError", "Simulation", "exceptions"]
+EXPECTED_ALL = [
+    "App", "CrashWorker", "Event", "FaultPlan", "FaultSpace", "History", "KillChild",
+    "LoseConnection", "Report", "RestartBroker", "Revoke", "Scenario", "ShutdownWorker",
+    "SimqError", "Simulation", "campaign_test", "exceptions", "explore", "invariants",
+    "scenario", "shrink",
+]  # fmt: skip
 EXPECTED_EXCEPTIONS = [
-    "InvalidArgument", "NoActiveSimulation", "RunawaySimulation", "SimqError",
-    "SimulationIdle", "UnknownTarget",
+    "InvalidArgument", "InvariantViolated", "NoActiveSimulation", "RunawaySimulation",
+    "SimqError", "SimulationIdle", "UnknownTarget",
 ]  # fmt: skip
 
 
@@ -202,3 +207,13 @@ def test_importing_simq_and_its_plugin_patches_no_clock() -> None:
         assert report[stage] == {
             "same": clocks, "datetime": True, "time_close": True, "now_close": True,
         }, stage  # fmt: skip
+
+
+def test_import_simq_needs_neither_pytest_nor_hypothesis() -> None:
+    """Test tools are an extra: importing simq (campaigns included) loads neither."""
+    import subprocess
+    import sys
+
+    code = "import sys, simq; print(sorted({'pytest', 'hypothesis'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
