@@ -113,7 +113,10 @@ def canvas_details(task: str, headers: Mapping[str, Any], body: Any) -> dict[str
     embed = parts[2] if len(parts) > 2 and isinstance(parts[2], Mapping) else {}
     chord = embed.get("chord")
     if task == "celery.chord_unlock":
-        chord = kwargs.get("callback")
+        # fallback_chord_unlock sends (group_id, body) as arguments; older code paths
+        # pass the body as the ``callback`` keyword.
+        args = parts[0] if parts and isinstance(parts[0], list | tuple) else ()
+        chord = kwargs.get("callback") or (args[1] if len(args) > 1 else None)
     if chord:
         out["chord"] = _sig_id(chord)
     chain = embed.get("chain")

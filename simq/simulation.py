@@ -44,6 +44,7 @@ from simq.seams.backend import CHORD_BACKENDS, Backend
 from simq.seams.install import Installation
 from simq.seams.pool import forget_dead_children
 from simq.world.broker import Broker
+from simq.world.chords import ChordWatch
 from simq.world.faults import Faults
 from simq.world.worker import Worker
 
@@ -129,6 +130,8 @@ class Simulation:
         self.streams = Streams(seed)
         self.history = History()
         self._append = self.history.append
+        self.chords = ChordWatch(self)  # stops a run whose chord can never complete
+        self.unbounded = False  # driven by a run() or get() with no bound in virtual time
         validate.app_settings(call, app)
         options = app.conf.broker_transport_options or {}
         self.transport = transport
@@ -405,6 +408,7 @@ class Simulation:
         """``call`` drives the loop within the guards (``max_run_time`` too when the call
         itself has no bound in virtual time); runaway messages name it."""
         saved, self._call = self._call, call
+        was_unbounded, self.unbounded = self.unbounded, unbounded
         run_time = self.limits.max_run_time
         horizon = self.loop.now + run_time if unbounded and run_time is not None else None
         try:
@@ -412,6 +416,7 @@ class Simulation:
                 yield
         finally:
             self._call = saved
+            self.unbounded = was_unbounded
 
     def _explain_runaway(self, limit: str) -> str:
         return guards.explain(self, limit, self._call)
@@ -484,6 +489,10 @@ class Simulation:
         **details: Any,
     ) -> None:
         self._append(Event(kind, self.loop.now, task_id, message_id, worker, details))
+        if kind == "retried":
+            self.chords.retried(task_id)
+        elif kind == "published":
+            self.chords.published(task_id, details["task"])
 
     # -- the world, as the API layer sees it -------------------------------------------
 

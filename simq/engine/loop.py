@@ -87,6 +87,7 @@ class Loop:
         self.max_instant_steps = max_instant_steps
         self.budget_start: tuple[int, float] = (0, start)  # (steps, time) of the bounded call
         self._budget_end = _NEVER
+        self._stopped: tuple[str, str] | None = None  # (message, limit) from stop()
         self._trip = _NEVER  # the step count at which a guard stops the loop
         self._horizon = math.inf  # no timer due after this runs (max_run_time)
         self._rearm()
@@ -97,6 +98,8 @@ class Loop:
         instant = self.max_instant_steps
         end = _NEVER if instant is None else self.instant_start + instant
         self._trip = min(end, self._budget_end)
+        if self._stopped is not None:
+            self._trip = self.steps
 
     @contextlib.contextmanager
     def bounded(self, max_steps: int | None, horizon: float | None = None) -> Iterator[None]:
@@ -127,7 +130,18 @@ class Loop:
         """Timers run at the current virtual instant."""
         return self.steps - self.instant_start
 
+    def stop(self, message: str, limit: str) -> None:
+        """Stop the run before the next step with RunawaySimulation(``message``, ``limit``):
+        for a watcher that found the run can never end by itself."""
+        self._stopped = (message, limit)
+        self._trip = self.steps
+
     def _limit_reached(self, limit: str | None = None) -> NoReturn:
+        stopped = self._stopped
+        if stopped is not None:
+            self._stopped = None
+            self._rearm()
+            raise RunawaySimulation(*stopped)
         if limit is None:
             instant = self.max_instant_steps
             at_instant = instant is not None and self.instant_steps >= instant

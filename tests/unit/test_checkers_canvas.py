@@ -380,8 +380,12 @@ def test_a_chain_step_run_twice_sends_its_chord_twice_and_keeps_c1_to_c4(
         r = chain(add.s(1, 1), group(add.s(1), add.s(2)), tsum.s()).delay()
         sim.lose_connection("worker-1", at=2)
         sim.run()
-        header = sim.history.where(kind="published", chord=r.id)
+        published = sim.history.where(kind="published", chord=r.id)
+        header = [e for e in published if e["task"] != "celery.chord_unlock"]
         assert len(header) == 4  # the chord's two header tasks, sent twice
+        # On the polling backends, chord_unlock names the body it polls for too.
+        unlocks = len(published) - len(header)
+        assert (unlocks > 0) == (backend != "redis")
         assert len(sim.history.where(kind="published", task_id=r.id)) == bodies
         assert sim.check() == []
 
