@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 import simq
-from simq.examples import orders as ex
+from simq.examples.campaign import sample_history
 from simq.timeline import attempts, write_html
 
 HERE = Path(__file__).resolve().parent
@@ -26,14 +26,8 @@ NOTES = (
 
 
 def history() -> simq.History:
-    """The example history of docs/img/timeline.png."""
-    with simq.Simulation(ex.app, seed=0, workers=2, concurrency=2) as sim:
-        for order in range(1, 6):
-            ex.place_order.delay(order, 10.0)
-        sim.crash_worker("worker-2", at=0.7, restart_after=15)
-        sim.lose_connection("worker-1", at=12, reconnect_after=3)
-        sim.run()
-        return sim.history
+    """The order example with a worker crash and a lost connection (the docs' example)."""
+    return sample_history()
 
 
 def main() -> int:

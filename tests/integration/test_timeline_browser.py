@@ -18,6 +18,7 @@ import pytest
 
 import simq
 from simq.examples import orders as ex
+from simq.examples.campaign import sample_history
 from simq.history import History
 from simq.timeline import attempts, markers, write_html
 from simq.timeline.html import OUTCOME_COLOURS
@@ -109,15 +110,9 @@ def draw(history: History, tmp_path: Path, fragment: str = "", name: str = "t") 
     return page
 
 
-def orders_history() -> History:
-    """The order example with a worker crash and a lost connection."""
-    with simq.Simulation(ex.app, seed=0, workers=2, concurrency=2) as sim:
-        for order in range(1, 6):
-            ex.place_order.delay(order, 10.0)
-        sim.crash_worker("worker-2", at=0.7, restart_after=15)
-        sim.lose_connection("worker-1", at=12, reconnect_after=3)
-        sim.run()
-        return sim.history
+def orders_history() -> simq.History:
+    """The order example with a worker crash and a lost connection (the docs' example)."""
+    return sample_history()
 
 
 def test_page_draws_every_attempt_fault_lane_and_link(tmp_path: Path) -> None:

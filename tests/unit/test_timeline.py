@@ -14,20 +14,15 @@ import pytest
 
 import simq
 from simq.examples import orders as ex
+from simq.examples.campaign import sample_history
 from simq.history import Event, History
 from simq.timeline import attempts, markers, render_html, render_text, write_html
 from simq.timeline.model import OUTCOMES, build
 
 
-def orders_history() -> History:
+def orders_history() -> simq.History:
     """The order example with a worker crash and a lost connection (the docs' example)."""
-    with simq.Simulation(ex.app, seed=0, workers=2, concurrency=2) as sim:
-        for order in range(1, 6):
-            ex.place_order.delay(order, 10.0)
-        sim.crash_worker("worker-2", at=0.7, restart_after=15)
-        sim.lose_connection("worker-1", at=12, reconnect_after=3)
-        sim.run()
-        return sim.history
+    return sample_history()
 
 
 @pytest.fixture(scope="module")
