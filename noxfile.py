@@ -25,8 +25,16 @@ def tests_celery55(session: nox.Session) -> None:
     """The in-process tests on Celery 5.5, the oldest release simq supports."""
     session.install("-e", ".[test]", "celery[redis]==5.5.3")
     session.run(
-        "pytest", "-n", "auto", "-m", "not services", "tests/unit", "tests/faults",
-        "tests/determinism", "tests/properties", *session.posargs,
+        "pytest",
+        "-n",
+        "auto",
+        "-m",
+        "not services",
+        "tests/unit",
+        "tests/faults",
+        "tests/determinism",
+        "tests/properties",
+        *session.posargs,
     )
 
 
@@ -96,3 +104,35 @@ def _conformance_session(adapter: str, examples: int) -> None:
 
 for _adapter, _examples in CONFORMANCE_EXAMPLES.items():
     _conformance_session(_adapter, _examples)
+
+
+#: Third-party kombu transports certified by URL (``--conformance=celery``): session
+#: name -> (URL, generated workloads).
+CONFORMANCE_URLS = {
+    "filesystem": ("filesystem://", 60),
+    "sqla-sqlite": ("sqla+sqlite:///conformance-report/sqla-broker.db", 60),
+}
+
+
+def _conformance_url_session(name: str, url: str, examples: int) -> None:
+    @nox.session(name=f"conformance-{name}")
+    def conformance(session: nox.Session) -> None:
+        session.install("-e", ".[test]")
+        session.run("mkdir", "-p", "conformance-report", external=True)
+        session.run(
+            "pytest",
+            "--conformance=celery",
+            f"--conformance-url={url}",
+            f"--conformance-examples={examples}",
+            f"--conformance-report=conformance-report/{name}",
+            *session.posargs,
+        )
+
+    conformance.__doc__ = (
+        f"Certify kombu's {url} transport by URL with real Celery workers, {examples} "
+        "workloads; extra arguments go to pytest (e.g. --conformance-transport-options=JSON)."
+    )
+
+
+for _name, (_url, _examples) in CONFORMANCE_URLS.items():
+    _conformance_url_session(_name, _url, _examples)

@@ -27,6 +27,7 @@ __all__ = [
     "Deviation",
     "Fault",
     "ProbeCall",
+    "RunError",
     "RunResult",
     "RunSettings",
     "Workload",
@@ -88,6 +89,13 @@ class Capabilities:
             latency, restore throttling); a simulator needs none.
         simulated: Runs in virtual time, fast and exact: the suite runs more examples
             and shrinks failures to a minimal workload.
+        delayed_delivery: Where a countdown or ETA waits until it is due: ``"worker"``
+            (Celery holds the message in the worker, which widens its prefetch window)
+            or ``"broker"`` (native delayed delivery, RabbitMQ quorum queues).
+        reproduce: Command-line options, beyond ``--conformance=NAME``, the seed and the
+            number of examples, that select this same deployment again
+            (``--conformance-url=...``, ``--conformance-transport-options=...``): a
+            failure's ``reproduce:`` line carries them.
     """
 
     adapter: str
@@ -100,6 +108,8 @@ class Capabilities:
     slack: float = 2.0
     simulated: bool = False
     probes: frozenset[str] = frozenset(PROBES)
+    delayed_delivery: str = "worker"
+    reproduce: tuple[str, ...] = ()
 
     def missing(
         self,
@@ -206,6 +216,16 @@ class RunResult:
     workload: Workload
     notes: tuple[str, ...] = ()
     task_ids: Mapping[str, str] = attrs.field(factory=dict)
+
+
+class RunError(Exception):
+    """The deployment could not carry a run out (workers never came online, ...).
+
+    Not a verdict on any guarantee: an adapter raises it when a run could not happen
+    (after retrying, if it retries), and the campaign counts an errored run, lists it
+    in the report and goes on with the next workload. Any other exception from
+    ``run`` is a bug of the adapter and ends the campaign.
+    """
 
 
 @runtime_checkable

@@ -9,14 +9,23 @@ adapter when the simulator is selected too::
     pytest --conformance=simq
     pytest --conformance=simq,celery-redis --conformance-report=out/conformance
     pytest --conformance=my_package.conformance:MyAdapter --conformance-url=amqp://...
+    pytest --conformance=celery --conformance-url=filesystem://
+    pytest --conformance=celery --conformance-url=sqla+sqlite:///conformance.db \
+        --conformance-transport-options='{"polling_interval": 0.2}'
 
 Skips name the adapter, the capability and the reason. Under ``CI=true`` an adapter
-whose broker is unreachable fails instead of skipping.
+whose broker is unreachable fails instead of skipping, and ``--conformance-strict`` is
+on unless ``--no-conformance-strict`` is given.
+
+The suite needs Hypothesis (the ``test`` extra): without it ``--conformance`` is a usage
+error that says so, and without ``--conformance`` nothing is imported.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,8 +39,11 @@ __all__ = [
     "EXAMPLES_OPTION",
     "REPORT_OPTION",
     "SEED_OPTION",
+    "STRICT_OPTION",
     "SUITE",
+    "TRANSPORT_OPTIONS_OPTION",
     "URL_OPTION",
+    "reproduce_options",
 ]
 
 CONFORMANCE_OPTION = "--conformance"
@@ -39,6 +51,8 @@ URL_OPTION = "--conformance-url"
 REPORT_OPTION = "--conformance-report"
 EXAMPLES_OPTION = "--conformance-examples"
 SEED_OPTION = "--conformance-seed"
+TRANSPORT_OPTIONS_OPTION = "--conformance-transport-options"
+STRICT_OPTION = "--conformance-strict"
 
 #: The suite's test module, collected when ``--conformance`` is given.
 SUITE = Path(__file__).resolve().parent / "suite" / "test_guarantees.py"
@@ -68,7 +82,29 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         dest="simq_conformance_url",
         default=None,
         metavar="URL",
-        help="broker URL for the conformance adapters that take one",
+        help="broker URL for the conformance adapters that take one; with "
+        "--conformance=celery, any kombu transport (filesystem://, sqla+sqlite:///PATH, ...)",
+    )
+    group.addoption(
+        TRANSPORT_OPTIONS_OPTION,
+        dest="simq_conformance_transport_options",
+        default=None,
+        metavar="JSON",
+        help="kombu transport options (a JSON object) for the conformance adapters that "
+        "take them, e.g. '{\"polling_interval\": 0.2}'",
+    )
+    group.addoption(
+        STRICT_OPTION,
+        dest="simq_conformance_strict",
+        action="store_true",
+        default=None,
+        help="a guarantee no run exercised fails (default: on under CI=true)",
+    )
+    group.addoption(
+        "--no-conformance-strict",
+        dest="simq_conformance_strict",
+        action="store_false",
+        help="a guarantee no run exercised is reported, not failed (even under CI=true)",
     )
     group.addoption(
         REPORT_OPTION,
@@ -112,6 +148,7 @@ def pytest_configure(config: pytest.Config) -> None:
     names = selected(config)
     if not names:
         return
+    _require_hypothesis()
     from simq_conformance.registry import UnknownAdapter, resolve
     from simq_conformance.session import ConformanceSession
 
@@ -121,19 +158,27 @@ def pytest_configure(config: pytest.Config) -> None:
             "and every guarantee test reads them); drop -n/--numprocesses"
         )
     url = config.getoption("simq_conformance_url")
+    options = transport_options(config)
     try:
-        adapters = {name: resolve(name, url) for name in names}
-    except UnknownAdapter as exc:
+        adapters = {name: resolve(name, url, options) for name in names}
+    except (UnknownAdapter, ValueError) as exc:
         raise pytest.UsageError(str(exc)) from None
+    again = reproduce_options(url, options)
+    if again:
+        for adapter in adapters.values():
+            _carry(adapter, again)
     examples = config.getoption("simq_conformance_examples")
     if examples is not None and examples < 1:
         raise pytest.UsageError(f"{EXAMPLES_OPTION} must be at least 1, got {examples}")
+    ci = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+    strict = config.getoption("simq_conformance_strict")
     config.stash[_STATE] = ConformanceSession(
         adapters,
         examples=examples,
         seed=config.getoption("simq_conformance_seed"),
-        ci=os.environ.get("CI", "").lower() in ("1", "true", "yes"),
+        ci=ci,
         defaults=(SIMULATED_EXAMPLES, REAL_EXAMPLES),
+        strict=ci if strict is None else bool(strict),
     )
     suite = str(SUITE)
     # Collect the suite even when no path was named (testpaths would collect the
@@ -146,6 +191,63 @@ def pytest_configure(config: pytest.Config) -> None:
         if Path(a.split("::")[0]).exists()
     ):
         config.args.append(suite)
+
+
+def _require_hypothesis() -> None:
+    """A one-line usage error when the suite's own dependency is missing."""
+    try:
+        import hypothesis  # noqa: F401
+    except ImportError:
+        raise pytest.UsageError(
+            f"{CONFORMANCE_OPTION} needs Hypothesis, which is not installed: "
+            "pip install 'celery-simq[test]' (or pip install hypothesis)"
+        ) from None
+
+
+def transport_options(config: pytest.Config) -> dict[str, Any] | None:
+    """``--conformance-transport-options`` as a dict (None when not given).
+
+    Raises:
+        pytest.UsageError: the value is not a JSON object.
+    """
+    raw = config.getoption("simq_conformance_transport_options")
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise pytest.UsageError(
+            f"{TRANSPORT_OPTIONS_OPTION} must be a JSON object, e.g. "
+            f"'{{\"polling_interval\": 0.2}}': {exc} in {raw!r}"
+        ) from None
+    if not isinstance(value, dict):
+        raise pytest.UsageError(
+            f"{TRANSPORT_OPTIONS_OPTION} must be a JSON object, got {type(value).__name__}: {raw!r}"
+        )
+    return value
+
+
+def reproduce_options(url: str | None, options: dict[str, Any] | None) -> tuple[str, ...]:
+    """The options that select the same deployment again, shell-quoted, for the
+    ``reproduce:`` line of a failure."""
+    out = []
+    if url:
+        out.append(shlex.quote(f"{URL_OPTION}={url}"))
+    if options:
+        text = json.dumps(options, sort_keys=True, separators=(",", ":"))
+        out.append(shlex.quote(f"{TRANSPORT_OPTIONS_OPTION}={text}"))
+    return tuple(out)
+
+
+def _carry(adapter: Any, options: tuple[str, ...]) -> None:
+    """Put ``options`` in the adapter's capabilities (``Capabilities.reproduce``)."""
+    import attrs
+
+    caps = adapter.capabilities
+    try:
+        adapter.capabilities = attrs.evolve(caps, reproduce=(*caps.reproduce, *options))
+    except (AttributeError, TypeError):  # a read-only attribute: the line stays shorter
+        pass
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:

@@ -11,6 +11,14 @@ limits, a transport) and when a run exercises it. :func:`check_run` judges one
 A guarantee the adapter cannot be judged on is ``not-applicable``, with the reason taken
 from its :class:`~simq_conformance.Capabilities` (a missing capability or a documented
 :class:`~simq_conformance.Deviation`), never hand-written per adapter.
+
+Besides §3.2's safety guarantees, two liveness guarantees judge every run
+(:mod:`simq_conformance.liveness`): L1, every run finishes within the adapter's deadline,
+and L2, every published message ends acked, revoked, declined or expired. A run whose
+recording is incomplete (a delivery without a publication, a message without an end in
+a complete run) cannot be judged: every applicable guarantee's verdict on it is
+:data:`ADAPTER_ERROR`. A verdict is ``exercised`` only when the guarantee's premise
+happened in the run (:mod:`simq_conformance.coverage`).
 """
 
 from __future__ import annotations
@@ -24,11 +32,15 @@ from simq.checkers import CHECKS, TRANSPORTS, CheckConfig, Violation
 from simq.checkers.index import Index, index_of
 from simq.history import History
 from simq_conformance.adapter import Capabilities, RunResult, Workload
+from simq_conformance.coverage import PREMISES, Premise
+from simq_conformance.liveness import check_l1, check_l2, recorder_errors
 
 __all__ = [
+    "ADAPTER_ERROR",
     "FAIL",
     "GUARANTEES",
     "NOT_APPLICABLE",
+    "NOT_EXERCISED",
     "PASS",
     "Guarantee",
     "Verdict",
@@ -38,9 +50,17 @@ __all__ = [
     "probe_task",
 ]
 
+#: No run broke the guarantee, and at least one exercised it (its premise happened).
 PASS = "pass"
+#: A run broke it.
 FAIL = "fail"
+#: The adapter cannot be judged on it (a missing capability or a documented deviation).
 NOT_APPLICABLE = "not-applicable"
+#: No run broke it, but no run exercised it either: a campaign verdict, never a pass.
+NOT_EXERCISED = "not-exercised"
+#: The adapter's recording was incomplete: the run could not be judged (the adapter's
+#: fault, not the transport's).
+ADAPTER_ERROR = "adapter-error"
 
 #: An adapter's transport the checkers do not know reads as amqp (its unacked messages
 #: return when the channel closes, never by timeout).
@@ -52,34 +72,8 @@ def probe_task(probe: str) -> str:
     return f"probes.{probe}"
 
 
-Exercised = Callable[[Index, CheckConfig], bool]
-
-
-def _kinds(*kinds: str) -> Exercised:
-    wanted = frozenset(kinds)
-    return lambda idx, config: any(e.kind in wanted for e in idx.events)
-
-
-def _started(late: bool) -> Exercised:
-    return lambda idx, config: any(
-        d.start is not None and config.late(d.task) == late for d in idx.deliveries
-    )
-
-
-def _expiring(idx: Index, config: CheckConfig) -> bool:
-    return any(d.expires is not None for d in idx.deliveries)
-
-
-def _eta(idx: Index, config: CheckConfig) -> bool:
-    return any(d.eta is not None and d.start is not None for d in idx.deliveries)
-
-
-def _redelivered_success(idx: Index, config: CheckConfig) -> bool:
-    return config.deduplicate_successful_tasks and any(d.redelivered for d in idx.deliveries)
-
-
-def _retried_twice(idx: Index, config: CheckConfig) -> bool:
-    return any(len(pubs) > 1 for pubs in idx.published.values())
+#: A run-level checker: L1 and L2 read the run itself (its completeness and notes).
+RunCheck = Callable[[Index, CheckConfig, RunResult], list[Violation]]
 
 
 @attrs.frozen
@@ -87,14 +81,16 @@ class Guarantee:
     """One guarantee of §3.2 and what judging it needs.
 
     Attributes:
-        name: ``"G1"`` ... ``"G18"``.
+        name: ``"G1"`` ... ``"G18"``, ``"L1"``, ``"L2"``.
         title: What it promises, in a few words.
         faults: To be exercised, a run needs one of these faults or of ``probes``.
         probes: See ``faults``: the probes that exercise it.
         observes: Event kinds its histories must contain.
         time_limits: The adapter must enforce time limits.
         transports: The transports it applies to (None: all).
-        exercised: Whether a run exercised it (a pass on a run that did not is vacuous).
+        exercised: Its premise: how often a run made it happen (0: the run did not
+            exercise it, and a pass on it is vacuous); see :mod:`simq_conformance.coverage`.
+        run_check: For L1 and L2: the run-level checker (else ``simq.checkers.CHECKS``).
     """
 
     name: str
@@ -104,72 +100,72 @@ class Guarantee:
     observes: tuple[str, ...] = ()
     time_limits: bool = False
     transports: tuple[str, ...] | None = None
-    exercised: Exercised = attrs.field(default=_kinds("started"), eq=False, repr=False)
+    exercised: Premise | None = attrs.field(default=None, eq=False, repr=False)
+    run_check: RunCheck | None = attrs.field(default=None, eq=False, repr=False)
+
+    @property
+    def premise(self) -> Premise:
+        """How often a run made its premise happen (``exercised``, else the standard one)."""
+        return self.exercised if self.exercised is not None else PREMISES[self.name]
 
     @property
     def check(self) -> Callable[[Any, CheckConfig], list[Violation]]:
-        """The checker of ``simq.checkers`` that judges it."""
+        """The checker of ``simq.checkers`` that judges it (G1 to G18)."""
         return CHECKS[self.name]
+
+    def judge(self, idx: Index, config: CheckConfig, result: RunResult) -> list[Violation]:
+        """Its violations in one run."""
+        if self.run_check is not None:
+            return self.run_check(idx, config, result)
+        return self.check(idx, config)
 
 
 _DLV = ("delivered", "started", "acked")
 
-#: §3.2's guarantees, in order.
+#: §3.2's guarantees in order, then the liveness guarantees L1 and L2.
 GUARANTEES: dict[str, Guarantee] = {
     g.name: g
     for g in (
-        Guarantee("G1", "early ack at execution start", observes=_DLV, exercised=_started(False)),
-        Guarantee(
-            "G2", "late ack after the attempt", observes=(*_DLV, "state"), exercised=_started(True)
-        ),
+        Guarantee("G1", "early ack at execution start", observes=_DLV),
+        Guarantee("G2", "late ack after the attempt", observes=(*_DLV, "state")),
         Guarantee(
             "G3",
             "a dead child is not redelivered",
             faults=("kill_child",),
             probes=("die",),
             observes=("child-lost", "state"),
-            exercised=_kinds("child-lost"),
         ),
         Guarantee(
             "G4",
             "worker loss redelivers unacked messages",
             faults=("kill_worker",),
             observes=(*_DLV, "worker-crashed"),
-            exercised=_kinds("worker-crashed"),
         ),
-        Guarantee(
-            "G5", "prefetch bound", observes=("delivered", "acked"), exercised=_kinds("delivered")
-        ),
+        Guarantee("G5", "prefetch bound", observes=("delivered", "acked")),
         Guarantee(
             "G6",
             "visibility timeout",
             observes=("delivered",),
             transports=_CHECKER_TRANSPORTS,
-            exercised=_kinds("delivered"),
         ),
         Guarantee(
             "G7",
             "connection loss redelivers unacked messages",
             faults=("cut_connection", "restart_broker"),
             observes=(*_DLV, "connection-lost"),
-            exercised=_kinds("connection-lost"),
         ),
         Guarantee(
             "G8",
             "Reject and Ignore",
             probes=("reject", "ignore"),
             observes=("started", "ignored", "declined", "state"),
-            exercised=_kinds("ignored", "declined"),
         ),
-        Guarantee(
-            "G9", "expiry revokes", observes=("published", "revoked", "state"), exercised=_expiring
-        ),
+        Guarantee("G9", "expiry revokes", observes=("published", "revoked", "state")),
         Guarantee(
             "G10",
             "revoke and terminate",
             faults=("revoke", "terminate"),
             observes=("revoke", "revoked", "state"),
-            exercised=_kinds("revoke"),
         ),
         Guarantee(
             "G11",
@@ -177,7 +173,6 @@ GUARANTEES: dict[str, Guarantee] = {
             probes=("exceed",),
             time_limits=True,
             observes=("time-limit", "state"),
-            exercised=_kinds("time-limit"),
         ),
         Guarantee(
             "G12",
@@ -185,39 +180,48 @@ GUARANTEES: dict[str, Guarantee] = {
             probes=("exceed",),
             time_limits=True,
             observes=("time-limit", "state"),
-            exercised=_kinds("time-limit"),
         ),
         Guarantee(
             "G13",
             "retry publishes before RETRY and the ack",
             probes=("retry", "fail_n"),
             observes=("published", "retried", "state"),
-            exercised=_kinds("retried"),
         ),
         Guarantee(
             "G14",
             "deduplicating successful tasks (opt-in)",
+            # Its premise, a redelivery of a task that already succeeded, needs a fault
+            # that takes an unacked message back.
+            faults=("kill_worker", "cut_connection", "restart_broker"),
             observes=("started", "state"),
-            exercised=_redelivered_success,
         ),
-        Guarantee("G15", "SUCCESS is terminal", observes=("state",), exercised=_kinds("state")),
-        Guarantee("G16", "ETA is a lower bound", observes=("published", "started"), exercised=_eta),
+        Guarantee("G15", "SUCCESS is terminal", observes=("state",)),
+        Guarantee("G16", "ETA is a lower bound", observes=("published", "started")),
         Guarantee(
             "G17",
             "warm and cold shutdown",
             faults=("warm_shutdown", "cold_shutdown"),
             observes=("shutdown", "started"),
-            exercised=_kinds("shutdown"),
         ),
         Guarantee(
             "G18",
             "monotonic retry counter",
             probes=("retry", "fail_n"),
             observes=("published", "started"),
-            exercised=_retried_twice,
+        ),
+        Guarantee("L1", "every run finishes", observes=("published",), run_check=check_l1),
+        Guarantee(
+            "L2",
+            "nothing lost",
+            # Its premise: a fault took an unacked message back (or lost it).
+            faults=("kill_worker", "cut_connection", "restart_broker", "cold_shutdown"),
+            observes=("published", "delivered", "acked"),
+            run_check=check_l2,
         ),
     )
 }
+#: The liveness guarantees, judged on every run.
+LIVENESS = ("L1", "L2")
 
 
 @attrs.frozen
@@ -226,12 +230,15 @@ class Verdict:
 
     Attributes:
         guarantee: ``"G1"`` ...
-        status: :data:`PASS`, :data:`FAIL` or :data:`NOT_APPLICABLE`.
+        status: :data:`PASS`, :data:`FAIL`, :data:`NOT_APPLICABLE` or
+            :data:`ADAPTER_ERROR` (the run's recording is incomplete; ``violations``
+            say what is missing).
         reason: Why it does not apply (adapter, capability and reason).
-        violations: What broke it (on a fail).
+        violations: What broke it (on a fail), or what the recorder missed.
         seed: The workload's seed.
-        history: The recorded history (on a fail).
-        exercised: Whether the run exercised it.
+        history: The recorded history (on a fail or an adapter error).
+        exercised: Whether the run exercised it (its premise happened).
+        score: How often its premise happened in the run (Hypothesis targets it).
     """
 
     guarantee: str
@@ -241,10 +248,15 @@ class Verdict:
     seed: int | None = None
     history: History | None = attrs.field(default=None, eq=False, repr=False)
     exercised: bool = False
+    score: int = 0
 
     @property
     def failed(self) -> bool:
         return self.status == FAIL
+
+    @property
+    def adapter_error(self) -> bool:
+        return self.status == ADAPTER_ERROR
 
 
 def applicability(guarantee: Guarantee, caps: Capabilities) -> str | None:
@@ -323,24 +335,41 @@ def config_for(result: RunResult) -> CheckConfig:
 def check_run(
     result: RunResult, guarantees: Mapping[str, Guarantee] | None = None
 ) -> dict[str, Verdict]:
-    """Every guarantee's :class:`Verdict` on one run, in §3.2's order."""
+    """Every guarantee's :class:`Verdict` on one run, in §3.2's order, then L1 and L2.
+
+    When the recording is incomplete (:func:`~simq_conformance.liveness.recorder_errors`)
+    every applicable guarantee's verdict is :data:`ADAPTER_ERROR`: a history missing
+    events can neither pass nor fail a transport.
+    """
     guarantees = GUARANTEES if guarantees is None else guarantees
     caps = result.capabilities
     config = config_for(result)
     idx = index_of(result.history)
     seed = result.workload.seed
+    missing = tuple(recorder_errors(idx, result))
     out: dict[str, Verdict] = {}
     for name, g in guarantees.items():
         reason = applicability(g, caps)
         if reason is not None:
             out[name] = Verdict(name, NOT_APPLICABLE, reason, seed=seed)
             continue
-        violations = tuple(g.check(idx, config))
-        exercised = bool(g.exercised(idx, config))
+        if missing:
+            out[name] = Verdict(
+                name, ADAPTER_ERROR, violations=missing, seed=seed, history=result.history
+            )
+            continue
+        violations = tuple(g.judge(idx, config, result))
+        score = int(g.premise(idx, config))
         if violations:
             out[name] = Verdict(
-                name, FAIL, violations=violations, seed=seed, history=result.history, exercised=True
+                name,
+                FAIL,
+                violations=violations,
+                seed=seed,
+                history=result.history,
+                exercised=True,
+                score=score,
             )
         else:
-            out[name] = Verdict(name, PASS, seed=seed, exercised=exercised)
+            out[name] = Verdict(name, PASS, seed=seed, exercised=score > 0, score=score)
     return out

@@ -1,9 +1,12 @@
 """The conformance report: JSON for machines, a Markdown table guarantee x adapter for people.
 
 ``pytest --conformance=... --conformance-report=PATH`` writes ``PATH`` with the suffix
-``.json`` and ``.md``. A cell says ``pass`` (with how many runs exercised the guarantee),
-``FAIL`` (with the workload's seed; the shortest failing history follows the table), or
-``n/a`` with the reason generated from the adapter's capabilities.
+``.json`` and ``.md``. A cell says ``pass (k/n)`` (k of n runs exercised the guarantee:
+its premise happened), ``not exercised (0/n)`` (no run broke it and none exercised it:
+no verdict), ``FAIL`` (with the workload's seed; the shortest failing history follows
+the table), ``ADAPTER ERROR`` (runs whose recording was incomplete: what was missing
+follows the table), or ``n/a`` with the reason generated from the adapter's
+capabilities. Runs that did not finish in time are counted and listed by seed.
 """
 
 from __future__ import annotations
@@ -15,9 +18,22 @@ from typing import Any
 
 from simq_conformance.campaign import Campaign, Failure, Summary
 from simq_conformance.differential import Disagreement
-from simq_conformance.properties import FAIL, GUARANTEES, NOT_APPLICABLE
+from simq_conformance.properties import (
+    ADAPTER_ERROR,
+    FAIL,
+    GUARANTEES,
+    NOT_APPLICABLE,
+    NOT_EXERCISED,
+)
 
-__all__ = ["describe_failure", "report_paths", "to_json", "to_markdown", "write_report"]
+__all__ = [
+    "describe_adapter_errors",
+    "describe_failure",
+    "report_paths",
+    "to_json",
+    "to_markdown",
+    "write_report",
+]
 
 
 def report_paths(path: str | Path) -> tuple[Path, Path]:
@@ -58,6 +74,10 @@ def _failure(f: Failure) -> dict[str, Any]:
 
 def _summary(s: Summary) -> dict[str, Any]:
     out: dict[str, Any] = {"status": s.status, "runs": s.runs, "exercised": s.exercised}
+    if s.adapter_errors:
+        out["adapter_errors"] = s.adapter_errors
+    if s.aimed:
+        out["aimed"] = s.aimed
     if s.reason:
         out["reason"] = s.reason
     if s.failure is not None:
@@ -85,9 +105,17 @@ def to_json(campaigns: Sequence[Campaign]) -> dict[str, Any]:
             "hypothesis_seed": c.hypothesis_seed,
             "examples": c.examples,
             "runs": c.runs,
+            "aimed_runs": c.aimed,
+            "aim_budget": c.aim_budget,
             "seconds": round(c.elapsed, 2),
+            "timed_out": {"count": len(c.timed_out), "seeds": list(c.timed_out)},
+            "adapter_error_runs": c.adapter_error_runs,
             "guarantees": {g: _summary(s) for g, s in c.summaries.items()},
         }
+        if c.adapter_errors:
+            entry["adapter_errors"] = [_failure(f) for f in c.adapter_errors]
+        if c.errored:
+            entry["errored_runs"] = [{"seed": seed, "error": why} for seed, why in c.errored]
         if c.error:
             entry["error"] = c.error
         if c.reference:
@@ -111,6 +139,13 @@ def _cell(c: Campaign, s: Summary) -> str:
             f"**FAIL** (seed {s.failure.workload.seed}, "
             f"[{s.failure.size} events](#{_anchor(c.adapter, s.guarantee)}))"
         )
+    if s.status == ADAPTER_ERROR:
+        return (
+            f"**ADAPTER ERROR** ({s.adapter_errors}/{s.runs} runs, "
+            f"[recorder](#{_anchor(c.adapter, 'recorder')}))"
+        )
+    if s.status == NOT_EXERCISED:
+        return f"not exercised (0/{s.runs})"
     return f"pass ({s.exercised}/{s.runs})"
 
 
@@ -131,16 +166,29 @@ def to_markdown(campaigns: Sequence[Campaign]) -> str:
         )
     lines += [
         "",
-        "pass (k/n): no violation in n runs, k of which exercised the guarantee.",
+        "pass (k/n): no violation in n runs, k of which exercised the guarantee (its "
+        "premise happened); not exercised (0/n): no violation, but no run exercised it, "
+        "so no verdict. L1 and L2 are liveness: every run finishes; every message ends "
+        "acked, revoked, declined or expired.",
         "",
-        "| Adapter | transport | examples | runs | seconds | seed |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| Adapter | transport | examples | runs | aimed runs | timed out | seconds | seed |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for c in campaigns:
+        late = (
+            f"{len(c.timed_out)} (seeds {', '.join(map(str, c.timed_out))})" if c.timed_out else "0"
+        )
         lines.append(
             f"| {c.adapter} | {c.capabilities.transport} | {c.examples} | {c.runs} "
-            f"| {c.elapsed:.1f} | {c.hypothesis_seed} |"
+            f"| {c.aimed} | {late} | {c.elapsed:.1f} | {c.hypothesis_seed} |"
         )
+    errored = [c for c in campaigns if c.errored]
+    for c in errored:
+        lines += [
+            "",
+            f"{c.adapter}: {len(c.errored)} run(s) could not be carried out: "
+            + "; ".join(f"seed {seed}: {why}" for seed, why in c.errored).replace("\n", " "),
+        ]
     diffs = [c for c in campaigns if c.reference]
     if diffs:
         lines += [
@@ -167,6 +215,18 @@ def to_markdown(campaigns: Sequence[Campaign]) -> str:
             describe_failure(c, s.guarantee),
             "```",
         ]
+    for c in campaigns:
+        if not c.adapter_errors:
+            continue
+        lines += [
+            "",
+            f'<a id="{_anchor(c.adapter, "recorder")}"></a>',
+            f"### Adapter errors on {c.adapter}",
+            "",
+            "```text",
+            describe_adapter_errors(c),
+            "```",
+        ]
     errors = [c for c in campaigns if c.error]
     for c in errors:
         lines += ["", f"## {c.adapter}: error", "", "```text", c.error or "", "```"]
@@ -184,14 +244,49 @@ def describe_failure(c: Campaign, guarantee: str) -> str:
     out = [
         f"{guarantee} ({g.title}) fails on {c.adapter}",
         f"workload seed: {f.workload.seed}; hypothesis seed: {c.hypothesis_seed}",
-        f"reproduce: pytest --conformance={c.adapter} --conformance-seed={c.hypothesis_seed} "
-        f"--conformance-examples={c.examples} -k {guarantee}",
+        f"reproduce: {_reproduce(c)} -k {guarantee}",
         f"workload: {f.workload!r}",
         "violations:",
     ]
     out += ["  " + v.describe().replace("\n", "\n  ") for v in f.verdict.violations]
     out.append(f"shortest failing history ({f.size} events, complete={f.complete}):")
     out += ["  " + line for line in (history.to_jsonl() if history else "").splitlines()]
+    return "\n".join(out)
+
+
+def _reproduce(c: Campaign) -> str:
+    extra = " ".join(getattr(c.capabilities, "reproduce", ()) or ())
+    return (
+        f"pytest --conformance={c.adapter} "
+        + (f"{extra} " if extra else "")
+        + f"--conformance-seed={c.hypothesis_seed} --conformance-examples={c.examples}"
+    )
+
+
+def describe_adapter_errors(c: Campaign, guarantee: str | None = None) -> str:
+    """What the adapter failed to record, per run kept, for people.
+
+    An adapter error is not a verdict on the transport: the history is missing events
+    (a delivery without a publication, a message without an end in a complete run), so
+    no guarantee can be judged on it. Fix the adapter's recorder.
+    """
+    s = c.summaries.get(guarantee) if guarantee else None
+    head = (
+        f"{guarantee} on {c.adapter}: ADAPTER ERROR in {s.adapter_errors} of {s.runs} runs"
+        if s is not None
+        else f"{c.adapter}: ADAPTER ERROR in {c.adapter_error_runs} of {c.total} runs"
+    )
+    out = [
+        head + ": the recording was incomplete, so those runs could not be judged "
+        "(the adapter's fault, not the transport's)",
+        f"reproduce: {_reproduce(c)}" + (f" -k {guarantee}" if guarantee else ""),
+    ]
+    for f in c.adapter_errors:
+        history = f.verdict.history
+        out.append(f"workload seed {f.workload.seed} (complete={f.complete}): {f.workload!r}")
+        out += ["  " + v.describe().replace("\n", "\n  ") for v in f.verdict.violations]
+        out.append(f"  history ({f.size} events):")
+        out += ["    " + line for line in (history.to_jsonl() if history else "").splitlines()]
     return "\n".join(out)
 
 

@@ -1,7 +1,9 @@
 """The state of one ``pytest --conformance`` session: adapters, campaigns, verdicts.
 
 Each adapter's campaign runs once, on the first test that needs it, and every guarantee
-test of that adapter reads its verdict from it.
+test of that adapter reads its verdict from it: pass, fail, skip (not applicable),
+"not exercised (0/N)" (an xfail, or a failure when ``strict``), or an adapter error
+(a failure: the adapter's recording was incomplete).
 """
 
 from __future__ import annotations
@@ -13,8 +15,15 @@ import pytest
 
 from simq_conformance.adapter import Adapter
 from simq_conformance.campaign import Campaign, run_campaign
-from simq_conformance.properties import FAIL, GUARANTEES, NOT_APPLICABLE
-from simq_conformance.report import describe_failure
+from simq_conformance.coverage import DESCRIPTIONS
+from simq_conformance.properties import (
+    ADAPTER_ERROR,
+    FAIL,
+    GUARANTEES,
+    NOT_APPLICABLE,
+    NOT_EXERCISED,
+)
+from simq_conformance.report import describe_adapter_errors, describe_failure
 
 __all__ = ["ConformanceSession"]
 
@@ -33,8 +42,12 @@ class ConformanceSession:
         seed: int,
         ci: bool,
         defaults: tuple[int, int],
+        strict: bool = False,
     ) -> None:
+        """``strict``: a guarantee no run exercised fails its test (else it is an xfail
+        labelled "not exercised (0/N)")."""
         self.adapters = adapters
+        self.strict = strict
         self.examples = examples
         self.seed = seed
         self.ci = ci
@@ -124,7 +137,8 @@ class ConformanceSession:
     # -- verdicts --------------------------------------------------------------------
 
     def check_guarantee(self, name: str, guarantee: str) -> None:
-        """Pass, skip (not applicable, with the reason) or fail (with the shortest history)."""
+        """Pass, skip (not applicable, with the reason), fail (with the shortest history),
+        fail on an adapter error, or "not exercised (0/N)": xfail, or fail when strict."""
         c = self.campaign(name)
         if c.error:
             pytest.fail(c.error, pytrace=False)
@@ -133,7 +147,18 @@ class ConformanceSession:
             pytest.skip(s.reason)
         if s.status == FAIL:
             pytest.fail(describe_failure(c, guarantee), pytrace=False)
-        assert s.runs == c.runs, f"{guarantee} judged {s.runs} of {c.runs} runs"
+        if s.status == ADAPTER_ERROR:
+            pytest.fail(describe_adapter_errors(c, guarantee), pytrace=False)
+        assert s.runs == c.total, f"{guarantee} judged {s.runs} of {c.total} runs"
+        if s.status == NOT_EXERCISED:
+            message = (
+                f"{guarantee} on {name}: not exercised (0/{s.runs}): no run had "
+                f"{DESCRIPTIONS[guarantee]} ({c.runs} generated and {c.aimed} aimed runs; "
+                f"more with --conformance-examples=N)"
+            )
+            if self.strict:
+                pytest.fail(f"{message}; strict: a guarantee never exercised fails", pytrace=False)
+            pytest.xfail(message)
 
     def check_differential(self, name: str) -> None:
         """Fail with each disagreement between the real adapter and the simulator."""

@@ -48,7 +48,8 @@ def test_real_broker_keeps_every_guarantee_and_agrees_with_simq(
     assert result.ret == pytest.ExitCode.OK, _failures(result)
     runs = report["adapters"][adapter]
     assert runs["runs"] == int(EXAMPLES)
-    assert runs["differential"]["compared"] == int(EXAMPLES)
+    # The differential compares the generated runs and the runs aimed at coverage.
+    assert runs["differential"]["compared"] >= int(EXAMPLES)
     assert runs["differential"]["disagreements"] == []
 
 

@@ -210,3 +210,30 @@ def test_cut_redis_connection_goes_unnoticed_with_a_full_window(
     assert delivery.time < lost.time
     assert _kinds(reserved, "started", "succeeded", "acked") == ["started", "succeeded", "acked"]
     assert not result.history.where(kind="connection-restored")
+
+
+def test_a_second_shutdown_waits_for_the_replacement_to_come_online(
+    redis_adapter: CeleryAdapter,
+) -> None:
+    """A shutdown aimed at a slot whose replacement is still starting waits until it is
+    online: the run ends in seconds, with both shutdowns injected (it used to hang until
+    the 30 s timeout, waiting for a worker the early signal had killed)."""
+    import time
+
+    started = time.monotonic()
+    result = _run(
+        redis_adapter,
+        Workload(
+            RunSettings(),
+            calls=(ProbeCall("sleep", (0.3,), key="c1"), ProbeCall("ret", (2,), key="c2")),
+            # The first shutdown's replacement starts at about 1.1 s and takes a second or
+            # more to come online: the second shutdown comes before it is.
+            faults=(Fault("warm_shutdown", 0.1, 0), Fault("warm_shutdown", 1.4, 0)),
+        ),
+    )
+    assert time.monotonic() - started < 20
+    shutdowns = result.history.where(kind="shutdown")
+    assert len(shutdowns) == 2
+    assert len({e.worker for e in shutdowns}) == 2  # the replacement, once online
+    online = result.history.where(kind="worker-online", worker=shutdowns[1].worker).first()
+    assert online.time < shutdowns[1].time

@@ -25,7 +25,10 @@ __all__ = [
     "amqp_delete_queue",
     "amqp_ensure_vhost",
     "amqp_queue_depth",
+    "file_backend_purge",
     "isolation_id",
+    "kombu_check",
+    "kombu_purge",
     "port_of",
     "redis_check",
     "redis_cut",
@@ -158,11 +161,18 @@ def amqp_ensure_vhost(url: str, vhost: str, user: str = "guest") -> None:
 
 
 def port_of(url: str) -> int:
-    """The TCP port of a broker URL (kombu's default for the scheme if none)."""
+    """The TCP port of a broker URL (kombu's default for its transport if none)."""
+    from kombu import Connection
     from kombu.utils.url import url_to_parts
 
     parts = url_to_parts(url)
-    return int(parts.port or {"redis": 6379, "amqp": 5672, "pyamqp": 5672}[parts.scheme])
+    if parts.port:
+        return int(parts.port)
+    conn = Connection(url)
+    try:
+        return int(conn.transport.default_port)
+    finally:
+        conn.release()
 
 
 def _socket_inodes(pid: int) -> set[str]:
@@ -226,3 +236,46 @@ def amqp_delete_queue(url: str, queue: str) -> None:
         conn.default_channel.queue_delete(queue)
     finally:
         conn.release()
+
+
+# -- any kombu transport ---------------------------------------------------------------
+
+
+def kombu_check(url: str, transport_options: dict[str, Any] | None = None) -> None:
+    """Raise BrokerUnreachable unless kombu opens a channel on ``url``."""
+    from kombu import Connection
+
+    try:
+        conn = Connection(url, transport_options=dict(transport_options or {}), connect_timeout=5)
+        try:
+            conn.ensure_connection(max_retries=1)
+            # Declaring a queue makes the transport create what it keeps (SQLAlchemy's
+            # tables) now, before several workers race to.
+            channel = conn.default_channel
+            channel.queue_declare(queue="simq.setup-check", auto_delete=True)
+            channel.queue_delete("simq.setup-check")
+        finally:
+            conn.release()
+    except Exception as exc:
+        raise BrokerUnreachable(f"the broker at {url} is unreachable: {exc!r}") from exc
+
+
+def kombu_purge(url: str, transport_options: dict[str, Any] | None, queue: str) -> None:
+    """Delete the run's queue (and what is left in it) through kombu."""
+    from kombu import Connection
+
+    conn = Connection(url, transport_options=dict(transport_options or {}), connect_timeout=5)
+    try:
+        channel = conn.default_channel
+        channel.queue_purge(queue)
+        channel.queue_delete(queue)
+    finally:
+        conn.release()
+
+
+def file_backend_purge(url: str, task_ids: list[str]) -> None:
+    """Remove the run's results from a ``file://`` result backend."""
+    folder = url.removeprefix("file://")
+    for task_id in task_ids:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(folder, f"celery-task-meta-{task_id}"))

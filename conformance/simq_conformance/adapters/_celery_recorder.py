@@ -76,6 +76,27 @@ _EXIT = re.compile(r"(exitcode|signal) (-?\d+)")
 
 _installed: CeleryRecorder | None = None
 
+#: Celery releases the recorder knows how to hook.
+SUPPORTED_CELERY = ">=5.5,<5.8"
+
+
+def _cancel_on_shutdown(consumer_cls: Any) -> str:
+    """The Consumer method a cold shutdown cancels running tasks with.
+
+    Celery 5.6 and 5.7 call it ``cancel_active_requests``; 5.5 called it
+    ``cancel_all_unacked_requests``.
+    """
+    for name in ("cancel_active_requests", "cancel_all_unacked_requests"):
+        if name in consumer_cls.__dict__:
+            return name
+    import celery
+
+    raise RuntimeError(
+        f"simq_conformance records Celery {SUPPORTED_CELERY} (5.5, 5.6, 5.7); Celery "
+        f"{celery.__version__} has neither Consumer.cancel_active_requests (5.6+) nor "
+        "Consumer.cancel_all_unacked_requests (5.5), which a cold shutdown calls"
+    )
+
 
 def worker_name(hostname: str | None) -> str | None:
     """A history worker name from a Celery node name: ``worker-1@host`` -> ``worker-1``."""
@@ -158,6 +179,7 @@ class CeleryRecorder:
         self._cancelling: str | None = None
         self._signals: list[tuple[Any, Callable[..., Any]]] = []
         self._deliveries = itertools.count(1)  # this process's deliveries: attempt ids
+        self._prerun_of: str | None = None  # the task id task_prerun last announced
 
     # -- install / uninstall -----------------------------------------------------------
 
@@ -192,11 +214,20 @@ class CeleryRecorder:
         self._signals.append((signal, receiver))
 
     def _patch(self, owner: Any, attr: str, make: Callable[[Any], Any]) -> None:
-        original = owner.__dict__[attr]
+        original = owner.__dict__.get(attr)
+        if original is None:
+            import celery
+
+            raise RuntimeError(
+                f"simq_conformance records Celery {SUPPORTED_CELERY} (5.5, 5.6, 5.7) and "
+                f"hooks {owner.__module__}.{owner.__name__}.{attr}, which Celery "
+                f"{celery.__version__} (kombu's Message for ack/reject) does not define"
+            )
         self._patches.append((owner, attr, original))
         setattr(owner, attr, make(original))
 
     def _install_worker_hooks(self, signals: Any) -> None:
+        import celery.app.trace as trace
         from celery.backends.base import Backend
         from celery.worker.consumer.consumer import Consumer
         from celery.worker.consumer.tasks import Tasks
@@ -205,6 +236,7 @@ class CeleryRecorder:
 
         self._connect(signals.worker_ready, self._on_worker_ready)
         self._connect(signals.task_prerun, self._on_prerun)
+        self._patch(trace, "build_tracer", self._wrap_build_tracer)
         self._connect(signals.task_postrun, self._on_postrun)
         self._connect(signals.task_unknown, self._on_unknown)
         self._patch(Consumer, "create_task_handler", self._wrap_task_handler)
@@ -214,7 +246,7 @@ class CeleryRecorder:
         self._patch(Request, "on_timeout", self._wrap_on_timeout)
         self._patch(Request, "cancel", self._wrap_cancel)
         self._patch(Request, "_announce_revoked", self._wrap_announce_revoked)
-        self._patch(Consumer, "cancel_active_requests", self._wrap_cancel_active)
+        self._patch(Consumer, _cancel_on_shutdown(Consumer), self._wrap_cancel_active)
         self._patch(Tasks, "shutdown", self._wrap_consumer_shutdown)
         self._patch(Message, "ack", self._wrap_disposition("ack"))
         self._patch(Message, "reject", self._wrap_disposition("reject"))
@@ -507,9 +539,52 @@ class CeleryRecorder:
 
     # -- the pool child: executing -----------------------------------------------------
 
+    def _wrap_build_tracer(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        """Tracers that record a task Celery skipped without running it.
+
+        With ``worker_deduplicate_successful_tasks``, the tracer returns a redelivered
+        task that already succeeded before ``task_prerun``, so no signal tells of it. The
+        simulator records it as ``started`` then ``succeeded`` [deduplicated]; so does
+        this: a trace that ended well with no runtime and no ``task_prerun`` of its id.
+        """
+        recorder = self
+
+        def build_tracer(name: str, task: Any, *args: Any, **kwargs: Any) -> Any:
+            tracer = original(name, task, *args, **kwargs)
+
+            def trace(uuid: str, args_: Any, kwargs_: Any, request: Any = None) -> Any:
+                recorder._prerun_of = None
+                out = tracer(uuid, args_, kwargs_, request)
+                skipped = (
+                    recorder._prerun_of != uuid
+                    and isinstance(out, tuple)
+                    and len(out) == 4
+                    and out[1] is None  # no failure info
+                    and out[2] is None  # no runtime: the body never ran
+                    and isinstance(request, dict)
+                )
+                if skipped:
+                    recorder._deduplicated(name, uuid, request)
+                return out
+
+            return trace
+
+        return build_tracer
+
+    def _deduplicated(self, name: str, task_id: str, request: dict[str, Any]) -> None:
+        common = {
+            "task_id": task_id,
+            "message_id": request.get(HEADER),
+            "worker": worker_name(request.get("hostname")) or self.worker,
+            **({} if request.get(ATTEMPT) is None else {"attempt": request[ATTEMPT]}),
+        }
+        self.sink.record("started", task=name, retries=request.get("retries") or 0, **common)
+        self.sink.record("succeeded", deduplicated=True, **common)
+
     def _on_prerun(
         self, sender: Any = None, task_id: str | None = None, task: Any = None, **_: Any
     ) -> None:
+        self._prerun_of = task_id
         request = task.request
         self.sink.record(
             "started",

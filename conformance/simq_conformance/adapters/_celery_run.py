@@ -15,6 +15,7 @@ import signal
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +46,9 @@ _DEFAULT_CONF: dict[str, Any] = {
     "broker_connection_retry_on_startup": True,
 }
 
+#: Polling intervals (s) of the virtual transports that take one.
+_POLLING = {"memory": 0.05, "filesystem": 0.1}
+
 #: Worker events after which the broker no longer counts the worker's deliveries as held.
 _RELEASES = frozenset({"worker-crashed", "connection-lost", "worker-offline"})
 
@@ -70,9 +74,7 @@ class Run:
         self.complete = False
         self._orphaned_since: float | None = None
         self.conf = self._conf()
-        self.workers = (
-            InProcessWorkers(self) if adapter.transport == "memory" else ProcessWorkers(self)
-        )
+        self.workers = InProcessWorkers(self) if adapter.in_process else ProcessWorkers(self)
 
     # -- settings ----------------------------------------------------------------------
 
@@ -83,6 +85,7 @@ class Run:
             "result_backend": adapter.backend_url,
         }
         conf.update(_DEFAULT_CONF)
+        conf.update(adapter.conf)
         for name in ("broker_url", "result_backend", "task_default_queue"):
             if name in settings.conf:
                 self.notes.append(f"the workload's {name} is replaced by the adapter's")
@@ -101,10 +104,11 @@ class Run:
                 SINK_SETTING: str(self.directory),
             }
         )
-        options = dict(conf.get("broker_transport_options") or {})
-        if adapter.transport == "redis":
-            if adapter.visibility_timeout is not None:
-                options.setdefault("visibility_timeout", adapter.visibility_timeout)
+        # The adapter's transport options (folders, paths, ...), then the workload's.
+        options = {**adapter.transport_options, **(conf.get("broker_transport_options") or {})}
+        if adapter.traits.visibility_timeout and adapter.visibility_timeout is not None:
+            options.setdefault("visibility_timeout", adapter.visibility_timeout)
+        if adapter.driver == "redis":
             # Sweep for expired unacked messages every 0.5 s (kombu: every 100 s), so
             # redelivery follows the visibility timeout closely.
             options.setdefault("unacked_restore_interval", 0.5)
@@ -114,15 +118,18 @@ class Run:
             # run's messages early. Each run gets its own.
             for key in ("unacked_key", "unacked_index_key", "unacked_mutex_key"):
                 options.setdefault(key, f"{key.removesuffix('_key')}.{self.run_id}")
-        elif adapter.transport == "memory":
-            options.setdefault("polling_interval", 0.05)  # kombu polls memory:// every 1 s
+        elif adapter.driver in _POLLING:
+            # kombu polls virtual transports every second: a countdown or a redelivery
+            # would wait up to that long. (Not sqla: kombu's SQLAlchemy transport hands
+            # every option it does not know to create_engine, which refuses this one.)
+            options.setdefault("polling_interval", _POLLING[adapter.driver])
         conf["broker_transport_options"] = options
         return conf
 
     def worker_conf(self, slot: int) -> dict[str, Any]:
         """The settings of the worker in ``slot``: its broker connections carry a label."""
         conf = dict(self.conf)
-        if self.adapter.transport == "redis":
+        if self.adapter.driver == "redis":
             options = dict(conf["broker_transport_options"])
             options["client_name"] = self.connection_name(slot)
             conf["broker_transport_options"] = options
@@ -134,7 +141,7 @@ class Run:
     # -- the run -----------------------------------------------------------------------
 
     def execute(self) -> RunResult:
-        recorder = CeleryRecorder(self.sink, publish_only=self.adapter.transport != "memory")
+        recorder = CeleryRecorder(self.sink, publish_only=not self.adapter.in_process)
         history = None
         try:
             recorder.install()
@@ -151,7 +158,7 @@ class Run:
             recorder.uninstall()
             self._cleanup()
         caps = self.adapter.capabilities
-        if self.adapter.transport == "redis":
+        if self.adapter.traits.visibility_timeout:
             # The workload may set its own visibility timeout: report the one in force.
             effective = self.conf["broker_transport_options"].get("visibility_timeout")
             caps = attrs.evolve(caps, visibility_timeout=effective)
@@ -184,7 +191,7 @@ class Run:
                 f for f in pending if not (f.at <= now - start and self._inject(f, now - start))
             ]
             self.workers.tick()
-            if self.adapter.transport == "amqp":
+            if self.adapter.driver == "amqp":
                 self._drop_expired(now)
             busy = self._busy()
             if not pending and not busy and self.workers.settled():
@@ -250,7 +257,9 @@ class Run:
         elif kind == "cut_connection":
             workers.cut(fault.target)
         elif kind in ("warm_shutdown", "cold_shutdown"):
-            workers.shutdown(fault.target, warm=kind == "warm_shutdown", replace_after=RECOVERY)
+            return workers.shutdown(
+                fault.target, warm=kind == "warm_shutdown", replace_after=RECOVERY
+            )
         elif kind in ("revoke", "terminate"):
             task_id = self.task_ids.get(str(fault.target))
             if task_id is None:
@@ -323,19 +332,52 @@ class Run:
     # -- cleanup -----------------------------------------------------------------------
 
     def _cleanup(self) -> None:
-        adapter = self.adapter
-        task_ids = list(self.task_ids.values())
-        try:
-            if adapter.transport == "redis":
-                _brokers.redis_purge(adapter.broker_url, self.run_id, self.queue, task_ids)
-            elif adapter.transport == "amqp":
-                _brokers.amqp_delete_queue(adapter.broker_url, self.queue)
-                if adapter.backend_url.startswith("redis"):
-                    _brokers.redis_purge(adapter.backend_url, self.run_id, self.queue, task_ids)
-        except Exception as exc:  # cleanup must not hide the run's own outcome
-            self.notes.append(f"cleanup failed: {exc!r}")
+        """Remove what the run left in the broker and the backend, each step on its own:
+        a failed one is noted and never skips the next (the result purge above all)."""
+        for what, step in self._cleanup_steps():
+            try:
+                step()
+            except Exception as exc:  # cleanup must not hide the run's own outcome
+                self.notes.append(f"cleanup failed ({what}): {exc!r}")
         if self.complete:
             shutil.rmtree(self.directory, ignore_errors=True)
+
+    def _cleanup_steps(self) -> list[tuple[str, Callable[[], None]]]:
+        adapter = self.adapter
+        task_ids = list(self.task_ids.values())
+        steps: list[tuple[str, Callable[[], None]]] = []
+        if adapter.driver == "redis":
+            steps.append(
+                (
+                    "the run's Redis keys",
+                    lambda: _brokers.redis_purge(adapter.url, self.run_id, self.queue, task_ids),
+                )
+            )
+        elif adapter.driver == "amqp":
+            steps.append(
+                ("the run's queue", lambda: _brokers.amqp_delete_queue(adapter.url, self.queue))
+            )
+        elif not adapter.in_process:
+            options = self.conf["broker_transport_options"]
+            steps.append(
+                (
+                    "the run's queue",
+                    lambda: _brokers.kombu_purge(adapter.url, options, self.queue),
+                )
+            )
+        backend = adapter.backend_url
+        if backend.startswith("redis") and backend != adapter.url:
+            steps.append(
+                (
+                    "the run's results",
+                    lambda: _brokers.redis_purge(backend, self.run_id, self.queue, task_ids),
+                )
+            )
+        elif backend.startswith("file://"):
+            steps.append(
+                ("the run's results", lambda: _brokers.file_backend_purge(backend, task_ids))
+            )
+        return steps
 
 
 def _epoch(iso: Any) -> float | None:

@@ -24,17 +24,26 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from simq_conformance.adapter import RunError
 from simq_conformance.adapters import _brokers
 
 if TYPE_CHECKING:
     from simq_conformance.adapters._celery_run import Run
 
-__all__ = ["InProcessWorkers", "ProcessWorkers"]
+__all__ = ["InProcessWorkers", "ProcessWorkers", "WorkersNotReady"]
 
 #: Events after which an attempt no longer runs.
 _ENDS = frozenset(
     {"succeeded", "failed", "retried", "ignored", "declined", "child-lost", "revoked", "lost"}
 )
+
+
+class WorkersNotReady(RunError, RuntimeError):
+    """Workers did not come online in time (a loaded machine): the run did not happen."""
+
+    def __init__(self, summary: str, details: str = "") -> None:
+        super().__init__(f"{summary}:\n{details}" if details else summary)
+        self.summary = summary
 
 
 class _Workers:
@@ -86,7 +95,7 @@ class _Workers:
     def cut(self, slot: int | str | None) -> None:
         raise NotImplementedError(f"{type(self).__name__} cannot cut a connection")
 
-    def shutdown(self, slot: int | str | None, warm: bool, replace_after: float) -> None:
+    def shutdown(self, slot: int | str | None, warm: bool, replace_after: float) -> bool:
         raise NotImplementedError(f"{type(self).__name__} cannot shut a worker down")
 
 
@@ -99,6 +108,8 @@ class ProcessWorkers(_Workers):
         self.generation: dict[str, int] = {}
         self._due: list[tuple[float, int, str | None]] = []  # (when, slot, name or new)
         self._awaiting: set[str] = set()
+        #: ``worker-online`` events of each name recorded before its latest start.
+        self._onlines_before: dict[str, int] = {}
         self._stopping: dict[str, subprocess.Popen[bytes]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -111,6 +122,8 @@ class ProcessWorkers(_Workers):
         else:
             self.names.append(name)
         self.generation[name] = self.generation.get(name, 0) + 1
+        self.run.reader.poll()
+        self._onlines_before[name] = len(self.run.reader.find("worker-online", worker=name))
         stem = self.run.directory / f"{name}.{self.generation[name]}"
         with open(f"{stem}.out", "ab") as out:
             self.procs[name] = subprocess.Popen(
@@ -126,7 +139,23 @@ class ProcessWorkers(_Workers):
         return name
 
     def _online(self, name: str) -> bool:
-        return len(self.run.reader.find("worker-online", worker=name)) >= self.generation[name]
+        """Whether the latest process started under ``name`` said it is ready.
+
+        Counted from its start: a process killed before it came online never says so,
+        and its successor under the same name must not wait for it.
+        """
+        seen = len(self.run.reader.find("worker-online", worker=name))
+        return seen > self._onlines_before.get(name, 0)
+
+    def _still_awaited(self, name: str) -> bool:
+        """Awaited until online, or until its process is gone (killed or shut down while
+        it started): a run waits for nothing that cannot come."""
+        return not self._online(name) and self.procs[name].poll() is None
+
+    def is_online(self, name: str) -> bool:
+        """Whether ``name`` is running and has come online."""
+        self.run.reader.poll()
+        return self._online(name) and self.procs[name].poll() is None
 
     def wait_online(self, timeout: float) -> None:
         """Block until every started worker has said it is ready."""
@@ -144,9 +173,9 @@ class ProcessWorkers(_Workers):
                         + "\n".join(self.log_tails(name))
                     )
             if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"{', '.join(sorted(self._awaiting))} not ready after "
-                    f"{timeout} s:\n" + "\n".join(self.log_tails())
+                raise WorkersNotReady(
+                    f"{', '.join(sorted(self._awaiting))} not ready after {timeout} s",
+                    "\n".join(self.log_tails()),
                 )
             time.sleep(0.05)
 
@@ -156,7 +185,7 @@ class ProcessWorkers(_Workers):
         for entry in [d for d in self._due if d[0] <= now]:
             self._due.remove(entry)
             self.start_slot(entry[1], entry[2])
-        self._awaiting = {n for n in self._awaiting if not self._online(n)}
+        self._awaiting = {n for n in self._awaiting if self._still_awaited(n)}
         for name, proc in list(self._stopping.items()):
             if proc.poll() is not None:
                 del self._stopping[name]
@@ -202,6 +231,8 @@ class ProcessWorkers(_Workers):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         self._record_losses(name, crashed_at)
+        if self.run.adapter.traits.loses_unacked_on_kill:
+            self._record_unacked_losses(name)
         self.run.sink.record("worker-offline", worker=name, reason="crashed")
         if restart_after is not None:
             index = self.names.index(name)
@@ -240,17 +271,49 @@ class ProcessWorkers(_Workers):
                     attempt=attempt,
                 )
 
-    def shutdown(self, slot: int | str | None, warm: bool, replace_after: float) -> None:
-        """SIGTERM (warm) or SIGQUIT (cold) the worker; a fresh one takes its slot."""
+    def shutdown(self, slot: int | str | None, warm: bool, replace_after: float) -> bool:
+        """SIGTERM (warm) or SIGQUIT (cold) the worker; a fresh one takes its slot.
+
+        False (the fault waits) while the slot's worker is starting: a signal before
+        Celery installed its handlers would kill it outright, not shut it down.
+        """
         name = self.name_of(slot)
         proc = self.procs[name]
         if proc.poll() is not None or name in self._stopping:
-            return
+            return True
+        if name in self._awaiting and not self._online(name):
+            return False
         self.run.sink.record("shutdown", worker=name, warm=warm)
         with contextlib.suppress(ProcessLookupError):
             os.kill(proc.pid, signal.SIGTERM if warm else signal.SIGQUIT)
         self._stopping[name] = proc
         self._due.append((time.monotonic() + replace_after, self.names.index(name), None))
+        return True
+
+    def _record_unacked_losses(self, name: str) -> None:
+        """Record ``lost`` for each message the killed worker held unacked, on a
+        transport that keeps them only in the consumer's memory (a declared deviation
+        from G4: kombu's virtual QoS dies with the process)."""
+        reader = self.run.reader
+        reader.poll()
+        holder: dict[str | None, Any] = {}
+        for record in sorted(reader.records, key=lambda r: r.order):
+            e = record.event
+            ref = e.message_id or e.task_id
+            if e.kind == "delivered":
+                holder[ref] = e if e.worker == name else None
+            elif e.kind in ("acked", "rejected", "lost"):
+                holder.pop(ref, None)
+        for e in holder.values():
+            if e is not None:
+                self.run.sink.record(
+                    "lost",
+                    task_id=e.task_id,
+                    message_id=e.message_id,
+                    worker=name,
+                    reason="worker-crashed",
+                    attempt=e.details.get("attempt"),
+                )
 
     def cut(self, slot: int | str | None) -> None:
         """Cut the worker's broker connections under it (G7); Celery reconnects."""
@@ -261,10 +324,10 @@ class ProcessWorkers(_Workers):
         adapter = self.run.adapter
         label = self.run.connection_name(self.names.index(name))
         self.run.sink.record("connection-lost", worker=name)
-        if adapter.transport == "redis":
-            cut = _brokers.redis_cut(adapter.broker_url, label)
+        if adapter.driver == "redis":
+            cut = _brokers.redis_cut(adapter.url, label)
         else:
-            cut = _brokers.tcp_cut(proc.pid, _brokers.port_of(adapter.broker_url))
+            cut = _brokers.tcp_cut(proc.pid, _brokers.port_of(adapter.url))
         if not cut:
             self.run.notes.append(f"cut_connection: {name} had no broker connection to cut")
 
@@ -338,7 +401,7 @@ class InProcessWorkers(_Workers):
         thread.start()
         self._workers.append((worker, thread))
         if not worker._on_started.wait(self.run.adapter.startup_timeout):
-            raise RuntimeError(f"{name} (in process) did not start consuming")
+            raise WorkersNotReady(f"{name} (in process) did not start consuming")
         # The embedded worker does not send worker_ready (the CLI worker does).
         self.run.sink.record(
             "worker-online",
