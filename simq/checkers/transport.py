@@ -60,14 +60,16 @@ def check_g5(history: History | Index, config: CheckConfig) -> list[Violation]:
                     evidence(*(x.event for x in mine), e),
                 )
             )
-        leaves = _leaves_eta_hold(d, times)
+        leaves = _leaves_eta_hold(d, times, config.slack)
         if leaves <= i:
             mine.append(d)
             continue
         heapq.heappush(heap, (leaves, i, d))
         if limit is not None:
             held = etas[w] = [
-                x for x in etas[w] if x.unacked_at(i) and _leaves_eta_hold(x, times) > i
+                x
+                for x in etas[w]
+                if x.unacked_at(i) and _leaves_eta_hold(x, times, config.slack) > i
             ]
             if len(held) + 1 > limit:
                 out.append(
@@ -84,7 +86,7 @@ def check_g5(history: History | Index, config: CheckConfig) -> list[Violation]:
     return out
 
 
-def _leaves_eta_hold(d: Delivery, times: list[float]) -> int:
+def _leaves_eta_hold(d: Delivery, times: list[float], slack: float = 0.0) -> int:
     """Index from which ``d`` counts against the window: its ETA passed, or it started."""
     eta = d.eta
     if eta is None:
@@ -95,7 +97,21 @@ def _leaves_eta_hold(d: Delivery, times: list[float]) -> int:
         # consumer's next turn (call_soon): until then the broker may send one more.
         return d.settle_at
     passed = bisect.bisect_right(times, eta, lo=d.at)  # first index with time > eta
-    return min(passed, d.start_at if d.start_at is not None else passed)
+    leaves = min(passed, d.start_at if d.start_at is not None else passed)
+    if slack:
+        # Any message with an ETA header, even one already due, raises the prefetch
+        # count when received (strategy.py: qos.increment_eventually) and lowers it
+        # only after its timer hands it to the pool (apply_eta_task:
+        # decrement_eventually, applied on the consumer's next turn): until then the
+        # broker may send one more. A real worker's turn comes within the recording
+        # slack (seen on RabbitMQ, window 1: a retry with a 0.1 s countdown started,
+        # and the next message came 5 ms later).
+        return (
+            bisect.bisect_right(times, times[leaves] + slack, lo=d.at)
+            if leaves < len(times)
+            else leaves
+        )
+    return leaves
 
 
 def check_g6(history: History | Index, config: CheckConfig) -> list[Violation]:

@@ -286,6 +286,27 @@ def test_g5_does_not_count_an_eta_message_revoked_when_its_eta_fires() -> None:
     assert "while it held 1 unacked non-ETA message(s) (m1)" in v.message
 
 
+def test_g5_lets_an_eta_message_widen_the_window_until_the_consumer_s_next_turn() -> None:
+    """A message with an ETA header raises the prefetch count when received and lowers it
+    when its timer fires, on the consumer's next turn (strategy.py increment_eventually,
+    apply_eta_task decrement_eventually): a real worker's turn comes within the
+    recording slack. Seen on RabbitMQ, window 1: a retry with a 0.1 s countdown, then the
+    next message 0.1 s after that ETA, before the retry started."""
+    s = Story().online("w1", prefetch_multiplier=1).publish("m1", "t1", eta=0.1)
+    s.publish("m2", "t2").deliver("m1").at(0.2).deliver("m2").at(0.3).start("m1").ack("m1")
+    assert check_g5(s.history, CheckConfig(slack=1.0)) == []
+    v = only(check_g5(s.history, AMQP), "G5")  # no slack: the ETA passed, m1 counts
+    assert "while it held 1 unacked non-ETA message(s) (m1)" in v.message
+    # The recorded case: the ETA message started, the next came 5 ms later.
+    s = Story().online("w1", prefetch_multiplier=1).publish("m1", "t1", eta=0.1)
+    s.publish("m2", "t2").deliver("m1").at(0.2).start("m1").at(0.205).deliver("m2")
+    assert check_g5(s.history, CheckConfig(slack=1.0)) == []
+    # Beyond the slack, the window holds again.
+    s.at(1.5).publish("m3", "t3").deliver("m3")
+    v = only(check_g5(s.history, CheckConfig(slack=1.0)), "G5")
+    assert "was sent" in v.message and "m3" in v.message
+
+
 def test_g5_fails_beyond_the_eta_task_limit() -> None:
     """With worker_eta_task_limit, ETA-held messages are bounded too (§3.2 G5)."""
     s = Story().online("w1").publish("m1", "t1", eta=60).publish("m2", "t2", eta=60)
