@@ -145,10 +145,15 @@ def _retried_twice(idx: Index, config: CheckConfig) -> int:
 
 
 def _redelivered_after_success(idx: Index, config: CheckConfig) -> int:
+    # Celery's tracer checks for a stored SUCCESS when the redelivered copy starts, not
+    # when it arrives: on RabbitMQ a worker reconnects within milliseconds and receives
+    # the copy while the first attempt still runs, and deduplicates it at its start.
     return sum(
         1
         for d in idx.deliveries
-        if d.redelivered and idx.succeeded_before(d.task_id, d.at) is not None
+        if d.redelivered
+        and idx.succeeded_before(d.task_id, d.start_at if d.start_at is not None else d.at)
+        is not None
     )
 
 
