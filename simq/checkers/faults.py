@@ -408,18 +408,17 @@ def check_g17(history: History | Index, config: CheckConfig) -> list[Violation]:
 
 
 def _revoked(d: Delivery, i: int) -> bool:
-    """``d`` was revoked (or expired) before index ``i`` and its ack followed.
+    """``d`` was revoked (or expired) and its ack followed, before or after index ``i``.
 
     Celery acks a revoked message itself (request.py ``_announce_revoked``), through the
     consumer's ``call_soon``: a prefork worker's hub may send it only when the loop next
-    wakes, as late as the shutdown. Nothing of it has to go back to the queue.
+    wakes, as late as the shutdown. A shutdown takes a while, and the consumer's timer
+    still runs meanwhile: an ETA request whose task was revoked is skipped and acked when
+    its ETA fires, after the shutdown began (seen on RabbitMQ: a cold shutdown at 0.54 s,
+    the revoked ETA task acked at 1.05 s, the worker offline at 1.56 s). Nothing of it
+    has to go back to the queue.
     """
-    return (
-        d.revoked_at is not None
-        and d.revoked_at < i
-        and d.settle is not None
-        and d.settle.kind == "acked"
-    )
+    return d.revoked_at is not None and d.settle is not None and d.settle.kind == "acked"
 
 
 def _warm(

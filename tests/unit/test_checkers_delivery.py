@@ -120,6 +120,21 @@ def test_g1_tolerates_a_visibility_copy_starting_again_on_redis() -> None:
     assert check_g1(s.history, CheckConfig(transport="redis", visibility_timeout=50)) == []
 
 
+def test_g1_tolerates_an_unrecorded_visibility_copy_on_a_real_redis() -> None:
+    """A real Redis restores a message inside a worker's poll, unseen by any recorder: the
+    copy arrives ``redelivered`` while the first delivery has been unacked past the
+    visibility timeout. Seen in CI: an early-ack task with a 1.5 s countdown on a 1 s
+    timeout, both copies on the one worker, started twice (kombu #337)."""
+    s = Story().online("w1").publish("m1", "t1", eta=1.5).deliver("m1").at(1.48)
+    s.deliver("m1", redelivered=True).at(1.5).run_ok("m1").run_ok("m1")
+    assert check_g1(s.history, CheckConfig(transport="redis", visibility_timeout=1.0)) == []
+    # Before the timeout it is no copy: the second start is a violation.
+    s = Story().online("w1").publish("m1", "t1", eta=1.5).deliver("m1").at(0.5)
+    s.deliver("m1", redelivered=True).at(1.5).run_ok("m1").run_ok("m1")
+    found = check_g1(s.history, CheckConfig(transport="redis", visibility_timeout=1.0))
+    assert any("started again" in v.message for v in found), found
+
+
 def test_g1_fails_a_start_without_a_delivery() -> None:
     """A start that no delivery explains breaks G1's delivery rules (§3.2 G1)."""
     s = Story().online("w1").publish("m1", "t1").start("m1")

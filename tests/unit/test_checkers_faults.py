@@ -268,6 +268,22 @@ def test_g17_accepts_the_ack_of_a_revoked_message_sent_during_the_shutdown() -> 
     assert "shop.add[t1] message m1 was unacked on w1 at the shutdown" in v.message
 
 
+def test_g17_accepts_a_revoked_eta_message_acked_when_its_eta_fires_during_the_shutdown() -> None:
+    """The consumer's timer still runs while a worker shuts down: an ETA request whose
+    task was revoked is skipped and acked when its ETA fires, after a cold shutdown
+    began (seen on RabbitMQ: shutdown at 0.54 s, the ack at 1.05 s, offline at 1.56 s)."""
+    s = Story().online("w1").publish("m1", "t1", eta=2).deliver("m1")
+    s.at(0.3).fault("revoke", None, terminate=False, signal=None, workers=["w1"])
+    s.at(0.5).fault("shutdown", warm=False)
+    unacked = s.history
+    s.at(2).event("revoked", "t1", "m1", "w1", reason="revoked", expired=False, terminated=False)
+    s.state("t1", "REVOKED", exc("TaskRevokedError", "revoked")).ack("m1")
+    s.at(2.5).fault("worker-offline", reason="shutdown")
+    assert check_g17(s.history, DONE) == []
+    v = only(check_g17(unacked, DONE), "G17")
+    assert "shop.add[t1] message m1 was unacked on w1 at the shutdown" in v.message
+
+
 def test_g17_requires_a_cold_shutdown_to_cancel_early_tasks_with_retry() -> None:
     """Cold shutdown cancels an early-acked task with RETRY and never re-runs it (§3.2 G17)."""
     s = stopping(warm=False)

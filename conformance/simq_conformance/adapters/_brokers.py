@@ -260,6 +260,22 @@ def kombu_check(url: str, transport_options: dict[str, Any] | None = None) -> No
         raise BrokerUnreachable(f"the broker at {url} is unreachable: {exc!r}") from exc
 
 
+def kombu_declare(url: str, transport_options: dict[str, Any] | None, queue: str) -> None:
+    """Declare the run's queue through kombu before any worker starts.
+
+    Workers that start together each declare it; kombu's SQLAlchemy transport inserts
+    the queue's row without checking again, so two at once can fail one of them
+    (``UNIQUE constraint failed: kombu_queue.name``, seen in CI on sqla+sqlite).
+    """
+    from kombu import Connection, Exchange, Queue
+
+    conn = Connection(url, transport_options=dict(transport_options or {}), connect_timeout=5)
+    try:
+        Queue(queue, Exchange(queue), routing_key=queue)(conn.default_channel).declare()
+    finally:
+        conn.release()
+
+
 def kombu_purge(url: str, transport_options: dict[str, Any] | None, queue: str) -> None:
     """Delete the run's queue (and what is left in it) through kombu."""
     from kombu import Connection

@@ -146,6 +146,14 @@ class Run:
         try:
             recorder.install()
             probes = register_probes(self.workers.client())
+            if not self.adapter.in_process and self.adapter.driver not in ("amqp", "redis"):
+                # Virtual transports in files or a database: one declaration up front, not
+                # a race between the workers' own.
+                _brokers.kombu_declare(
+                    self.adapter.url,
+                    self.conf.get("broker_transport_options"),
+                    self.queue,
+                )
             for slot in range(self.workload.settings.workers):
                 self.workers.start_slot(slot)
             self.workers.wait_online(self.adapter.startup_timeout)
