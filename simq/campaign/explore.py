@@ -167,8 +167,9 @@ def _sweep(
     _WORKER_SCENARIO, _WORKER_DIGESTS = scenario, digests
     try:
         with multiprocessing.get_context("fork").Pool(min(jobs, len(seeds))) as pool:
-            chunk = max(1, min(8, len(seeds) // (jobs * 8)))
-            for run in pool.imap(_run_seed, seeds, chunksize=chunk):
+            # One seed per task: a seed costs milliseconds, far more than handing it
+            # over, and bigger chunks leave one process running the last one alone.
+            for run in pool.imap(_run_seed, seeds, chunksize=1):
                 runs.append(run)
                 on_run(run)
     finally:
