@@ -12,6 +12,7 @@ from simq_conformance.adapter import Capabilities as Capabilities
 from simq_conformance.adapter import Deviation as Deviation
 from simq_conformance.adapter import Fault as Fault
 from simq_conformance.adapter import ProbeCall as ProbeCall
+from simq_conformance.adapter import RunError as RunError
 from simq_conformance.adapter import RunResult as RunResult
 from simq_conformance.adapter import RunSettings as RunSettings
 from simq_conformance.adapter import Workload as Workload
@@ -25,6 +26,7 @@ __all__ = [
     "Deviation",
     "Fault",
     "ProbeCall",
+    "RunError",
     "RunResult",
     "RunSettings",
     "Workload",
