@@ -289,21 +289,54 @@ def check_c3(history: History | Index, config: CheckConfig) -> list[Violation]:
                 parts[str(body)].add(e.task_id or "")
     for body, tasks in parts.items():
         sent = [r for r in idx.published.get(body, []) if not r[1].details.get("retries")]
+        if not sent:
+            sent = _group_body_sent_twice(idx, tasks)
         if len(sent) < 2 or _ran_twice(idx, sorted(tasks)):
             continue
         first, second = sent[0][1], sent[1][1]
+        what = f"chord body {first.details.get('task')}[{body}] was sent {len(sent)} times"
+        if first.task_id != body:
+            what = (
+                f"chord body group {body}: its member {first.details.get('task')}"
+                f"[{first.task_id}] was sent twice"
+            )
         out.append(
             Violation(
                 "C3",
                 (
-                    f"chord body {first.details.get('task')}[{body}] was sent {len(sent)} "
-                    f"times (at {when(first)} and {when(second)}), but none of its "
+                    f"{what} (at {when(first)} and {when(second)}), but none of its "
                     f"{len(tasks)} header tasks ran twice or stored its result twice"
                 ),
                 (first, second),
             )
         )
     return out
+
+
+def _group_body_sent_twice(idx: Index, header: set[str]) -> list[tuple[int, Event]]:
+    """The first two first-try sends of one member of a chord's group body, if twice.
+
+    A group body has no message of its own: its id is the chord's result (a
+    GroupResult). Celery sends its members with the header's ``group`` id and no
+    ``chord``, which tells them apart from the header tasks (each carries ``chord``).
+    """
+    groups = {
+        e.details.get("group")
+        for task_id in header
+        for _, e in idx.published.get(task_id, [])
+        if e.details.get("group") is not None
+    }
+    if not groups:
+        return []
+    members: dict[str, list[tuple[int, Event]]] = defaultdict(list)
+    for refs in idx.published.values():
+        for ref in refs:
+            e = ref[1]
+            d = e.details
+            if d.get("group") in groups and d.get("chord") is None and not d.get("retries"):
+                members[e.task_id or ""].append(ref)
+    twice = [sorted(refs, key=lambda r: r[0])[:2] for refs in members.values() if len(refs) > 1]
+    return min(twice, key=lambda refs: refs[0][0]) if twice else []
 
 
 def check_c4(history: History | Index, config: CheckConfig) -> list[Violation]:

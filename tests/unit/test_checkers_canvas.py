@@ -234,6 +234,47 @@ def test_c3_does_not_count_the_body_s_own_retries() -> None:
     assert check_c3(s.history, DONE) == []
 
 
+def group_body_story(member_sends: int = 1, header_twice: bool = False) -> Story:
+    """A chord whose body is a group: its members carry the header's group id, no chord
+    (recorded so from Celery's code on the simulation)."""
+    s = chord_story(body_sends=0, header_twice=header_twice)
+    for n in range(member_sends):
+        pub(s, f"mx{n}", "x", task="shop.show", parent_id="b", group="g1", group_index=0)
+        pub(s, f"my{n}", "y", task="shop.show", parent_id="b", group="g1", group_index=1)
+    return s
+
+
+def test_c3_covers_a_group_body() -> None:
+    """A group body's members sent twice are a second body, unless a header task ran
+    twice; sent once, or with a duplicate header, it passes."""
+    assert check_c3(group_body_story().history, DONE) == []
+    v = only(check_c3(group_body_story(member_sends=2).history, DONE), "C3")
+    assert "chord body group body: its member shop.show[x] was sent twice" in v.message
+    assert [e.message_id for e in v.events] == ["mx0", "mx1"]
+    assert check_c3(group_body_story(member_sends=2, header_twice=True).history, DONE) == []
+
+
+def test_c3_passes_real_chords_with_group_bodies() -> None:
+    """Celery's code on the simulation, both chord backends: one join, one group body."""
+    for backend in ("redis", "database"):
+        app = celery.Celery("c3-group", set_as_current=False)
+
+        @app.task(name="c3.add", shared=False)
+        def add(x: int, y: int) -> int:
+            return x + y
+
+        @app.task(name="c3.show", shared=False)
+        def show(xs: list[int], tag: str) -> list[Any]:
+            return [tag, xs]
+
+        with simq.Simulation(app, workers=1, result_backend=backend) as sim:
+            chord([add.s(1, 1), add.s(2, 2)], group(show.s("a"), show.s("b"))).delay()
+            sim.run()
+            members = [e for e in sim.history.where(kind="published") if e["task"] == "c3.show"]
+            assert len(members) == 2 and all("chord" not in e.details for e in members)
+            assert check_c3(sim.history, DONE) == []
+
+
 # -- C4: an errback runs once per failure -----------------------------------------------
 
 
