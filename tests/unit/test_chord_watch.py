@@ -11,7 +11,6 @@ stopped it). With Celery's Redis backend the chord counts finished parts and the
 from __future__ import annotations
 
 import datetime as dt
-import time
 from typing import Any
 
 import celery
@@ -51,10 +50,8 @@ def test_a_chord_whose_header_stores_no_result_stops_the_run_naming_it(backend: 
     app = make_app()
     with simq.Simulation(app, workers=1, concurrency=2, result_backend=backend) as sim:
         result = quiet_chord(app).delay()
-        started = time.perf_counter()
         with pytest.raises(RunawaySimulation) as info:
             sim.run()
-        assert time.perf_counter() - started < 60  # not the hours a real loop would take
         assert info.value.limit == "stuck_chord"
         message = str(info.value)
         assert f"the chord of body task {result.id} can never complete" in message
