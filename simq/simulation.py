@@ -489,10 +489,6 @@ class Simulation:
         **details: Any,
     ) -> None:
         self._append(Event(kind, self.loop.now, task_id, message_id, worker, details))
-        if kind == "retried":
-            self.chords.retried(task_id)
-        elif kind == "published":
-            self.chords.published(task_id, details["task"])
 
     # -- the world, as the API layer sees it -------------------------------------------
 

@@ -41,16 +41,11 @@ class ChordWatch:
 
     def __init__(self, sim: Any) -> None:
         self.sim = sim
-        self.unlocks: set[str] = set()
         self.streak: dict[str, tuple[int, int]] = {}  # task id -> (history length, count)
 
-    def published(self, task_id: str | None, task: str) -> None:
-        if task == _UNLOCK and task_id is not None:
-            self.unlocks.add(task_id)
-
-    def retried(self, task_id: str | None) -> None:
-        """A retry of ``task_id`` was recorded (the event is the history's last)."""
-        if task_id not in self.unlocks or not self.sim.unbounded:
+    def retried(self, task_id: str) -> None:
+        """The ``chord_unlock`` task ``task_id`` retried (the history's last event)."""
+        if not self.sim.unbounded:
             return
         history = self.sim.history
         now = len(history)

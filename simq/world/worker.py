@@ -425,6 +425,8 @@ class Worker:
                 else None,
                 when=when if isinstance(when, int | float) or when is None else str(when),
             )
+            if delivery.task_name == "celery.chord_unlock":
+                self.sim.chords.retried(delivery.id)
         elif isinstance(exc, Reject):
             self.note("declined", delivery, requeue=bool(exc.requeue))
         elif isinstance(exc, Ignore):
