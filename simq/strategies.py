@@ -42,8 +42,8 @@ from simq.campaign.plan import (
     Revoke,
     ShutdownWorker,
 )
-from simq.campaign.space import DEFAULT_KINDS
-from simq.exceptions import InvalidArgument, SimqError
+from simq.campaign.space import DEFAULT_KINDS, checked_kinds, checked_pair, checked_workers
+from simq.exceptions import SimqError
 
 __all__ = ["HypothesisMissing", "fault_plans", "faults", "seeds", "sizes"]
 
@@ -72,44 +72,9 @@ _MOST_NTH = 999
 _MOST_CHILD = 7
 
 
-def _kinds(call: str, value: Any) -> tuple[str, ...]:
-    kinds = (value,) if isinstance(value, str) else tuple(value)
-    if not kinds:
-        raise InvalidArgument(f"{call}: kinds must name at least one of {', '.join(KINDS)}")
-    for kind in kinds:
-        _kind(call, kind)
-    return tuple(dict.fromkeys(kinds))
-
-
-def _kind(call: str, kind: Any) -> str:
-    if kind not in KINDS:
-        raise InvalidArgument(
-            f"{call}: unknown fault kind {validate.shown(kind)}; the kinds are "
-            f"{', '.join(KINDS)}{validate.did_you_mean(kind, KINDS)}"
-        )
-    return str(kind)
-
-
-def _workers(call: str, value: Any) -> tuple[str, ...]:
-    workers = (value,) if isinstance(value, str) else tuple(value)
-    if not workers or not all(isinstance(w, str) and w for w in workers):
-        raise validate.invalid(
-            call, "workers", "worker names such as ('worker-1', 'worker-2')", value
-        )
-    return tuple(dict.fromkeys(workers))
-
-
-def _pair(call: str, name: str, value: Any) -> tuple[Any, Any]:
-    if not isinstance(value, Sequence) or isinstance(value, str) or len(value) != 2:
-        raise validate.invalid(call, name, "a (low, high) pair", value)
-    return value[0], value[1]
-
-
 def _steps(call: str, window: Any) -> tuple[int, int]:
     """``window`` (seconds) as the first and last step of the 0.1 s grid inside it."""
-    low, high = (validate.seconds(call, "window", v) for v in _pair(call, "window", window))
-    if low > high:
-        raise validate.invalid(call, "window", "a (low, high) pair with low <= high", window)
+    low, high = checked_pair(call, "window", window, whole=False)
     first, last = math.ceil(low / RESOLUTION - 1e-9), math.floor(high / RESOLUTION + 1e-9)
     if first > last:
         raise validate.invalid(
@@ -168,7 +133,8 @@ def faults(
     ``workers``, at a moment of ``window`` (seconds from the start, on the 0.1 s grid)."""
     call = "simq.strategies.faults()"
     first, last = _steps(call, window)
-    return _fault(_kind(call, kind), _workers(call, workers), first, last)
+    (kind,) = checked_kinds(call, (kind,))
+    return _fault(kind, checked_workers(call, workers), first, last)
 
 
 def fault_plans(
@@ -185,11 +151,9 @@ def fault_plans(
     to fewer, earlier, milder faults.
     """
     call = "simq.strategies.fault_plans()"
-    kinds = _kinds(call, kinds)
-    names = _workers(call, workers)
-    fewest, most = (validate.whole(call, "faults", n) for n in _pair(call, "faults", faults))
-    if fewest > most:
-        raise validate.invalid(call, "faults", "a (fewest, most) pair with fewest <= most", faults)
+    kinds = checked_kinds(call, kinds)
+    names = checked_workers(call, workers)
+    fewest, most = checked_pair(call, "faults", faults, whole=True, labels=("fewest", "most"))
     first, last = _steps(call, window)
     one = st.one_of([_fault(kind, names, first, last) for kind in kinds])
     return st.lists(one, min_size=fewest, max_size=most).map(FaultPlan)

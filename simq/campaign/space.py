@@ -28,39 +28,56 @@ from simq.campaign.plan import (
 )
 from simq.exceptions import InvalidArgument
 
-__all__ = ["DEFAULT_KINDS", "FaultSpace"]
+__all__ = ["DEFAULT_KINDS", "FaultSpace", "checked_kinds", "checked_pair", "checked_workers"]
 
 #: What a campaign injects when not told: the faults every transport and app must survive.
 DEFAULT_KINDS = ("crash", "kill-child", "lose-connection")
 _CALL = "FaultSpace()"
 
 
-def _kinds(value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = (value,)
-    kinds = tuple(value)
+def checked_kinds(call: str, value: Any) -> tuple[str, ...]:
+    """Fault kind names (one, or several), each known; repeats dropped."""
+    kinds = (value,) if isinstance(value, str) else tuple(value)
     if not kinds:
-        raise InvalidArgument(f"{_CALL}: kinds must name at least one of {', '.join(KINDS)}")
+        raise InvalidArgument(f"{call}: kinds must name at least one of {', '.join(KINDS)}")
     for kind in kinds:
         if kind not in KINDS:
             raise InvalidArgument(
-                f"{_CALL}: unknown fault kind {kind!r}; the kinds are "
+                f"{call}: unknown fault kind {kind!r}; the kinds are "
                 f"{', '.join(KINDS)}{validate.did_you_mean(kind, KINDS)}"
             )
-    return kinds
+    return tuple(dict.fromkeys(kinds))
 
 
-def _pair(name: str, value: Any, whole: bool) -> tuple[Any, Any]:
+def checked_pair(
+    call: str, name: str, value: Any, *, whole: bool, labels: tuple[str, str] = ("low", "high")
+) -> tuple[Any, Any]:
+    """A ``(low, high)`` pair of ints (``whole``) or of seconds, with low <= high."""
+    pair = f"a ({labels[0]}, {labels[1]}) pair"
     if not isinstance(value, Sequence) or isinstance(value, str) or len(value) != 2:
-        raise validate.invalid(_CALL, name, "a (low, high) pair", value)
+        raise validate.invalid(call, name, pair, value)
     low, high = (
-        (validate.whole(_CALL, name, v) for v in value)
+        (validate.whole(call, name, v) for v in value)
         if whole
-        else (validate.seconds(_CALL, name, v) for v in value)
+        else (validate.seconds(call, name, v) for v in value)
     )
     if low > high:
-        raise validate.invalid(_CALL, name, "a (low, high) pair with low <= high", value)
+        raise validate.invalid(call, name, f"{pair} with {labels[0]} <= {labels[1]}", value)
     return low, high
+
+
+def checked_workers(call: str, value: Any) -> tuple[str, ...]:
+    """Worker names (one, or several); repeats dropped."""
+    workers = (value,) if isinstance(value, str) else tuple(value)
+    if not workers or not all(isinstance(w, str) and w for w in workers):
+        raise validate.invalid(
+            call, "workers", "worker names such as ('worker-1', 'worker-2')", value
+        )
+    return tuple(dict.fromkeys(workers))
+
+
+def _kinds(value: Any) -> tuple[str, ...]:
+    return checked_kinds(_CALL, value)
 
 
 @attrs.frozen
@@ -84,13 +101,11 @@ class FaultSpace:
     restart_chance: float = 0.5
 
     def __attrs_post_init__(self) -> None:
-        object.__setattr__(self, "faults", _pair("faults", self.faults, whole=True))
-        object.__setattr__(self, "window", _pair("window", self.window, whole=False))
+        faults = checked_pair(_CALL, "faults", self.faults, whole=True)
+        object.__setattr__(self, "faults", faults)
+        object.__setattr__(self, "window", checked_pair(_CALL, "window", self.window, whole=False))
         if self.workers is not None:
-            workers = (self.workers,) if isinstance(self.workers, str) else tuple(self.workers)
-            if not workers or not all(isinstance(w, str) and w for w in workers):
-                raise validate.invalid(_CALL, "workers", "worker names, or None", self.workers)
-            object.__setattr__(self, "workers", workers)
+            object.__setattr__(self, "workers", checked_workers(_CALL, self.workers))
         if not validate.is_real(self.restart_chance) or not 0 <= self.restart_chance <= 1:
             raise validate.invalid(
                 _CALL, "restart_chance", "a number from 0 to 1", self.restart_chance
