@@ -262,14 +262,7 @@ class ProcessWorkers(_Workers):
                 ended.add(attempt)
         for attempt, e in started.items():
             if attempt in acked and attempt not in ended:
-                self.run.sink.record(
-                    "lost",
-                    task_id=e.task_id,
-                    message_id=e.message_id,
-                    worker=name,
-                    reason="worker-crashed",
-                    attempt=attempt,
-                )
+                self._record_lost(name, e)
 
     def shutdown(self, slot: int | str | None, warm: bool, replace_after: float) -> bool:
         """SIGTERM (warm) or SIGQUIT (cold) the worker; a fresh one takes its slot.
@@ -306,14 +299,18 @@ class ProcessWorkers(_Workers):
                 holder.pop(ref, None)
         for e in holder.values():
             if e is not None:
-                self.run.sink.record(
-                    "lost",
-                    task_id=e.task_id,
-                    message_id=e.message_id,
-                    worker=name,
-                    reason="worker-crashed",
-                    attempt=e.details.get("attempt"),
-                )
+                self._record_lost(name, e)
+
+    def _record_lost(self, name: str, e: Any) -> None:
+        """``lost`` [worker-crashed] for the attempt of event ``e`` on killed worker ``name``."""
+        self.run.sink.record(
+            "lost",
+            task_id=e.task_id,
+            message_id=e.message_id,
+            worker=name,
+            reason="worker-crashed",
+            attempt=e.details.get("attempt"),
+        )
 
     def cut(self, slot: int | str | None) -> None:
         """Cut the worker's broker connections under it (G7); Celery reconnects."""
