@@ -335,6 +335,7 @@ def _started_again(idx: Index, config: CheckConfig) -> list[Violation]:
                 d.copy
                 or idx.duplicated_before(message_id, d.start_at)
                 or _restored_copy(d, ds, config)
+                or _restored_copy(first, ds, config)  # the copy may start first
             ):
                 continue
             out.append(
