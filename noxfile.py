@@ -136,3 +136,20 @@ def _conformance_url_session(name: str, url: str, examples: int) -> None:
 
 for _name, (_url, _examples) in CONFORMANCE_URLS.items():
     _conformance_url_session(_name, _url, _examples)
+
+
+@nox.session
+def mutants(session: nox.Session) -> None:
+    """Mutation testing of the conformance suite: every planted bug, on the simulator and
+    on real Redis, must be killed; writes the kill matrix into docs/mutants.md."""
+    session.install("-e", ".[test]")
+    session.run(
+        "python",
+        "-m",
+        "simq_conformance.mutants",
+        "--adapters",
+        "simq,celery-redis",
+        "--matrix",
+        "docs/mutants.md",
+        *session.posargs,
+    )

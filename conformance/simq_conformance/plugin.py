@@ -12,6 +12,7 @@ adapter when the simulator is selected too::
     pytest --conformance=celery --conformance-url=filesystem://
     pytest --conformance=celery --conformance-url=sqla+sqlite:///conformance.db \
         --conformance-transport-options='{"polling_interval": 0.2}'
+    pytest --conformance=simq,celery-redis --conformance-mutant=eta-ignored
 
 Skips name the adapter, the capability and the reason. Under ``CI=true`` an adapter
 whose broker is unreachable fails instead of skipping, and ``--conformance-strict`` is
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CONFORMANCE_OPTION",
     "EXAMPLES_OPTION",
+    "MUTANT_OPTION",
     "REPORT_OPTION",
     "SEED_OPTION",
     "STRICT_OPTION",
@@ -53,6 +55,7 @@ EXAMPLES_OPTION = "--conformance-examples"
 SEED_OPTION = "--conformance-seed"
 TRANSPORT_OPTIONS_OPTION = "--conformance-transport-options"
 STRICT_OPTION = "--conformance-strict"
+MUTANT_OPTION = "--conformance-mutant"
 
 #: The suite's test module, collected when ``--conformance`` is given.
 SUITE = Path(__file__).resolve().parent / "suite" / "test_guarantees.py"
@@ -123,6 +126,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         f"{SIMULATED_EXAMPLES} simulated, {REAL_EXAMPLES} on a real broker)",
     )
     group.addoption(
+        MUTANT_OPTION,
+        dest="simq_conformance_mutant",
+        default=None,
+        metavar="NAME",
+        help="plant a bug of simq_conformance.mutants in the deployments under test "
+        "(the suite must fail: mutation testing of the suite itself)",
+    )
+    group.addoption(
         SEED_OPTION,
         dest="simq_conformance_seed",
         type=int,
@@ -163,7 +174,11 @@ def pytest_configure(config: pytest.Config) -> None:
         adapters = {name: resolve(name, url, options) for name in names}
     except (UnknownAdapter, ValueError) as exc:
         raise pytest.UsageError(str(exc)) from None
-    again = reproduce_options(url, options)
+    mutant = config.getoption("simq_conformance_mutant")
+    if mutant:
+        for name, adapter in adapters.items():
+            _plant(name, adapter, mutant)
+    again = reproduce_options(url, options, mutant)
     if again:
         for adapter in adapters.values():
             _carry(adapter, again)
@@ -227,7 +242,9 @@ def transport_options(config: pytest.Config) -> dict[str, Any] | None:
     return value
 
 
-def reproduce_options(url: str | None, options: dict[str, Any] | None) -> tuple[str, ...]:
+def reproduce_options(
+    url: str | None, options: dict[str, Any] | None, mutant: str | None = None
+) -> tuple[str, ...]:
     """The options that select the same deployment again, shell-quoted, for the
     ``reproduce:`` line of a failure."""
     out = []
@@ -236,7 +253,36 @@ def reproduce_options(url: str | None, options: dict[str, Any] | None) -> tuple[
     if options:
         text = json.dumps(options, sort_keys=True, separators=(",", ":"))
         out.append(shlex.quote(f"{TRANSPORT_OPTIONS_OPTION}={text}"))
+    if mutant:
+        out.append(shlex.quote(f"{MUTANT_OPTION}={mutant}"))
     return tuple(out)
+
+
+def _plant(name: str, adapter: Any, mutant: str) -> None:
+    """Give ``adapter`` the mutant to plant (``adapter.mutant``), if it can be planted there.
+
+    Raises:
+        pytest.UsageError: an unknown mutant, one with no patches for the adapter's
+            deployment, or an adapter that takes no mutant.
+    """
+    from simq_conformance.mutants import UnknownMutant, get
+
+    if adapter.capabilities.simulated:
+        where = "simq"
+    elif getattr(adapter, "in_process", False) or not hasattr(adapter, "driver"):
+        where = ""
+    else:
+        where = str(adapter.driver)
+    if not where or not hasattr(adapter, "mutant"):
+        raise pytest.UsageError(
+            f"{MUTANT_OPTION}={mutant}: adapter {name!r} takes no mutant (mutants are "
+            "planted in simq's simulator and in real Celery worker processes)"
+        )
+    try:
+        get(mutant, where)
+    except UnknownMutant as exc:
+        raise pytest.UsageError(f"{MUTANT_OPTION}: adapter {name!r}: {exc}") from None
+    adapter.mutant = mutant
 
 
 def _carry(adapter: Any, options: tuple[str, ...]) -> None:

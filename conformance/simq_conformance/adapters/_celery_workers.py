@@ -475,7 +475,15 @@ def worker_command(run: Run, name: str, log: Path) -> list[str]:
 
 def worker_env(run: Run, name: str, slot: int) -> dict[str, str]:
     """The environment of worker ``name``: the run's settings as JSON."""
-    config = {"conf": run.worker_conf(slot), "sink": str(run.directory), "worker": name}
+    config: dict[str, Any] = {
+        "conf": run.worker_conf(slot),
+        "sink": str(run.directory),
+        "worker": name,
+    }
+    mutant = getattr(run.adapter, "mutant", None)
+    if mutant:
+        # A planted bug (simq_conformance.mutants): the worker plants it as it boots.
+        config["mutant"] = {"name": mutant, "driver": run.adapter.driver}
     try:
         payload = json.dumps(config)
     except TypeError as exc:

@@ -2,7 +2,8 @@
 
 The Celery adapter starts ``python -m celery -A simq_conformance.adapters._worker_boot
 worker ...`` with the run's settings in the ``SIMQ_CONFORMANCE_WORKER`` environment
-variable (JSON: ``{"conf": {...}, "sink": "<dir>", "worker": "worker-1"}``). Importing
+variable (JSON: ``{"conf": {...}, "sink": "<dir>", "worker": "worker-1"}``, and ``"mutant"``
+when a planted bug of ``simq_conformance.mutants`` is under test). Importing
 this module builds the app, registers the probes and installs the history recorder,
 before the pool forks, so every child records too.
 """
@@ -26,6 +27,12 @@ if not _config:
         f"{__name__} is started by simq_conformance's Celery adapter, which passes the "
         f"run's settings in ${ENV}; it was not set"
     )
+
+if _config.get("mutant"):
+    # Planted before the app and its tasks exist, and before the pool forks.
+    from simq_conformance.mutants import plant
+
+    plant(_config["mutant"]["name"], _config["mutant"]["driver"])
 
 app = Celery("simq_conformance_worker", set_as_current=True)
 app.conf.update(_config["conf"])

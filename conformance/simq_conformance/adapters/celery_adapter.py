@@ -294,6 +294,8 @@ class CeleryAdapter(BaseAdapter):
     visibility_timeout: float | None
     traits: TransportTraits
     capabilities: Capabilities
+    #: A planted bug (``simq_conformance.mutants``) its workers plant as they boot.
+    mutant: str | None = None
     _ready: bool = False
     _scratch: Path | None = None
     _created: tuple[Path, ...] = ()

@@ -90,6 +90,9 @@ class SimqAdapter(BaseAdapter):
             kombu's). The differential check matches the real adapter's.
     """
 
+    #: A planted bug (``simq_conformance.mutants``), planted in this process for each run.
+    mutant: str | None = None
+
     def __init__(self, transport: str = "amqp", visibility_timeout: float | None = None) -> None:
         self.transport = transport
         self.visibility_timeout = visibility_timeout
@@ -113,6 +116,14 @@ class SimqAdapter(BaseAdapter):
 
     def run(self, workload: Workload) -> RunResult:
         """Publish the calls, inject the faults at their times, run until idle."""
+        if self.mutant is None:
+            return self._run(workload)
+        from simq_conformance.mutants import planted
+
+        with planted(self.mutant, "simq"):
+            return self._run(workload)
+
+    def _run(self, workload: Workload) -> RunResult:
         from simq_conformance.probes import register_probes
 
         settings = workload.settings
