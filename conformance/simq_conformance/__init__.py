@@ -16,12 +16,14 @@ from simq_conformance.adapter import RunError as RunError
 from simq_conformance.adapter import RunResult as RunResult
 from simq_conformance.adapter import RunSettings as RunSettings
 from simq_conformance.adapter import Workload as Workload
+from simq_conformance.calibrate import CalibrationError as CalibrationError
 
 __all__ = [
     "FAULTS",
     "PROBES",
     "Adapter",
     "BaseAdapter",
+    "CalibrationError",
     "Capabilities",
     "Deviation",
     "Fault",

@@ -85,8 +85,17 @@ class Capabilities:
             which :meth:`missing` quotes.
         probes: The subset of :data:`PROBES` it can run (a worker inside the test
             process cannot let ``die`` end its process).
-        slack: Seconds of tolerance on time bounds (clock skew, time-limit enforcement
-            latency, restore throttling); a simulator needs none.
+        slack: Seconds of tolerance on time bounds (a start against its ETA or expiry,
+            a time limit against its limit, a prefork ack against the child's start):
+            the recording's timing jitter. A simulator needs none; the Celery adapter
+            measures it at setup (:mod:`simq_conformance.calibrate`); another adapter
+            declares it (2 s by default).
+        transport_slack: Seconds of tolerance on what the broker and the worker's
+            consumer loop do in their own time (visibility-timeout restores, redelivery
+            after a fault, the consumer's next turn): transport behaviour, not jitter.
+            None: the same as ``slack``.
+        slack_source: Where ``slack`` comes from, for reports: ``"declared"``, or what
+            the calibration measured (``"measured: ..."``).
         simulated: Runs in virtual time, fast and exact: the suite runs more examples
             and shrinks failures to a minimal workload.
         delayed_delivery: Where a countdown or ETA waits until it is due: ``"worker"``
@@ -106,6 +115,8 @@ class Capabilities:
     visibility_timeout: float | None = None
     deviations: tuple[Deviation, ...] = ()
     slack: float = 2.0
+    transport_slack: float | None = None
+    slack_source: str = "declared"
     simulated: bool = False
     probes: frozenset[str] = frozenset(PROBES)
     delayed_delivery: str = "worker"

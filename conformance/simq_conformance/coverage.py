@@ -25,6 +25,7 @@ from simq.checkers import CheckConfig
 from simq.checkers.index import Delivery, Index
 from simq_conformance.adapter import Capabilities, Fault, ProbeCall, RunSettings, Workload
 from simq_conformance.liveness import RELEASES
+from simq_conformance.workloads import SOFT_GAP
 
 __all__ = ["PREMISES", "TARGET", "Premise", "aimed_workload", "premise"]
 
@@ -327,11 +328,13 @@ def _part(name: str, caps: Capabilities, rng: random.Random) -> Part | None:
             calls.append(("ignore", _none, {}))
         return Part({}, tuple(calls)) if calls else None
     if name == "G9":
+        # Expired a second (half a second) before the ETA: a worker that ignores the
+        # expiry starts the task that long after it, well past any certified slack.
         return Part(
             {},
             (
-                ("ret", _args(1), {"countdown": 1.0, "expires": 0.5}),
-                ("ret", _args(2), {"countdown": 0.5, "expires": 0.3}),
+                ("ret", _args(1), {"countdown": 2.0, "expires": 1.0}),
+                ("ret", _args(2), {"countdown": 1.0, "expires": 0.5}),
             ),
         )
     if name == "G10":
@@ -344,8 +347,14 @@ def _part(name: str, caps: Capabilities, rng: random.Random) -> Part | None:
         if not caps.time_limits or "exceed" not in probes:
             return None
         if name == "G11":
-            return Part({}, (("exceed", _args(2.0), {"time_limit": 1.0, "soft_time_limit": 0.5}),))
-        return Part({}, (("exceed", _args(1.5), {"time_limit": 0.5}),))
+            # The hard limit SOFT_GAP after the soft one: a worker that ignores the soft
+            # limit runs the task 1.5 s past it, to the hard one.
+            hard = 0.5 + SOFT_GAP
+            return Part(
+                {},
+                (("exceed", _args(hard + 1.0), {"time_limit": hard, "soft_time_limit": 0.5}),),
+            )
+        return Part({}, (("exceed", _args(2.5), {"time_limit": 0.5}),))
     if name in ("G13", "G18"):
         times = 1 if name == "G13" else 2
         if "retry" in probes:
@@ -370,7 +379,8 @@ def _part(name: str, caps: Capabilities, rng: random.Random) -> Part | None:
     if name == "G15":
         return Part({}, (("ret", _args(3), {}),))
     if name == "G16":
-        return Part({}, (("ret", _args(4), {"countdown": 1.0}),))
+        # 2 s ahead: a worker that ignores the ETA starts the task seconds early.
+        return Part({}, (("ret", _args(4), {"countdown": 2.0}),))
     if name == "G17":
         kinds = [k for k in ("warm_shutdown", "cold_shutdown") if k in faults]
         if not kinds:

@@ -394,14 +394,14 @@ def check_l2(idx: Index, config: CheckConfig, result: RunResult) -> list[Violati
     taken back from its holder by a fault (crash, lost connection, shutdown, failed
     ack, requeue) that never came back: in a complete run, or in an incomplete run
     once the time left after the fault exceeded the transport's redelivery delay
-    (its visibility timeout on redis/sqs) plus slack. A message open for any other
-    reason is the recorder's fault (:func:`recorder_errors`) or, in an incomplete run,
-    L1's. A transport that loses messages by design declares ``Deviation("L2", why)``.
+    (its visibility timeout on redis/sqs) plus the transport slack. A message open for
+    any other reason is the recorder's fault (:func:`recorder_errors`) or, in an
+    incomplete run, L1's. A transport that loses messages by design declares ``Deviation("L2", why)``.
     """
     out: list[Violation] = []
     t0, cut = run_window(result)
     vt = config.effective_visibility_timeout if config.transport in ("redis", "sqs") else None
-    grace = (vt or 0.0) + max(config.slack, 1.0) + 1.0
+    grace = (vt or 0.0) + max(config.transport_tolerance, 1.0) + 1.0
     for f in fates(idx):
         label = f"message {f.key} of task {f.task_id} ({f.task or '?'})"
         if f.how == "lost" and f.end is not None:

@@ -329,6 +329,7 @@ def config_for(result: RunResult) -> CheckConfig:
         ),
         complete=result.complete,
         slack=caps.slack,
+        transport_slack=caps.transport_slack,
     )
 
 

@@ -1,8 +1,14 @@
 """Hypothesis strategies for :class:`~simq_conformance.Workload`: settings, probe calls, faults.
 
-Every workload is short enough for a real broker (countdowns up to 1 s, probe bodies up
-to about 2 s, faults in the first 2 s) and uses only the faults and features the
-adapter's :class:`~simq_conformance.Capabilities` declare::
+Every workload is short enough for a real broker (countdowns up to 2.5 s, probe bodies
+up to about 3.5 s, faults in the first 2 s) and uses only the faults and features the
+adapter's :class:`~simq_conformance.Capabilities` declare.
+
+Times are at scales where a broken timing is unmistakable against a real deployment's
+slack (measured, at most :data:`~simq_conformance.calibrate.CEILING`, 1 s): some
+countdowns are 2 s and more, so a task that ignores its ETA starts seconds early; a soft
+time limit comes :data:`SOFT_GAP` seconds before the hard one, so a task that ignores it
+runs on to the hard limit, seconds past the soft one::
 
     from hypothesis import given
     from simq_conformance.workloads import workloads
@@ -35,8 +41,17 @@ __all__ = ["faults", "probe_calls", "run_settings", "workloads"]
 _BY_KEY = frozenset({"kill_child", "revoke", "terminate"})
 _BY_WORKER = frozenset({"kill_worker", "cut_connection", "warm_shutdown", "cold_shutdown"})
 
-_SECONDS = st.sampled_from([0.1, 0.3, 0.5, 1.0])
-_COUNTDOWNS = st.one_of(st.none(), st.sampled_from([0.2, 0.5, 1.0]))
+#: Countdowns (seconds): short ones, that keep runs quick and races with faults close,
+#: and long ones, that an ETA ignored would miss by seconds.
+COUNTDOWNS = (0.2, 0.5, 1.0, 2.0, 2.5)
+_COUNTDOWNS = st.one_of(st.none(), st.sampled_from(COUNTDOWNS))
+#: Hard time limits of ``exceed`` calls alone (seconds), and with a soft limit, which
+#: then comes SOFT_GAP seconds earlier.
+HARD_LIMITS = (0.5, 1.0)
+SOFT_HARD_LIMITS = (2.0, 2.5)
+#: Seconds between a soft and a hard time limit: a task that ignores its soft limit runs
+#: this much past it, well over any slack a deployment is certified with.
+SOFT_GAP = 1.5
 #: Probe bodies that run long enough for a fault to land inside them.
 _SLEEPS = st.sampled_from([0.2, 0.5, 1.0, 1.5])
 
@@ -81,8 +96,13 @@ def _options(draw: Any) -> dict[str, Any]:
     if expiry == "far":
         options["expires"] = (countdown or 0.0) + 30.0
     elif expiry == "soon":
-        # Expired by the time the ETA fires (or, with no countdown, if it waits 0.3 s).
-        options["expires"] = countdown - 0.15 if countdown and countdown > 0.2 else 0.3
+        # Expired by the time the ETA fires (or, with no countdown, if it waits 0.3 s):
+        # half the countdown before it, at most 1 s, so a worker that ignores the
+        # expiry starts the task well past the slack.
+        if countdown and countdown > 0.2:
+            options["expires"] = countdown - min(countdown / 2, 1.0)
+        else:
+            options["expires"] = 0.3
     return options
 
 
@@ -116,12 +136,16 @@ def _call(draw: Any, key: str, probes: list[str]) -> ProbeCall:
         args = ()
     elif probe == "fail":
         args = ("boom",)
-    else:  # exceed: sleeps past its hard limit; maybe a soft limit first
-        limit = draw(st.sampled_from([0.5, 1.0]))
+    else:  # exceed: sleeps past its hard limit; maybe a soft limit SOFT_GAP before it
+        soft = draw(st.booleans())
+        limit = draw(st.sampled_from(SOFT_HARD_LIMITS if soft else HARD_LIMITS))
         options["time_limit"] = limit
-        if draw(st.booleans()):
-            options["soft_time_limit"] = limit - 0.3
-        args = (limit + 1.0,)
+        if soft:
+            options["soft_time_limit"] = limit - SOFT_GAP
+        # 2 s past the hard limit: a prefork pool on a polling transport checks limits
+        # once a second (billiard's TimeoutHandler), so the limit fires before the body
+        # could end on its own.
+        args = (limit + 2.0,)
     return ProbeCall(probe, args, options, key)
 
 

@@ -107,8 +107,17 @@ class CheckConfig:
             False for Celery 5.5, whose every cancel stores RETRY('cancelled by Celery').
         complete: The run drained (nothing left to do): "eventually" claims are
             checked at the end of the history. Leave False for a history cut short.
-        slack: Seconds of tolerance on time bounds (clock skew between machines, time
-            limit enforcement latency, restore throttling on real brokers).
+        slack: Seconds of tolerance on time bounds: a start against its ETA or
+            expiry, a time limit against its limit, a prefork worker's ack against the
+            child's start. It covers the recording's timing jitter (clock skew between
+            machines, time-limit timers, events recorded in different processes); the
+            conformance suite measures it on the deployment.
+        transport_slack: Seconds of tolerance on what the broker and the worker's
+            consumer loop do in their own time: a visibility-timeout restore against
+            the timeout, a redelivery after a fault, the consumer's next turn (when it
+            lowers the prefetch count again after an ETA task). Real Redis restores
+            only from a worker's poll, so restores come late and a copy's delivery is
+            recorded against an earlier unacked one. None: the same as ``slack``.
     """
 
     transport: str = attrs.field(default="amqp", validator=_transport)
@@ -141,6 +150,7 @@ class CheckConfig:
     cancel_without_retry: bool = True
     complete: bool = False
     slack: float = 0.0
+    transport_slack: float | None = None
 
     def setting(self, name: str, task: str | None) -> Any:
         """The per-task setting ``name`` for task ``task`` (its entry, ``"*"``, default)."""
@@ -164,6 +174,11 @@ class CheckConfig:
         if ignore_result is None:
             ignore_result = bool(self.setting("ignore_result", task))
         return not ignore_result or bool(self.setting("store_errors_even_if_ignored", task))
+
+    @property
+    def transport_tolerance(self) -> float:
+        """The transport's tolerance in force: ``transport_slack``, else ``slack``."""
+        return self.slack if self.transport_slack is None else float(self.transport_slack)
 
     @property
     def emulates_acks(self) -> bool:

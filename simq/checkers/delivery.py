@@ -65,7 +65,7 @@ def redeliveries(idx: Index, config: CheckConfig, late: bool, guarantee: str) ->
     out = []
     flags = config.transport in ("amqp", "redis")
     vt = config.effective_visibility_timeout
-    timeout = None if vt is None else vt - config.slack
+    timeout = None if vt is None else vt - config.transport_tolerance
     times = [e.time for e in idx.events] if timeout is not None else []
     for message_id, ds in idx.by_message.items():
         if config.late(ds[0].task) != late or len(ds) < 2:
@@ -295,7 +295,7 @@ def _restored_copy(d: Delivery, ds: list[Delivery], config: CheckConfig) -> bool
     A real Redis restores an unacked message from inside a worker's poll, unseen by any
     recorder (kombu #337): the copy arrives ``redelivered`` while an earlier delivery of
     the same message has been unacked for at least the visibility timeout (less the
-    recording slack). Seen in CI: an early-ack task with a 1.5 s countdown on a 1 s
+    transport slack). Seen in CI: an early-ack task with a 1.5 s countdown on a 1 s
     timeout started twice.
     """
     vt = config.effective_visibility_timeout
@@ -305,7 +305,7 @@ def _restored_copy(d: Delivery, ds: list[Delivery], config: CheckConfig) -> bool
         o is not d
         and o.at < d.at
         and o.unacked_at(d.at)
-        and d.event.time - o.event.time >= vt - config.slack
+        and d.event.time - o.event.time >= vt - config.transport_tolerance
         for o in ds
     )
 

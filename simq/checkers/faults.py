@@ -127,7 +127,7 @@ def _restored_too_soon(
     names attempts and records it, else the next delivery of the message (a real broker
     restores silently) that no other recorded return explains.
     """
-    soon = d.event.time + vt - config.slack
+    soon = d.event.time + vt - config.transport_tolerance
     if d.attempt is not None:
         own = [
             (j, e)

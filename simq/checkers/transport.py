@@ -60,7 +60,7 @@ def check_g5(history: History | Index, config: CheckConfig) -> list[Violation]:
                     evidence(*(x.event for x in mine), e),
                 )
             )
-        leaves = _leaves_eta_hold(d, times, config.slack)
+        leaves = _leaves_eta_hold(d, times, config.transport_tolerance)
         if leaves <= i:
             mine.append(d)
             continue
@@ -69,7 +69,7 @@ def check_g5(history: History | Index, config: CheckConfig) -> list[Violation]:
             held = etas[w] = [
                 x
                 for x in etas[w]
-                if x.unacked_at(i) and _leaves_eta_hold(x, times, config.slack) > i
+                if x.unacked_at(i) and _leaves_eta_hold(x, times, config.transport_tolerance) > i
             ]
             if len(held) + 1 > limit:
                 out.append(
@@ -103,9 +103,10 @@ def _leaves_eta_hold(d: Delivery, times: list[float], slack: float = 0.0) -> int
         # count when received (strategy.py: qos.increment_eventually) and lowers it
         # only after its timer hands it to the pool (apply_eta_task:
         # decrement_eventually, applied on the consumer's next turn): until then the
-        # broker may send one more. A real worker's turn comes within the recording
+        # broker may send one more. A real worker's turn comes within the transport
         # slack (seen on RabbitMQ, window 1: a retry with a 0.1 s countdown started,
-        # and the next message came 5 ms later).
+        # and the next message came 5 ms later; a polling transport's turn waits for
+        # its next poll).
         return (
             bisect.bisect_right(times, times[leaves] + slack, lo=d.at)
             if leaves < len(times)
@@ -161,10 +162,10 @@ def check_g6(history: History | Index, config: CheckConfig) -> list[Violation]:
     used: set[int] = set()
     wipes = _wiping_restarts(idx)
     for j, e in restores:
-        out += _early_restore(idx, j, e, vt, config.slack, used, wipes)
+        out += _early_restore(idx, j, e, vt, config.transport_tolerance, used, wipes)
     if config.complete:
         for d in idx.deliveries:
-            out += _never_restored(idx, d, vt, config.slack)
+            out += _never_restored(idx, d, vt, config.transport_tolerance)
     return out
 
 

@@ -37,6 +37,9 @@ __all__ = ["RECOVERY", "Run"]
 #: Seconds until a killed worker is replaced, or a shut-down one: the reference
 #: adapter's RECOVERY, so both deployments recover alike.
 RECOVERY = 1.0
+#: Seconds a kill_child fault waits for its call to start on a real worker before it
+#: is skipped: startup latency, not timing jitter (the measured slack is far shorter).
+START_WAIT = 2.0
 
 #: Settings the adapter adds unless the workload sets them: shorter latencies only.
 _DEFAULT_CONF: dict[str, Any] = {
@@ -288,8 +291,9 @@ class Run:
         attempt = self._running_attempt(task_id)
         if attempt is None:
             # Real latency: a call published at 0 may start a little after the fault's
-            # time, so wait up to the capability's slack, unless its ETA is still ahead
-            # (then, as in the reference, nothing runs it now and nothing is killed).
+            # time (a worker still taking its first messages), so wait up to
+            # START_WAIT, unless its ETA is still ahead (then, as in the reference,
+            # nothing runs it now and nothing is killed).
             nominal = time.time() - late
             eta = max(
                 (
@@ -298,7 +302,7 @@ class Run:
                 ),
                 default=0.0,
             )
-            waiting = key in self._busy() and late < self.adapter.capabilities.slack
+            waiting = key in self._busy() and late < START_WAIT
             if waiting and eta <= nominal + 0.1:
                 return False
             self.notes.append(f"kill_child {key!r}: no child was running it; fault skipped")

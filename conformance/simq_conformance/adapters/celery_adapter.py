@@ -115,6 +115,14 @@ _REAL_FAULTS = frozenset(
     }
 )
 
+#: The slack of a deployment not calibrated yet (seconds), as before calibration existed.
+_UNCALIBRATED = 2.0
+#: Tolerance on the transport's own timing (seconds): see detect_capabilities.
+_TRANSPORT_SLACK = 2.0
+#: The in-process worker of memory:// is not calibrated (one process, one clock, no pool
+#: children, no time limits): a declared slack for its ETA and expiry bounds.
+_MEMORY_SLACK = 0.5
+
 _SHARED_BROKER = (
     "the broker at {where} is shared with every test running on this machine; "
     "restarting it would break them"
@@ -138,6 +146,8 @@ def _memory_capabilities(name: str) -> Capabilities:
         observes=_OBSERVES_MEMORY,
         visibility_timeout=None,
         probes=frozenset(PROBES) - {"die"},
+        slack=_MEMORY_SLACK,
+        slack_source="declared: one process, one clock, no pool children (not calibrated)",
         deviations=(
             Deviation(
                 "G2",
@@ -225,6 +235,12 @@ def detect_capabilities(
     if traits.loses_unacked_on_kill:
         observes = observes | {"lost"}
     quorum = (conf or {}).get("task_default_queue_type") == "quorum"
+    # slack (timing jitter) is measured at setup (CeleryAdapter.setup); until then the
+    # old blanket 2 s. transport_slack is transport behaviour, not jitter: real Redis
+    # restores an unacked message only from a worker's poll, so a restore is recorded up
+    # to a poll late, and a copy's delivery is judged against an earlier unacked one; a
+    # polling transport's consumer takes its next turn (lowering the prefetch count after
+    # an ETA task) only after its next poll.
     return Capabilities(
         adapter=name,
         transport=model,
@@ -234,6 +250,8 @@ def detect_capabilities(
         visibility_timeout=visibility_timeout if traits.visibility_timeout else None,
         deviations=tuple(deviations),
         delayed_delivery="broker" if traits.driver == "amqp" and quorum else "worker",
+        slack=_UNCALIBRATED,
+        transport_slack=_TRANSPORT_SLACK,
     )
 
 
@@ -423,6 +441,27 @@ class CeleryAdapter(BaseAdapter):
         if self.backend_url.startswith("redis"):
             _brokers.redis_check(self.backend_url)
         self._ready = True
+        if not self.in_process and not self.capabilities.slack_source.startswith("measured"):
+            self._calibrate()
+
+    def _calibrate(self) -> None:
+        """Measure the deployment's timing jitter once; it becomes ``capabilities.slack``.
+
+        Raises:
+            CalibrationError: the deployment is too jittery to certify time bounds.
+        """
+        from simq_conformance.calibrate import calibrate
+
+        # The slack measures the deployment, not a planted bug: a mutant that ignores
+        # ETAs or soft limits would otherwise widen the slack that is to catch it.
+        mutant, self.mutant = self.mutant, None
+        try:
+            calibration = calibrate(self)
+        finally:
+            self.mutant = mutant
+        self.capabilities = attrs.evolve(
+            self.capabilities, slack=calibration.slack, slack_source=calibration.describe()
+        )
 
     def _prepare(self) -> None:
         if self.in_process or self.driver in ("redis", "amqp"):
