@@ -28,6 +28,7 @@ import attrs
 from hypothesis import HealthCheck, Phase, Verbosity, given, seed, settings, target
 
 from simq_conformance.adapter import Adapter, Capabilities, RunError, RunResult, Workload
+from simq_conformance.baseline import Baseline
 from simq_conformance.coverage import TARGET, aimed_workload
 from simq_conformance.differential import Disagreement, compare
 from simq_conformance.properties import (
@@ -131,6 +132,8 @@ class Campaign:
     #: Runs aimed at short guarantees, after the ``runs`` generated ones.
     aimed: int = 0
     aim_budget: int = 0
+    #: Failed guarantees judged again on the Celery baseline (simq_conformance.baseline).
+    baselines: dict[str, Baseline] = attrs.field(factory=dict)
     #: Workload seeds of the runs that did not finish in time (L1).
     timed_out: list[int] = attrs.field(factory=list)
     #: Runs whose recording was incomplete (the first few), as failures of "recorder".

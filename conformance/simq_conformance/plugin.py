@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from simq_conformance.session import ConformanceSession
 
 __all__ = [
+    "BASELINE_OPTION",
     "CONFORMANCE_OPTION",
     "EXAMPLES_OPTION",
     "MUTANT_OPTION",
@@ -56,6 +57,7 @@ SEED_OPTION = "--conformance-seed"
 TRANSPORT_OPTIONS_OPTION = "--conformance-transport-options"
 STRICT_OPTION = "--conformance-strict"
 MUTANT_OPTION = "--conformance-mutant"
+BASELINE_OPTION = "--conformance-baseline"
 
 #: The suite's test module, collected when ``--conformance`` is given.
 SUITE = Path(__file__).resolve().parent / "suite" / "test_guarantees.py"
@@ -126,6 +128,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         f"{SIMULATED_EXAMPLES} simulated, {REAL_EXAMPLES} on a real broker)",
     )
     group.addoption(
+        BASELINE_OPTION,
+        dest="simq_conformance_baseline",
+        default=None,
+        metavar="ADAPTERS",
+        help="run each failing workload of a real adapter again on these (comma-separated, "
+        "e.g. celery-redis,celery-rabbitmq): a failure they all show is labelled Celery's "
+        "behaviour (an xfail), not the transport's",
+    )
+    group.addoption(
         MUTANT_OPTION,
         dest="simq_conformance_mutant",
         default=None,
@@ -174,6 +185,14 @@ def pytest_configure(config: pytest.Config) -> None:
         adapters = {name: resolve(name, url, options) for name in names}
     except (UnknownAdapter, ValueError) as exc:
         raise pytest.UsageError(str(exc)) from None
+    baselines = {}
+    for base in str(config.getoption("simq_conformance_baseline") or "").split(","):
+        base = base.strip()
+        if base and base not in baselines:
+            try:
+                baselines[base] = resolve(base, None, None)
+            except (UnknownAdapter, ValueError) as exc:
+                raise pytest.UsageError(f"{BASELINE_OPTION}: {exc}") from None
     mutant = config.getoption("simq_conformance_mutant")
     if mutant:
         for name, adapter in adapters.items():
@@ -194,6 +213,7 @@ def pytest_configure(config: pytest.Config) -> None:
         ci=ci,
         defaults=(SIMULATED_EXAMPLES, REAL_EXAMPLES),
         strict=ci if strict is None else bool(strict),
+        baselines=baselines,
     )
     suite = str(SUITE)
     # Collect the suite even when no path was named (testpaths would collect the

@@ -54,9 +54,17 @@ def _caps(c: Campaign) -> dict[str, Any]:
         "observes": sorted(caps.observes),
         "visibility_timeout": caps.visibility_timeout,
         "slack": caps.slack,
+        "slack_source": caps.slack_source,
+        "transport_slack": caps.transport_slack,
         "simulated": caps.simulated,
         "deviations": [{"guarantee": d.guarantee, "reason": d.reason} for d in caps.deviations],
     }
+
+
+def _slack(caps: Any) -> str:
+    """The table cell for an adapter's slack: seconds, and whether measured."""
+    how = "measured" if caps.slack_source.startswith("measured") else "declared"
+    return f"{caps.slack:g} s ({how})"
 
 
 def _failure(f: Failure) -> dict[str, Any]:
@@ -111,6 +119,14 @@ def to_json(campaigns: Sequence[Campaign]) -> dict[str, Any]:
             "timed_out": {"count": len(c.timed_out), "seeds": list(c.timed_out)},
             "adapter_error_runs": c.adapter_error_runs,
             "guarantees": {g: _summary(s) for g, s in c.summaries.items()},
+            "baseline": {
+                g: {
+                    "verdicts": dict(b.verdicts),
+                    "reasons": dict(b.reasons),
+                    "celery_behaviour": b.celery_behaviour,
+                }
+                for g, b in c.baselines.items()
+            },
         }
         if c.adapter_errors:
             entry["adapter_errors"] = [_failure(f) for f in c.adapter_errors]
@@ -137,7 +153,9 @@ def _cell(c: Campaign, s: Summary) -> str:
     if s.status == FAIL and s.failure is not None:
         return (
             f"**FAIL** (seed {s.failure.workload.seed}, "
-            f"[{s.failure.size} events](#{_anchor(c.adapter, s.guarantee)}))"
+            f"[{s.failure.size} events](#{_anchor(c.adapter, s.guarantee)})"
+            + _baseline_note(c, s.guarantee)
+            + ")"
         )
     if s.status == ADAPTER_ERROR:
         return (
@@ -151,6 +169,14 @@ def _cell(c: Campaign, s: Summary) -> str:
 
 def _anchor(adapter: str, guarantee: str) -> str:
     return f"{guarantee}-{adapter}".lower().replace("_", "-")
+
+
+def _baseline_note(c: Campaign, guarantee: str) -> str:
+    """``; Celery's behaviour`` or ``; the transport's`` when the baseline judged it."""
+    b = c.baselines.get(guarantee)
+    if b is None or not b.judged:
+        return ""
+    return "; Celery's behaviour" if b.celery_behaviour else "; the transport's"
 
 
 def to_markdown(campaigns: Sequence[Campaign]) -> str:
@@ -171,8 +197,9 @@ def to_markdown(campaigns: Sequence[Campaign]) -> str:
         "so no verdict. L1 and L2 are liveness: every run finishes; every message ends "
         "acked, revoked, declined or expired.",
         "",
-        "| Adapter | transport | examples | runs | aimed runs | timed out | seconds | seed |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| Adapter | transport | examples | runs | aimed runs | timed out | seconds | slack "
+        "| seed |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for c in campaigns:
         late = (
@@ -180,8 +207,15 @@ def to_markdown(campaigns: Sequence[Campaign]) -> str:
         )
         lines.append(
             f"| {c.adapter} | {c.capabilities.transport} | {c.examples} | {c.runs} "
-            f"| {c.aimed} | {late} | {c.elapsed:.1f} | {c.hypothesis_seed} |"
+            f"| {c.aimed} | {late} | {c.elapsed:.1f} | {_slack(c.capabilities)} "
+            f"| {c.hypothesis_seed} |"
         )
+    for c in campaigns:
+        if c.capabilities.slack_source.startswith("measured"):
+            lines += [
+                "",
+                f"{c.adapter}: slack {c.capabilities.slack:g} s, {c.capabilities.slack_source}",
+            ]
     errored = [c for c in campaigns if c.errored]
     for c in errored:
         lines += [
@@ -249,6 +283,8 @@ def describe_failure(c: Campaign, guarantee: str) -> str:
         "violations:",
     ]
     out += ["  " + v.describe().replace("\n", "\n  ") for v in f.verdict.violations]
+    if guarantee in c.baselines:
+        out.append(f"baseline: {c.baselines[guarantee].describe()}")
     out.append(f"shortest failing history ({f.size} events, complete={f.complete}):")
     out += ["  " + line for line in (history.to_jsonl() if history else "").splitlines()]
     return "\n".join(out)

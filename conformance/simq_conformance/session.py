@@ -11,9 +11,11 @@ from __future__ import annotations
 import traceback
 from typing import Any
 
+import attrs
 import pytest
 
 from simq_conformance.adapter import Adapter
+from simq_conformance.calibrate import CalibrationError
 from simq_conformance.campaign import Campaign, run_campaign
 from simq_conformance.coverage import DESCRIPTIONS
 from simq_conformance.properties import (
@@ -43,10 +45,13 @@ class ConformanceSession:
         ci: bool,
         defaults: tuple[int, int],
         strict: bool = False,
+        baselines: dict[str, Adapter] | None = None,
     ) -> None:
         """``strict``: a guarantee no run exercised fails its test (else it is an xfail
         labelled "not exercised (0/N)")."""
         self.adapters = adapters
+        #: Real Celery deployments a failing workload runs on again (the baseline).
+        self.baselines = baselines or {}
         self.strict = strict
         self.examples = examples
         self.seed = seed
@@ -54,6 +59,8 @@ class ConformanceSession:
         self.defaults = defaults
         self.campaigns: dict[str, Campaign] = {}
         self.unavailable: dict[str, str] = {}
+        #: Adapters whose calibration found them too jittery to certify time bounds.
+        self.jittery: dict[str, str] = {}
         self.ready: list[str] = []
         self.written: list[Any] = []
         #: Guarantees whose tests were collected, by adapter (None: not known yet).
@@ -84,12 +91,18 @@ class ConformanceSession:
         """The adapter's campaign, run now if it has not run; skip/fail if unreachable."""
         if name in self.unavailable:
             self._unavailable(self.unavailable[name])
+        if name in self.jittery:
+            pytest.fail(self.jittery[name], pytrace=False)
         if name not in self.campaigns:
             adapter = self.adapters[name]
             setup = getattr(adapter, "setup", None)
             if setup is not None:
                 try:
                     setup()
+                except CalibrationError as exc:
+                    # Reachable, but too jittery to certify time bounds: never a skip.
+                    self.jittery[name] = f"{name}: {exc}"
+                    pytest.fail(self.jittery[name], pytrace=False)
                 except Exception as exc:
                     self.unavailable[name] = (
                         f"{name}: capability broker: unreachable or not set up "
@@ -115,7 +128,43 @@ class ConformanceSession:
                 reference=reference,
                 shrink_only=only,
             )
+            self._judge_on_baselines(name)
         return self.campaigns[name]
+
+    def _judge_on_baselines(self, name: str) -> None:
+        """Run each failing workload of a real adapter again on the Celery baseline."""
+        c = self.campaigns[name]
+        if not self.baselines or name in self.baselines or c.capabilities.simulated:
+            return
+        failures = {
+            g: s.failure.workload
+            for g, s in c.summaries.items()
+            if s.status == FAIL and s.failure is not None
+        }
+        if not failures:
+            return
+        from simq_conformance.baseline import ERROR, judge
+
+        ready, down = {}, {}
+        for base, adapter in self.baselines.items():
+            setup = getattr(adapter, "setup", None)
+            try:
+                if base not in self.ready and setup is not None:
+                    setup()
+            except Exception as exc:  # the baseline's broker: no verdict from it
+                down[base] = f"unavailable: {type(exc).__name__}: {exc}"
+                continue
+            if base not in self.ready:
+                self.ready.append(base)
+            ready[base] = adapter
+        c.baselines = {
+            g: attrs.evolve(
+                b,
+                verdicts={**b.verdicts, **dict.fromkeys(down, ERROR)},
+                reasons={**b.reasons, **down},
+            )
+            for g, b in judge(failures, ready).items()
+        }
 
     def _unavailable(self, reason: str) -> None:
         if self.ci:
@@ -126,7 +175,8 @@ class ConformanceSession:
 
     def teardown(self) -> None:
         for name in self.ready:
-            teardown = getattr(self.adapters[name], "teardown", None)
+            adapter = self.adapters.get(name) or self.baselines[name]
+            teardown = getattr(adapter, "teardown", None)
             if teardown is not None:
                 try:
                     teardown()
@@ -146,6 +196,10 @@ class ConformanceSession:
         if s.status == NOT_APPLICABLE:
             pytest.skip(s.reason)
         if s.status == FAIL:
+            baseline = c.baselines.get(guarantee)
+            if baseline is not None and baseline.celery_behaviour:
+                # Not the transport's fault: every baseline fails the same workload.
+                pytest.xfail(f"{guarantee} on {name}: {baseline.describe()}")
             pytest.fail(describe_failure(c, guarantee), pytrace=False)
         if s.status == ADAPTER_ERROR:
             pytest.fail(describe_adapter_errors(c, guarantee), pytrace=False)
