@@ -101,6 +101,9 @@ class Capabilities:
         delayed_delivery: Where a countdown or ETA waits until it is due: ``"worker"``
             (Celery holds the message in the worker, which widens its prefetch window)
             or ``"broker"`` (native delayed delivery, RabbitMQ quorum queues).
+        sync_loop: The workers run Celery's synchronous consumer loop (a transport
+            kombu marks not asynchronous: ``filesystem://``, SQLAlchemy, ...), where the
+            prefork pool is handed every reserved task at once.
         reproduce: Command-line options, beyond ``--conformance=NAME``, the seed and the
             number of examples, that select this same deployment again
             (``--conformance-url=...``, ``--conformance-transport-options=...``): a
@@ -120,6 +123,7 @@ class Capabilities:
     simulated: bool = False
     probes: frozenset[str] = frozenset(PROBES)
     delayed_delivery: str = "worker"
+    sync_loop: bool = False
     reproduce: tuple[str, ...] = ()
 
     def missing(

@@ -327,6 +327,7 @@ def config_for(result: RunResult) -> CheckConfig:
         cancel_long_running_tasks_on_connection_loss=bool(
             conf.get("worker_cancel_long_running_tasks_on_connection_loss")
         ),
+        sync_loop=caps.sync_loop,
         complete=result.complete,
         slack=caps.slack,
         transport_slack=caps.transport_slack,

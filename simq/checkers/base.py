@@ -105,6 +105,10 @@ class CheckConfig:
         cancel_without_retry: Whether a cold shutdown cancels an unacked acks_late task
             without storing RETRY (Celery 5.6+, ``Request.cancel(emit_retry=False)``);
             False for Celery 5.5, whose every cancel stores RETRY('cancelled by Celery').
+        sync_loop: The worker ran Celery's synchronous consumer loop (``loops.synloop``:
+            a transport kombu marks not asynchronous, such as ``filesystem://`` or
+            SQLAlchemy), where the prefork pool is handed every reserved task at once
+            and a warm shutdown runs them all (G17).
         complete: The run drained (nothing left to do): "eventually" claims are
             checked at the end of the history. Leave False for a history cut short.
         slack: Seconds of tolerance on time bounds: a start against its ETA or
@@ -148,6 +152,7 @@ class CheckConfig:
     reject_stores_failure: bool = True
     lost_child_keeps_success: bool = True
     cancel_without_retry: bool = True
+    sync_loop: bool = False
     complete: bool = False
     slack: float = 0.0
     transport_slack: float | None = None

@@ -64,6 +64,20 @@ def test_filesystem_capabilities_come_from_kombu() -> None:
     assert caps.deviation("L2") is not None
 
 
+def test_the_consumer_loop_comes_from_kombu() -> None:
+    """Celery runs its synchronous loop on a transport kombu marks not asynchronous; the
+    checkers then let a warm shutdown run the tasks the pool already holds (G17)."""
+    from simq.history import History
+    from simq_conformance.adapter import RunResult
+    from simq_conformance.properties import config_for
+
+    fs = celery_by_url("filesystem://").capabilities
+    redis = celery_by_url("redis://127.0.0.1:6379/0").capabilities
+    assert fs.sync_loop and not redis.sync_loop
+    result = RunResult(History([]), True, fs, Workload(RunSettings()))
+    assert config_for(result).sync_loop
+
+
 def test_sqlalchemy_without_fanout_cannot_revoke() -> None:
     """kombu's SQLAlchemy transport implements no fanout exchange: revoke and terminate
     are missing, and the skip reason names the exchange types kombu declares."""

@@ -235,6 +235,28 @@ def test_g17_fails_a_start_after_the_shutdown_began() -> None:
     )
 
 
+def test_g17_on_the_synchronous_loop_lets_a_warm_shutdown_run_what_was_reserved() -> None:
+    """On Celery's synchronous consumer loop (a polling transport: filesystem://, SQLAlchemy)
+    the prefork pool was handed every reserved task at once, and a warm shutdown runs them
+    all: a message delivered before it may start after it began. Nothing else may."""
+    sync = CheckConfig(sync_loop=True)
+    s = Story().online("w1").publish("m1", "t1").publish("m2", "t2").deliver("m1")
+    s.deliver("m2").start("m1").ack("m1").at(1).fault("shutdown", warm=True).start("m2")
+    s.ack("m2").at(4).state("t1", "SUCCESS", 1).succeeded("m1").state("t2", "SUCCESS", 2)
+    s.succeeded("m2").fault("worker-offline", reason="shutdown")
+    assert check_g17(s.history, sync) == []
+    started_late = [v for v in check_g17(s.history, CheckConfig()) if "after the warm" in v.message]
+    assert len(started_late) == 1
+    # Delivered after the shutdown began: the synchronous loop does not excuse it.
+    late = Story().online("w1").publish("m1", "t1").publish("m2", "t2").deliver("m1")
+    late.start("m1").ack("m1").at(1).fault("shutdown", warm=True).deliver("m2").start("m2")
+    assert [v for v in check_g17(late.history, sync) if "after the warm" in v.message]
+    # A cold shutdown starts nothing more, on either loop.
+    cold = Story().online("w1").publish("m1", "t1").publish("m2", "t2").deliver("m1")
+    cold.deliver("m2").start("m1").ack("m1").at(1).fault("shutdown", warm=False).start("m2")
+    assert [v for v in check_g17(cold.history, sync) if "after the cold" in v.message]
+
+
 def test_g17_fails_a_warm_shutdown_that_cuts_a_task_short() -> None:
     """A warm shutdown neither cancels a running task nor goes offline before it ends."""
     s = stopping(warm=True).event("cancelled", "t1", "m1", "w1", reason="shutdown")

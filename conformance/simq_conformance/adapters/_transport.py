@@ -65,6 +65,8 @@ class TransportTraits:
         virtual: A kombu virtual transport (its QoS lives in the consuming process).
         visibility_timeout: Unacked messages are restored by the broker after a
             visibility timeout (Redis, SQS).
+        asynchronous: ``Transport.implements.asynchronous``: Celery's worker runs its
+            event loop on it; on a transport without, its synchronous consumer loop.
         port: The broker's TCP port, if it has one (the adapter cuts connections to it).
         location: Where the broker is, for messages.
     """
@@ -78,6 +80,7 @@ class TransportTraits:
     visibility_timeout: bool
     port: int | None
     location: str
+    asynchronous: bool = True
 
     @property
     def fanout(self) -> bool:
@@ -146,6 +149,7 @@ def inspect_transport(
         visibility_timeout=visibility,
         port=port,
         location=location,
+        asynchronous=bool(transport.implements.asynchronous),
     )
 
 

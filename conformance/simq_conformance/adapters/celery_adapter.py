@@ -250,6 +250,7 @@ def detect_capabilities(
         visibility_timeout=visibility_timeout if traits.visibility_timeout else None,
         deviations=tuple(deviations),
         delayed_delivery="broker" if traits.driver == "amqp" and quorum else "worker",
+        sync_loop=not traits.asynchronous,
         slack=_UNCALIBRATED,
         transport_slack=_TRANSPORT_SLACK,
     )
