@@ -21,6 +21,8 @@ def check_g5(history: History | Index, config: CheckConfig) -> list[Violation]:
     messages do not count." A worker is sent a message only while it holds fewer unacked,
     non-ETA messages than its window (so it never holds more than the window but for an
     ETA that fires), and with ``eta_task_limit`` never more ETA-held messages than that.
+    A message with an ETA header is ETA-held until its timer fires, even if the ETA was
+    already due when it arrived: Celery widens the window for it all the same.
     The window comes from ``config.prefetch`` or the worker's ``worker-online`` event.
     """
     idx = index_of(history)
@@ -87,7 +89,17 @@ def check_g5(history: History | Index, config: CheckConfig) -> list[Violation]:
 
 
 def _leaves_eta_hold(d: Delivery, times: list[float], slack: float = 0.0) -> int:
-    """Index from which ``d`` counts against the window: its ETA passed, or it started."""
+    """Index from which ``d`` counts against the window: its ETA passed, or it started.
+
+    Any message with an ETA header, even one already due when it arrives, is held on
+    the worker's timer outside the window (Celery's strategy.py: ``if req.eta:``
+    ``qos.increment_eventually()`` and ``call_at(eta, apply_eta_task)``; the count drops
+    again in ``apply_eta_task``). With no slack (the simulator) it leaves the hold when
+    it starts or once time moves past its ETA or, for a due ETA, past the instant it
+    was delivered, whichever comes first; with a slack, a real worker's timer and next
+    consumer turn get that much longer past the ETA or the start. A message without an
+    ETA header counts from its delivery.
+    """
     eta = d.eta
     if eta is None:
         return d.at
@@ -96,7 +108,13 @@ def _leaves_eta_hold(d: Delivery, times: list[float], slack: float = 0.0) -> int
         # and lowers the prefetch count again (qos.decrement_eventually) together, on the
         # consumer's next turn (call_soon): until then the broker may send one more.
         return d.settle_at
-    passed = bisect.bisect_right(times, eta, lo=d.at)  # first index with time > eta
+    if slack:
+        passed = bisect.bisect_right(times, eta, lo=d.at)  # first index with time > eta
+    else:
+        # The simulator (no slack) holds a due ETA too, on a zero-delay timer that fires
+        # in the instant it was delivered: the first index past that instant, or past
+        # the ETA if later.
+        passed = bisect.bisect_right(times, max(eta, times[d.at]), lo=d.at)
     leaves = min(passed, d.start_at if d.start_at is not None else passed)
     if slack:
         # Any message with an ETA header, even one already due, raises the prefetch

@@ -6,9 +6,10 @@ starts the task in the pool (:mod:`simq.seams.pool`), runs Celery's tracer there
 makes the ack decision of CELERY_SEMANTICS.md §3.1 through its ``on_ack``/``on_reject``
 callbacks. What stays modelled here is the consumer around it, following Celery's
 ``consumer.py`` and ``strategy.py``: unknown tasks and undecodable messages, the
-prefetch window, ETA holding (outside the window) and rate limits (a token bucket of
-capacity 1 per task, ``worker_disable_rate_limits``). The conformance suite's
-differential check compares this model with real workers.
+prefetch window, ETA holding (outside the window, for any message with an ETA header,
+due or not) and rate limits (a token bucket of capacity 1 per task,
+``worker_disable_rate_limits``). The conformance suite's differential check compares
+this model with real workers.
 """
 
 from __future__ import annotations
@@ -239,13 +240,26 @@ class Worker:
         if (req.expires or req.id in celery_state.revoked) and self._revoked(delivery):
             return
         signals.task_received.send(sender=self, request=req)
-        eta = message.eta
-        if eta is not None and eta > self.loop.now:
-            delivery.move(RequestState.ETA_HELD)
-            self._held += 1
-            delivery.timer = self.loop.call_at(eta, self._eta_fired, delivery)
+        if message.eta is not None:
+            self._hold_for_eta(delivery, message.eta)
             return
         self._ready(delivery)
+
+    def _hold_for_eta(self, delivery: Delivery, eta: float) -> None:
+        """Hold a message with an ETA header outside the prefetch window until its timer fires.
+
+        Celery's strategy (``task_message_handler``, ``if req.eta:``) does this for every
+        message with an ETA header, even one already due: it raises the prefetch count
+        (``qos.increment_eventually``) and puts the request on the timer
+        (``call_at(eta, apply_eta_task)``), whose ``apply_eta_task`` hands it to the pool
+        and lowers the count again (``decrement_eventually``). Until the timer fires the
+        window is one wider, so the broker may send one more message, even for a due ETA
+        (G5). Here a due ETA's timer fires later in the same virtual instant, after what
+        is already scheduled for it: a plain message delivered meanwhile is reserved first.
+        """
+        delivery.move(RequestState.ETA_HELD)
+        self._held += 1
+        delivery.timer = self.loop.call_at(max(eta, self.loop.now), self._eta_fired, delivery)
 
     def _unknown_task(self, envelope: Envelope) -> None:
         # consumer.py on_unknown_task: reject without requeue, store FAILURE(NotRegistered).
