@@ -484,6 +484,24 @@ def test_g12_passes_a_hard_limit_with_its_failure() -> None:
     assert check_g12(s.history, AMQP) == []
 
 
+@pytest.mark.parametrize("sync_loop", [False, True])
+def test_an_acks_late_hard_limit_may_ack_before_its_failure_is_stored(sync_loop: bool) -> None:
+    """Recorded on real workers (acks_late, a 0.5 s hard limit): on Redis FAILURE was
+    stored, then the ack came 0.1 s later; on filesystem:// (Celery's synchronous loop)
+    the ack came first, FAILURE 1 ms later (the parent's on_failure decides, then
+    on_timeout stores). Neither order breaks G2 or G12, with no slack."""
+    from simq.checkers import check_g2
+
+    late = CheckConfig(acks_late={"*": True}, time_limit={"*": 2}, sync_loop=sync_loop)
+    s = Story().online("w1").publish("m1", "t1").deliver("m1").start("m1").at(2)
+    s.event("time-limit", "t1", "m1", "w1", which="hard", limit=2).failed("m1", "TimeLimitExceeded")
+    if sync_loop:
+        s.ack("m1").state("t1", "FAILURE", exc("TimeLimitExceeded", 2))
+    else:
+        s.state("t1", "FAILURE", exc("TimeLimitExceeded", 2)).at(2.1).ack("m1")
+    assert check_g2(s.history, late) == [] and check_g12(s.history, late) == []
+
+
 def test_g12_fails_a_task_that_succeeds_after_its_hard_limit() -> None:
     """The hard limit kills the child: the attempt cannot succeed afterwards (§3.2 G12)."""
     s = limited("hard", 2).state("t1", "SUCCESS", 1).succeeded("m1")
