@@ -372,9 +372,10 @@ def check_g17(history: History | Index, config: CheckConfig) -> list[Violation]:
     after the shutdown began, except on Celery's synchronous consumer loop
     (``config.sync_loop``): there the prefork pool was handed every reserved task when
     it was received, and a warm shutdown runs them all, so a task delivered before the
-    warm shutdown may start after it began (seen on ``filesystem://`` and
-    ``sqla+sqlite``; on the event loop a reserved task stays with the consumer until a
-    child is free, and the shutdown returns it).
+    warm shutdown, or in the two polls that follow (:func:`_handed_to_pool`), may
+    start after it began (seen on ``filesystem://`` and ``sqla+sqlite``; on the event
+    loop a reserved task stays with the consumer until a child is free, and the
+    shutdown returns it).
     """
     idx = index_of(history)
     out: list[Violation] = []
@@ -389,12 +390,13 @@ def check_g17(history: History | Index, config: CheckConfig) -> list[Violation]:
             w, frozenset({"worker-offline", "worker-crashed", "shutdown", "connection-lost"}), i
         )
         crashed = offline < len(idx.events) and idx.events[offline].kind != "worker-offline"
+        handed = _handed_to_pool(idx, w, i, stop, config) if warm else -1
         for d in idx.by_worker.get(w or "", []):
             if (
                 d.start is not None
                 and d.start_at is not None
                 and i < d.start_at < back
-                and not (warm and config.sync_loop and d.at < i)
+                and not d.at <= handed
             ):
                 out.append(
                     Violation(
@@ -415,6 +417,34 @@ def check_g17(history: History | Index, config: CheckConfig) -> list[Violation]:
             else:
                 out += _cold(idx, d, i, stop, config)
     return out
+
+
+#: Seconds one turn of Celery's synchronous loop may wait for a message
+#: (``loops.synloop``: ``connection.drain_events(timeout=2.0)``).
+SYNLOOP_DRAIN = 2.0
+
+
+def _handed_to_pool(idx: Index, w: str | None, i: int, stop: Event, config: CheckConfig) -> int:
+    """On Celery's synchronous loop, the last delivery a warm shutdown at ``i`` still runs.
+
+    ``synloop`` hands every received task to the prefork pool at once, and the warm
+    shutdown lets the pool run them all. The SIGTERM is noticed only between polls, and
+    then the loop still runs one more turn (``try: state.maybe_shutdown() finally:
+    _loop_cycle()``, celery/worker/loops.py): the poll in flight and that last one may
+    each receive a message (one per ``drain_events`` of kombu's virtual transports,
+    which waits up to :data:`SYNLOOP_DRAIN` seconds), and the pool runs them too
+    (recorded on sqla+sqlite: two messages delivered 0.45 s and 1.46 s after the warm
+    shutdown began, then started). -1 on the event loop: nothing after the shutdown.
+    """
+    if not config.sync_loop:
+        return -1
+    window = 2 * SYNLOOP_DRAIN + config.transport_tolerance
+    fetched = [
+        d.at
+        for d in idx.by_worker.get(w or "", [])
+        if d.at > i and d.event.time - stop.time <= window
+    ][:2]
+    return fetched[-1] if fetched else i
 
 
 def _revoked(d: Delivery, i: int) -> bool:

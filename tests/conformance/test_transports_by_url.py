@@ -62,6 +62,9 @@ def test_filesystem_capabilities_come_from_kombu() -> None:
     g4 = caps.deviation("G4")
     assert g4 is not None and "SIGKILL" in g4.reason and "virtual QoS" in g4.reason
     assert caps.deviation("L2") is not None
+    # G14's premise needs a message taken back after its task succeeded: nothing here can.
+    g14 = caps.deviation("G14")
+    assert g14 is not None and "no connection to cut" in g14.reason
 
 
 def test_the_consumer_loop_comes_from_kombu() -> None:

@@ -217,6 +217,15 @@ def detect_capabilities(
             "records them lost)"
         )
         deviations += [Deviation("G4", why), Deviation("L2", why)]
+        if "cut_connection" not in faults:
+            deviations.append(
+                Deviation(
+                    "G14",
+                    f"its premise, a task that already succeeded delivered again, needs a "
+                    f"fault that takes an unacked message back; on {kombu_name} a killed "
+                    "worker's messages are lost and there is no connection to cut",
+                )
+            )
     if traits.driver == "redis":
         deviations.append(
             Deviation(
