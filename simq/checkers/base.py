@@ -72,6 +72,12 @@ def _transport(_: Any, attribute: attrs.Attribute[str], value: str) -> None:
         raise ValueError(f"{attribute.name} must be one of {', '.join(TRANSPORTS)}, got {value!r}")
 
 
+#: Seconds one turn of Celery's synchronous consumer loop may wait for a message
+#: (``loops.synloop``: ``connection.drain_events(timeout=2.0)``), on transports kombu
+#: marks not asynchronous (``CheckConfig.sync_loop``).
+SYNLOOP_DRAIN = 2.0
+
+
 @attrs.frozen
 class CheckConfig:
     """How the run that produced a history was configured; the caller fills it in.

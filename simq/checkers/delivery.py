@@ -106,7 +106,9 @@ def redeliveries(idx: Index, config: CheckConfig, late: bool, guarantee: str) ->
                             f"without the redelivered flag ({config.transport} sets it on every "
                             "message that returns to the queue)"
                         ),
-                        evidence(shown[-1], d.event),
+                        # A silent return (a visibility-timeout restore nobody recorded)
+                        # has no event to show: the delivery itself is the evidence.
+                        evidence(*shown[-1:], d.event),
                     )
                 )
     return out

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from simq.checkers.base import CheckConfig, Violation, when
+from simq.checkers.base import SYNLOOP_DRAIN, CheckConfig, Violation, when
 from simq.checkers.delivery import evidence
 from simq.checkers.index import Delivery, Index, index_of
 from simq.history import Event, History
@@ -417,11 +417,6 @@ def check_g17(history: History | Index, config: CheckConfig) -> list[Violation]:
             else:
                 out += _cold(idx, d, i, stop, config)
     return out
-
-
-#: Seconds one turn of Celery's synchronous loop may wait for a message
-#: (``loops.synloop``: ``connection.drain_events(timeout=2.0)``).
-SYNLOOP_DRAIN = 2.0
 
 
 def _handed_to_pool(idx: Index, w: str | None, i: int, stop: Event, config: CheckConfig) -> int:

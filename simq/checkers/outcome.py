@@ -60,6 +60,24 @@ def _settle_text(d: Delivery) -> str:
     return f"{s.kind}{requeue} at {when(s)}"
 
 
+def _killed_past_hard_limit(d: Delivery, kill: Event, config: CheckConfig) -> bool:
+    """The child was killed once its hard time limit was already due, and the limit fired.
+
+    billiard then reports the job's hard time limit (``TimeLimitExceeded``: FAILURE, the
+    ack decision of a timeout), not a lost child: G12 judges it. Recorded on
+    ``filesystem://``, where the prefork pool checks limits from a thread that wakes once
+    a second: a 1 s hard limit due at +1.10 s, the child killed at +1.34 s, the limit
+    reported at +2.00 s.
+    """
+    if d.start is None:
+        return False
+    for _, mark in d.marks_of("time-limit", which="hard"):
+        limit = mark.details.get("limit")
+        if limit is not None and kill.time >= d.start.time + float(limit) - config.slack:
+            return True
+    return False
+
+
 def check_g3(history: History | Index, config: CheckConfig) -> list[Violation]:
     """G3: a child process dies; this is not redelivery (§3.2 G3, §3.1).
 
@@ -77,6 +95,8 @@ def check_g3(history: History | Index, config: CheckConfig) -> list[Violation]:
     out: list[Violation] = []
     for d in idx.deliveries:
         for j, kill in d.marks_of("child-killed"):
+            if _killed_past_hard_limit(d, kill, config):
+                continue
             if d.outcome is not None and d.outcome.kind != "child-lost" and (d.outcome_at or 0) > j:
                 out.append(
                     Violation(

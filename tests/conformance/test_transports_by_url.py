@@ -385,17 +385,18 @@ def _statuses(report: dict) -> dict[str, str]:
 #: Failures the real runs found and docs/conformance.md explains (transports by URL):
 #: each is allowed here, any other failure fails the test.
 KNOWN = {
-    # Celery runs its synchronous loop on a transport kombu marks not asynchronous:
-    # prefork receives each reserved task at once, and a warm shutdown runs them.
-    "G17": "filesystem:// and sqla: Celery's synchronous loop on polling transports",
     # Seen on sqla+sqlite: a worker sent a second message while one was unacked.
     "G5": "sqla+sqlite: a second message inside a prefetch window of 1",
-    # Seen once on filesystem://: a revoked ETA task started (revoke not processed).
-    "G10": "filesystem://: a revoke sent 0.3 s in did not stop an ETA task",
     # Seen on sqla+sqlite: a message fetched by a worker killed before it recorded the
     # delivery is lost with it (the declared G4 deviation) but unseen by the adapter.
     "L1": "sqla+sqlite: a message lost with a killed worker before its delivery was recorded",
+    # Seen once on filesystem://: a child killed 5 ms into a task that returns at once;
+    # Celery found SUCCESS stored and acked, but the child died between the backend
+    # write and the recorder's record of it, so the history shows no SUCCESS.
+    "G3": "a child killed between its SUCCESS write and the recording of it",
 }
+# Celery's synchronous loop (G17 warm shutdowns, G10 revokes read a turn late) and the
+# hard limit of a killed child (G3) used to be here: the checkers now expect them.
 
 
 def _unexpected(statuses: dict[str, str], known: tuple[str, ...]) -> dict[str, str]:
@@ -409,7 +410,7 @@ def test_filesystem_transport_is_certified(pytester: pytest.Pytester) -> None:
     result, report = _certify(pytester, "filesystem://")
     statuses = _statuses(report)
     assert report["adapters"]["celery"]["runs"] >= 3, "\n".join(result.outlines[-150:])
-    assert not _unexpected(statuses, ("G10", "G17")), "\n".join(result.outlines[-150:])
+    assert not _unexpected(statuses, ("G3",)), "\n".join(result.outlines[-150:])
     assert statuses["G4"] == statuses["L2"] == "not-applicable"
     assert statuses["G10"] != "not-applicable"
     reason = report["adapters"]["celery"]["guarantees"]["G4"]["reason"]
@@ -425,6 +426,6 @@ def test_sqlalchemy_transport_is_certified(pytester: pytest.Pytester) -> None:
     result, report = _certify(pytester, "sqla+sqlite:///broker.db")
     statuses = _statuses(report)
     assert report["adapters"]["celery"]["runs"] >= 3, "\n".join(result.outlines[-150:])
-    assert not _unexpected(statuses, ("G5", "G17", "L1")), "\n".join(result.outlines[-150:])
+    assert not _unexpected(statuses, ("G3", "G5", "L1")), "\n".join(result.outlines[-150:])
     assert statuses["G10"] == statuses["G4"] == "not-applicable"
     assert (pytester.path / "broker.db").exists()

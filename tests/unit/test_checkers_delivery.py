@@ -145,6 +145,26 @@ def test_g1_tolerates_an_unrecorded_visibility_copy_on_a_real_redis() -> None:
     assert any("started again" in v.message for v in found), found
 
 
+def test_a_redelivery_without_its_flag_after_a_silent_return_is_reported() -> None:
+    """Recorded on real Redis with the double-delivery mutant (every task message handed
+    to the worker twice): the second copy came unflagged once the first had been unacked
+    past the 1 s visibility timeout, a return no event shows. The checker used to crash
+    (IndexError) looking for that return's event; it reports the delivery instead."""
+    from simq.checkers import check_g2
+
+    recorded = History.from_jsonl(
+        (
+            Path(__file__).parent / "data" / "g2_redis_double_delivery_silent_return.jsonl"
+        ).read_text()
+    )
+    config = CheckConfig(
+        transport="redis", visibility_timeout=1.0, acks_late={"*": True}, slack=0.25,
+        transport_slack=2.0, complete=True,
+    )  # fmt: skip
+    found = [v for v in check_g2(recorded, config) if "without the redelivered flag" in v.message]
+    assert len(found) == 1 and found[0].events[-1].kind == "delivered"
+
+
 def test_g1_fails_a_start_without_a_delivery() -> None:
     """A start that no delivery explains breaks G1's delivery rules (§3.2 G1)."""
     s = Story().online("w1").publish("m1", "t1").start("m1")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import attrs
 import celery
 import pytest
 from celery.exceptions import Ignore
@@ -365,6 +366,21 @@ def test_g10_fails_a_revoked_task_that_starts() -> None:
     assert check_g10(revoked_story(workers=[]).at(30).run_ok("m1").history, AMQP) == []
 
 
+def test_g10_on_the_synchronous_loop_the_revoke_is_read_a_turn_late() -> None:
+    """Recorded on filesystem:// (Celery's synchronous loop): an ETA task revoked at
+    +0.35 s started at +1.64 s, before the worker's poll reached its broadcast queue. A
+    start a turn after the revoke is Celery's behaviour there; a start much later is not."""
+    from pathlib import Path
+
+    path = Path(__file__).parent / "data" / "g10_filesystem_revoke_read_late.jsonl"
+    history = simq.History.from_jsonl(path.read_text())
+    polling = CheckConfig(transport="memory", slack=0.25, transport_slack=2.0, complete=True)
+    assert check_g10(history, attrs.evolve(polling, sync_loop=True)) == []
+    assert any("although its revoke reached" in v.message for v in check_g10(history, polling))
+    late = revoked_story().at(30).run_ok("m1")  # revoked at +5 s, started at +30 s
+    assert check_g10(late.history, attrs.evolve(polling, sync_loop=True))
+
+
 def test_g10_fails_a_discard_nobody_asked_for() -> None:
     """A worker revokes only what a revoke named (§3.2 G10)."""
     s = Story().online("w1").publish("m1", "t1").deliver("m1")
@@ -500,6 +516,60 @@ def test_an_acks_late_hard_limit_may_ack_before_its_failure_is_stored(sync_loop:
     else:
         s.state("t1", "FAILURE", exc("TimeLimitExceeded", 2)).at(2.1).ack("m1")
     assert check_g2(s.history, late) == [] and check_g12(s.history, late) == []
+
+
+def test_g3_a_child_killed_past_its_due_hard_limit_may_end_with_the_limit() -> None:
+    """Recorded on filesystem:// (limits checked once a second): the child running a task
+    with a 1 s hard limit was killed 0.24 s after the limit was due; billiard reported
+    the time limit (FAILURE(TimeLimitExceeded)), not a lost child. G12 judges that; G3
+    still fails a kill before the limit was due that ends any other way."""
+    from pathlib import Path
+
+    from simq.checkers import check_g3
+
+    path = Path(__file__).parent / "data" / "g3_filesystem_kill_past_hard_limit.jsonl"
+    history = simq.History.from_jsonl(path.read_text())
+    config = CheckConfig(
+        transport="memory", acks_late={"*": True}, time_limit={"*": 1.0}, slack=0.25,
+        transport_slack=2.0, sync_loop=True, complete=True,
+    )  # fmt: skip
+    assert check_g3(history, config) == [] and check_g12(history, config) == []
+    s = Story().online("w1").publish("m1", "t1").deliver("m1").start("m1").ack("m1").at(0.5)
+    s.event("child-killed", "t1", "m1", "w1", exitcode=-9).at(2)
+    s.event("time-limit", "t1", "m1", "w1", which="hard", limit=2).failed("m1", "TimeLimitExceeded")
+    s.state("t1", "FAILURE", exc("TimeLimitExceeded", 2))
+    v = only(check_g3(s.history, CheckConfig(complete=True)), "G3")
+    assert (
+        "its child was killed at" in v.message and "yet the attempt ended with failed" in v.message
+    )
+
+
+def test_g12_a_hard_limit_during_a_cold_shutdown_stores_nothing() -> None:
+    """Recorded on sqla+sqlite: an early-ack task cancelled by a cold shutdown at +1.15 s
+    had its 0.5 s hard limit reported at +1.96 s, and Celery stored no FAILURE
+    (Request.on_timeout skips it while the worker terminates). Outside a cold shutdown
+    the FAILURE is still required."""
+    from pathlib import Path
+
+    path = Path(__file__).parent / "data" / "g12_sqla_hard_limit_in_cold_shutdown.jsonl"
+    history = simq.History.from_jsonl(path.read_text())
+    config = CheckConfig(
+        transport="memory", time_limit={"*": 0.5}, slack=0.25, transport_slack=2.0,
+        sync_loop=True, complete=True,
+    )  # fmt: skip
+    assert check_g12(history, config) == []
+
+    def story(warm: bool | None) -> Story:
+        s = Story().online("w1").publish("m1", "t1").deliver("m1").start("m1").ack("m1")
+        if warm is not None:
+            s.at(1).fault("shutdown", warm=warm)
+        s.at(2).event("time-limit", "t1", "m1", "w1", which="hard", limit=2)
+        return s.failed("m1", "TimeLimitExceeded")
+
+    assert check_g12(story(False).history, AMQP) == []
+    for warm in (None, True):
+        v = only(check_g12(story(warm).history, AMQP), "G12")
+        assert v.message.endswith("FAILURE(TimeLimitExceeded) is stored, and it was not")
 
 
 def test_g12_fails_a_task_that_succeeds_after_its_hard_limit() -> None:
