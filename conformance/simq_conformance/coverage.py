@@ -279,6 +279,14 @@ def _keyed(*values: Any) -> Callable[[str], tuple[Any, ...]]:
     return lambda key: (key, *values)
 
 
+#: Seconds a polling transport may take to hand a worker a published message (kombu's
+#: virtual transports poll every second by default).
+POLL_LAG = 1.0
+#: Faults aimed at a task that is running when they strike.
+_AT_RUNNING = frozenset(
+    {"kill_worker", "kill_child", "cut_connection", "terminate", "warm_shutdown", "cold_shutdown"}
+)
+
 _LATE = {"task_acks_late": True}
 #: A visibility timeout shorter than a long task: only in a run of its own, where no
 #: task runs past it (each copy of such a task would be restored again, forever).
@@ -449,6 +457,10 @@ def aimed_workload(
     specs: list[ProbeCall] = []
     plan: list[Fault] = []
     victim = 0
+    # On Celery's synchronous loop (a polling transport) a worker first sees a message
+    # at its next poll, up to POLL_LAG after the publication: a fault aimed at a running
+    # task comes that much later (a revoke aimed before an ETA does not).
+    lag = POLL_LAG if caps.sync_loop else 0.0
     for _, part in chosen:
         keys: list[str] = []
         for probe, args, options in part.calls:
@@ -456,6 +468,7 @@ def aimed_workload(
             keys.append(key)
             specs.append(ProbeCall(probe, args(key), dict(options), key))
         for kind, at, target in part.faults:
+            at = at + lag if kind in _AT_RUNNING else at
             if target == "victim":
                 plan.append(Fault(kind, at, victim))
                 victim += 1

@@ -222,6 +222,27 @@ def test_an_aimed_workload_fits_the_capabilities() -> None:
     assert workload.settings.workers == 2 and workload.settings.conf["task_acks_late"]
 
 
+def test_aimed_faults_wait_for_a_polling_transports_first_poll() -> None:
+    """On Celery's synchronous loop a worker sees a message only at its next poll (up to
+    a second later): a fault aimed at a running task comes that much later; a revoke
+    aimed before an ETA does not move."""
+    import random
+
+    from simq_conformance.coverage import POLL_LAG
+
+    kinds = frozenset({"warm_shutdown", "revoke"})
+    event_loop = Capabilities("mine", "memory", faults=kinds)
+    polling = attrs.evolve(event_loop, sync_loop=True)
+    times = {}
+    for caps in (event_loop, polling):
+        for aim in ("G17", "G10"):
+            built = aimed_workload([aim], caps, random.Random(0))
+            assert built is not None
+            times[caps.sync_loop, aim] = [f.at for f in built[0].faults]
+    assert times[True, "G17"] == [at + POLL_LAG for at in times[False, "G17"]]
+    assert times[True, "G10"] == times[False, "G10"]
+
+
 def _limited() -> SimqAdapter:
     adapter = SimqAdapter()
     adapter.capabilities = attrs.evolve(

@@ -265,7 +265,8 @@ def test_g17_on_the_synchronous_loop_lets_a_warm_shutdown_run_what_was_reserved(
     assert [v for v in check_g17(slow.history, polling) if "after the warm" in v.message]
     # A cold shutdown starts nothing more, on either loop.
     cold = Story().online("w1").publish("m1", "t1").publish("m2", "t2").deliver("m1")
-    cold.deliver("m2").start("m1").ack("m1").at(1).fault("shutdown", warm=False).start("m2")
+    cold.deliver("m2").start("m1").ack("m1").at(1).fault("shutdown", warm=False).at(1.5)
+    cold.start("m2")
     assert [v for v in check_g17(cold.history, sync) if "after the cold" in v.message]
 
 
@@ -274,6 +275,8 @@ def test_g17_on_the_synchronous_loop_lets_a_warm_shutdown_run_what_was_reserved(
     [
         ("g17_sqla_fetch_after_warm_shutdown", True, "2026-12-04T17:35:10.790Z"),
         ("g17_sqla_two_fetches_after_warm_shutdown", False, "2026-12-04T17:41:22.572Z"),
+        # A cold one: a task the pool already held started 3 ms after the signal.
+        ("g17_sqla_start_just_after_cold_shutdown", False, "2026-12-04T17:56:05.688Z"),
     ],
 )
 def test_g17_recorded_on_sqla_fetches_after_the_warm_shutdown_then_their_start(
@@ -294,7 +297,7 @@ def test_g17_recorded_on_sqla_fetches_after_the_warm_shutdown_then_their_start(
     )
     assert check_g17(history, attrs.evolve(config, sync_loop=True)) == []
     found = [v.message for v in check_g17(history, config)]
-    assert any(f"started on worker-1 at {started} after the warm shutdown" in m for m in found)
+    assert any(f"started on worker-1 at {started} after the" in m for m in found)
 
 
 def test_g17_fails_a_warm_shutdown_that_cuts_a_task_short() -> None:
