@@ -12,6 +12,7 @@ thing.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
@@ -210,12 +211,67 @@ class RunSettings:
 
 @attrs.frozen
 class Workload:
-    """Everything one run does: settings, probe calls, faults."""
+    """Everything one run does: settings, probe calls, faults.
+
+    ``to_json``/``from_json`` store it (``pytest --conformance-replay=FILE`` reruns a
+    stored workload exactly).
+    """
 
     settings: RunSettings = RunSettings()
     calls: tuple[ProbeCall, ...] = ()
     faults: tuple[Fault, ...] = ()
     seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-compatible dict (probe arguments must be JSON values, as on the wire)."""
+        s = self.settings
+        return {
+            "settings": {
+                "workers": s.workers,
+                "concurrency": s.concurrency,
+                "prefetch_multiplier": s.prefetch_multiplier,
+                "conf": dict(s.conf),
+            },
+            "calls": [
+                {"probe": c.probe, "args": list(c.args), "options": dict(c.options), "key": c.key}
+                for c in self.calls
+            ],
+            "faults": [{"kind": f.kind, "at": f.at, "target": f.target} for f in self.faults],
+            "seed": self.seed,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Workload:
+        """The workload ``to_dict`` gave.
+
+        Raises:
+            ValueError: a field is missing or has the wrong shape (the message names it).
+        """
+        try:
+            s = data["settings"]
+            return cls(
+                RunSettings(
+                    int(s["workers"]), int(s["concurrency"]), int(s["prefetch_multiplier"]),
+                    dict(s["conf"]),
+                ),
+                tuple(
+                    ProbeCall(c["probe"], tuple(c["args"]), dict(c["options"]), c["key"])
+                    for c in data["calls"]
+                ),
+                tuple(Fault(f["kind"], float(f["at"]), f["target"]) for f in data["faults"]),
+                int(data["seed"]),
+            )  # fmt: skip
+        except (KeyError, TypeError) as exc:
+            raise ValueError(
+                f"not a stored workload (Workload.to_json): {type(exc).__name__}: {exc}"
+            ) from None
+
+    @classmethod
+    def from_json(cls, text: str) -> Workload:
+        return cls.from_dict(json.loads(text))
 
 
 @attrs.frozen

@@ -50,6 +50,7 @@ __all__ = [
     "GuaranteeFailed",
     "Summary",
     "default_aim_budget",
+    "replay_campaign",
     "run_campaign",
 ]
 
@@ -134,6 +135,8 @@ class Campaign:
     aim_budget: int = 0
     #: Failed guarantees judged again on the Celery baseline (simq_conformance.baseline).
     baselines: dict[str, Baseline] = attrs.field(factory=dict)
+    #: The one workload a replay ran (``--conformance-replay``), else None.
+    replayed: Workload | None = None
     #: Workload seeds of the runs that did not finish in time (L1).
     timed_out: list[int] = attrs.field(factory=list)
     #: Runs whose recording was incomplete (the first few), as failures of "recorder".
@@ -261,6 +264,33 @@ def run_campaign(
             if s.status == FAIL and (shrink_only is None or g in shrink_only)
         ]:
             _explore(campaign, name, adapter, examples, None, raise_on=g_name)
+    campaign.finish()
+    campaign.elapsed = time.monotonic() - started
+    return campaign
+
+
+def replay_campaign(
+    name: str,
+    adapter: Adapter,
+    workload: Workload,
+    *,
+    reference: tuple[str, Adapter] | None = None,
+) -> Campaign:
+    """Run exactly ``workload`` once on ``adapter`` and judge it on every guarantee
+    (``pytest --conformance-replay=FILE``): no generated, aimed or shrinking runs."""
+    caps = adapter.capabilities
+    campaign = Campaign(name, caps, 0, 0, reference=reference[0] if reference else None)
+    campaign.replayed = workload
+    for g_name, g in GUARANTEES.items():
+        reason = applicability(g, caps)
+        campaign.summaries[g_name] = (
+            Summary(g_name, NOT_APPLICABLE, reason) if reason else Summary(g_name)
+        )
+    started = time.monotonic()
+    result = _run(campaign, name, adapter, workload)
+    if result is not None:
+        campaign.runs = 1
+        _judge(campaign, workload, result, reference)
     campaign.finish()
     campaign.elapsed = time.monotonic() - started
     return campaign

@@ -40,6 +40,7 @@ __all__ = [
     "CONFORMANCE_OPTION",
     "EXAMPLES_OPTION",
     "MUTANT_OPTION",
+    "REPLAY_OPTION",
     "REPORT_OPTION",
     "SEED_OPTION",
     "STRICT_OPTION",
@@ -58,6 +59,7 @@ TRANSPORT_OPTIONS_OPTION = "--conformance-transport-options"
 STRICT_OPTION = "--conformance-strict"
 MUTANT_OPTION = "--conformance-mutant"
 BASELINE_OPTION = "--conformance-baseline"
+REPLAY_OPTION = "--conformance-replay"
 
 #: The suite's test module, collected when ``--conformance`` is given.
 SUITE = Path(__file__).resolve().parent / "suite" / "test_guarantees.py"
@@ -128,6 +130,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         f"{SIMULATED_EXAMPLES} simulated, {REAL_EXAMPLES} on a real broker)",
     )
     group.addoption(
+        REPLAY_OPTION,
+        dest="simq_conformance_replay",
+        default=None,
+        metavar="FILE",
+        help="run exactly the stored workload in FILE (a failure's 'replay:' line names "
+        "it) once per adapter, instead of a campaign",
+    )
+    group.addoption(
         BASELINE_OPTION,
         dest="simq_conformance_baseline",
         default=None,
@@ -193,6 +203,7 @@ def pytest_configure(config: pytest.Config) -> None:
                 baselines[base] = resolve(base, None, None)
             except (UnknownAdapter, ValueError) as exc:
                 raise pytest.UsageError(f"{BASELINE_OPTION}: {exc}") from None
+    replay = _replay(config.getoption("simq_conformance_replay"))
     mutant = config.getoption("simq_conformance_mutant")
     if mutant:
         for name, adapter in adapters.items():
@@ -214,6 +225,7 @@ def pytest_configure(config: pytest.Config) -> None:
         defaults=(SIMULATED_EXAMPLES, REAL_EXAMPLES),
         strict=ci if strict is None else bool(strict),
         baselines=baselines,
+        replay=replay,
     )
     suite = str(SUITE)
     # Collect the suite even when no path was named (testpaths would collect the
@@ -278,6 +290,25 @@ def reproduce_options(
     return tuple(out)
 
 
+def _replay(path: str | None) -> Any:
+    """The workload stored in ``path`` (``--conformance-replay``), or None.
+
+    Raises:
+        pytest.UsageError: the file cannot be read or holds no stored workload.
+    """
+    if not path:
+        return None
+    from simq_conformance.adapter import Workload
+
+    try:
+        return Workload.from_json(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise pytest.UsageError(
+            f"{REPLAY_OPTION}={path}: {exc}; give the file a failure's 'replay:' line "
+            "names (a workload stored by Workload.to_json)"
+        ) from None
+
+
 def _plant(name: str, adapter: Any, mutant: str) -> None:
     """Give ``adapter`` the mutant to plant (``adapter.mutant``), if it can be planted there.
 
@@ -327,6 +358,9 @@ def pytest_report_header(config: pytest.Config) -> str | None:
     state = config.stash.get(_STATE, None)
     if state is None:
         return None
+    if state.replay is not None:
+        path = config.getoption("simq_conformance_replay")
+        return f"simq_conformance: adapters={','.join(state.adapters)} replay={path}"
     return (
         f"simq_conformance: adapters={','.join(state.adapters)} "
         f"seed={state.seed} examples={state.describe_examples()} "

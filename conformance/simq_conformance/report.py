@@ -72,6 +72,7 @@ def _failure(f: Failure) -> dict[str, Any]:
     return {
         "seed": f.workload.seed,
         "workload": repr(f.workload),
+        "stored_workload": f.workload.to_dict(),
         "complete": f.complete,
         "violations": [
             {"message": x.message, "events": [e.to_dict() for e in x.events]} for x in v.violations

@@ -8,15 +8,17 @@ test of that adapter reads its verdict from it: pass, fail, skip (not applicable
 
 from __future__ import annotations
 
+import tempfile
 import traceback
+from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
 
-from simq_conformance.adapter import Adapter
+from simq_conformance.adapter import Adapter, Workload
 from simq_conformance.calibrate import CalibrationError
-from simq_conformance.campaign import Campaign, run_campaign
+from simq_conformance.campaign import Campaign, replay_campaign, run_campaign
 from simq_conformance.coverage import DESCRIPTIONS
 from simq_conformance.properties import (
     ADAPTER_ERROR,
@@ -46,12 +48,15 @@ class ConformanceSession:
         defaults: tuple[int, int],
         strict: bool = False,
         baselines: dict[str, Adapter] | None = None,
+        replay: Workload | None = None,
     ) -> None:
         """``strict``: a guarantee no run exercised fails its test (else it is an xfail
         labelled "not exercised (0/N)")."""
         self.adapters = adapters
         #: Real Celery deployments a failing workload runs on again (the baseline).
         self.baselines = baselines or {}
+        #: The stored workload to run once instead of a campaign (--conformance-replay).
+        self.replay = replay
         self.strict = strict
         self.examples = examples
         self.seed = seed
@@ -120,6 +125,12 @@ class ConformanceSession:
                 )
                 reference = (ref.capabilities.adapter, ref)
             only = None if self.selected is None else frozenset(self.selected.get(name, ()))
+            if self.replay is not None:
+                self.campaigns[name] = replay_campaign(
+                    name, adapter, self.replay, reference=reference
+                )
+                self._judge_on_baselines(name)
+                return self.campaigns[name]
             self.campaigns[name] = run_campaign(
                 name,
                 adapter,
@@ -200,10 +211,14 @@ class ConformanceSession:
             if baseline is not None and baseline.celery_behaviour:
                 # Not the transport's fault: every baseline fails the same workload.
                 pytest.xfail(f"{guarantee} on {name}: {baseline.describe()}")
-            pytest.fail(describe_failure(c, guarantee), pytrace=False)
+            pytest.fail(
+                describe_failure(c, guarantee) + self._replay_line(c, guarantee), pytrace=False
+            )
         if s.status == ADAPTER_ERROR:
             pytest.fail(describe_adapter_errors(c, guarantee), pytrace=False)
         assert s.runs == c.total, f"{guarantee} judged {s.runs} of {c.total} runs"
+        if s.status == NOT_EXERCISED and c.replayed is not None:
+            pytest.skip(f"{guarantee} on {name}: the replayed workload does not exercise it")
         if s.status == NOT_EXERCISED:
             message = (
                 f"{guarantee} on {name}: not exercised (0/{s.runs}): no run had "
@@ -213,6 +228,22 @@ class ConformanceSession:
             if self.strict:
                 pytest.fail(f"{message}; strict: a guarantee never exercised fails", pytrace=False)
             pytest.xfail(message)
+
+    def _replay_line(self, c: Campaign, guarantee: str) -> str:
+        """Store the failing workload in a file; the line that reruns exactly it."""
+        failure = c.summaries[guarantee].failure
+        if failure is None:
+            return ""
+        folder = Path(tempfile.gettempdir()) / "simq-conformance"
+        folder.mkdir(exist_ok=True)
+        path = folder / f"{c.adapter}-{guarantee}-seed{failure.workload.seed}.json"
+        path.write_text(failure.workload.to_json() + "\n")
+        extra = " ".join(c.capabilities.reproduce)
+        return (
+            f"\nreplay: pytest --conformance={c.adapter} "
+            + (f"{extra} " if extra else "")
+            + f"--conformance-replay={path} -k {guarantee}"
+        )
 
     def check_differential(self, name: str) -> None:
         """Fail with each disagreement between the real adapter and the simulator."""
