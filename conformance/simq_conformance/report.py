@@ -286,6 +286,11 @@ def describe_failure(c: Campaign, guarantee: str) -> str:
     out += ["  " + v.describe().replace("\n", "\n  ") for v in f.verdict.violations]
     if guarantee in c.baselines:
         out.append(f"baseline: {c.baselines[guarantee].describe()}")
+    if history:
+        from simq.timeline.text import render_text
+
+        out.append("timeline (seconds from the first event):")
+        out += ["  " + line for line in render_text(history).splitlines()]
     out.append(f"shortest failing history ({f.size} events, complete={f.complete}):")
     out += ["  " + line for line in (history.to_jsonl() if history else "").splitlines()]
     return "\n".join(out)

@@ -59,6 +59,8 @@ def test_a_failure_names_its_stored_workload_and_the_replay_reruns_exactly_it(
     )  # fmt: skip
     assert again.ret == pytest.ExitCode.TESTS_FAILED
     again.stdout.fnmatch_lines(["*FAILED*test_guarantee[[]simq-G16[]]*"])
+    # Each failure shows its run as a timeline in seconds from the first event.
+    failed.stdout.fnmatch_lines(["*timeline (seconds from the first event):*", "*simq timeline:*"])
     report = json.loads((pytester.path / "replayed.json").read_text())["adapters"]["simq"]
     assert (report["runs"], report["aimed_runs"]) == (1, 0)
     failure = report["guarantees"]["G16"]["failure"]
