@@ -318,7 +318,9 @@ def _part(name: str, caps: Capabilities, rng: random.Random) -> Part | None:
         # A message waiting for its ETA is held unacked: past a 1 s visibility timeout
         # on redis (restored once: the copy waits for the same ETA, then both run and
         # end fast, so nothing loops), past 1 s on amqp (nothing may be restored).
-        call: CallSpec = ("ret", _args(6), {"countdown": 1.5})
+        # (A polling transport hands the message over up to POLL_LAG late: wait longer.)
+        countdown = 1.5 + (POLL_LAG if caps.sync_loop else 0.0)
+        call: CallSpec = ("ret", _args(6), {"countdown": countdown})
         if redis:
             return Part({"broker_transport_options": _SHORT_VT}, (call,), alone=True)
         return Part({}, (call,))
