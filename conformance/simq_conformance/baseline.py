@@ -78,15 +78,10 @@ class Baseline:
 
 def _cannot_run(adapter: Adapter, workload: Workload, guarantee: str) -> str | None:
     caps = adapter.capabilities
-    for fault in workload.faults:
-        why = caps.missing(faults=(fault.kind,))
-        if why:
-            return why
-    for call in workload.calls:
-        why = caps.missing(probes=(call.probe,))
-        if why:
-            return why
-    return applicability(GUARANTEES[guarantee], caps)
+    return caps.missing(
+        faults=tuple(f.kind for f in workload.faults),
+        probes=tuple(c.probe for c in workload.calls),
+    ) or applicability(GUARANTEES[guarantee], caps)
 
 
 def judge(

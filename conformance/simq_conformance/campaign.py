@@ -239,15 +239,8 @@ def run_campaign(
             generated ones (default: :func:`default_aim_budget`; 0: none).
     """
     caps = adapter.capabilities
-    campaign = Campaign(
-        name, caps, hypothesis_seed, examples, reference=reference[0] if reference else None
-    )
+    campaign = _new_campaign(name, caps, hypothesis_seed, examples, reference)
     campaign.aim_budget = default_aim_budget(examples, caps.simulated) if aim is None else aim
-    for g_name, g in GUARANTEES.items():
-        reason = applicability(g, caps)
-        campaign.summaries[g_name] = (
-            Summary(g_name, NOT_APPLICABLE, reason) if reason else Summary(g_name)
-        )
     if shrink is None:
         shrink = caps.simulated
     started = time.monotonic()
@@ -269,6 +262,25 @@ def run_campaign(
     return campaign
 
 
+def _new_campaign(
+    name: str,
+    caps: Capabilities,
+    hypothesis_seed: int,
+    examples: int,
+    reference: tuple[str, Adapter] | None,
+) -> Campaign:
+    """A campaign with a summary per guarantee: not applicable (with the reason) or open."""
+    campaign = Campaign(
+        name, caps, hypothesis_seed, examples, reference=reference[0] if reference else None
+    )
+    for g_name, g in GUARANTEES.items():
+        reason = applicability(g, caps)
+        campaign.summaries[g_name] = (
+            Summary(g_name, NOT_APPLICABLE, reason) if reason else Summary(g_name)
+        )
+    return campaign
+
+
 def replay_campaign(
     name: str,
     adapter: Adapter,
@@ -278,14 +290,8 @@ def replay_campaign(
 ) -> Campaign:
     """Run exactly ``workload`` once on ``adapter`` and judge it on every guarantee
     (``pytest --conformance-replay=FILE``): no generated, aimed or shrinking runs."""
-    caps = adapter.capabilities
-    campaign = Campaign(name, caps, 0, 0, reference=reference[0] if reference else None)
+    campaign = _new_campaign(name, adapter.capabilities, 0, 0, reference)
     campaign.replayed = workload
-    for g_name, g in GUARANTEES.items():
-        reason = applicability(g, caps)
-        campaign.summaries[g_name] = (
-            Summary(g_name, NOT_APPLICABLE, reason) if reason else Summary(g_name)
-        )
     started = time.monotonic()
     result = _run(campaign, name, adapter, workload)
     if result is not None:

@@ -27,6 +27,7 @@ from simq_conformance.properties import (
 )
 
 __all__ = [
+    "command",
     "describe_adapter_errors",
     "describe_failure",
     "report_paths",
@@ -296,12 +297,16 @@ def describe_failure(c: Campaign, guarantee: str) -> str:
     return "\n".join(out)
 
 
+def command(c: Campaign, *options: str) -> str:
+    """``pytest --conformance=ADAPTER`` with the options that select the same deployment
+    (``Capabilities.reproduce``), then ``options``."""
+    extra = tuple(getattr(c.capabilities, "reproduce", ()) or ())
+    return " ".join(("pytest", f"--conformance={c.adapter}", *extra, *options))
+
+
 def _reproduce(c: Campaign) -> str:
-    extra = " ".join(getattr(c.capabilities, "reproduce", ()) or ())
-    return (
-        f"pytest --conformance={c.adapter} "
-        + (f"{extra} " if extra else "")
-        + f"--conformance-seed={c.hypothesis_seed} --conformance-examples={c.examples}"
+    return command(
+        c, f"--conformance-seed={c.hypothesis_seed}", f"--conformance-examples={c.examples}"
     )
 
 

@@ -27,7 +27,7 @@ from simq_conformance.properties import (
     NOT_APPLICABLE,
     NOT_EXERCISED,
 )
-from simq_conformance.report import describe_adapter_errors, describe_failure
+from simq_conformance.report import command, describe_adapter_errors, describe_failure
 
 __all__ = ["ConformanceSession"]
 
@@ -129,16 +129,15 @@ class ConformanceSession:
                 self.campaigns[name] = replay_campaign(
                     name, adapter, self.replay, reference=reference
                 )
-                self._judge_on_baselines(name)
-                return self.campaigns[name]
-            self.campaigns[name] = run_campaign(
-                name,
-                adapter,
-                examples=self.examples_for(name),
-                hypothesis_seed=self.seed,
-                reference=reference,
-                shrink_only=only,
-            )
+            else:
+                self.campaigns[name] = run_campaign(
+                    name,
+                    adapter,
+                    examples=self.examples_for(name),
+                    hypothesis_seed=self.seed,
+                    reference=reference,
+                    shrink_only=only,
+                )
             self._judge_on_baselines(name)
         return self.campaigns[name]
 
@@ -238,12 +237,7 @@ class ConformanceSession:
         folder.mkdir(exist_ok=True)
         path = folder / f"{c.adapter}-{guarantee}-seed{failure.workload.seed}.json"
         path.write_text(failure.workload.to_json() + "\n")
-        extra = " ".join(c.capabilities.reproduce)
-        return (
-            f"\nreplay: pytest --conformance={c.adapter} "
-            + (f"{extra} " if extra else "")
-            + f"--conformance-replay={path} -k {guarantee}"
-        )
+        return f"\nreplay: {command(c, f'--conformance-replay={path}')} -k {guarantee}"
 
     def check_differential(self, name: str) -> None:
         """Fail with each disagreement between the real adapter and the simulator."""
