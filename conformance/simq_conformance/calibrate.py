@@ -89,15 +89,18 @@ class Calibration:
 
     Attributes:
         slack: The slack to use (seconds).
-        worst: The sample with the largest jitter.
-        samples: Every deviation measured.
+        samples: Every deviation measured (at least one).
         seconds: How long the calibration took (wall clock, workers' startup included).
     """
 
     slack: float
-    worst: Sample
     samples: tuple[Sample, ...]
     seconds: float
+
+    @property
+    def worst(self) -> Sample:
+        """The sample with the largest jitter."""
+        return _worst(self.samples)
 
     def describe(self) -> str:
         """``measured: ...``, the capability's ``slack_source`` (reports show it)."""
@@ -171,7 +174,7 @@ def slack_from(samples: tuple[Sample, ...], *, adapter: str = "the adapter") -> 
     :data:`CEILING`."""
     if not samples:
         raise CalibrationError(f"{adapter}: the calibration run recorded no timing to measure")
-    worst = max(samples, key=lambda s: s.jitter)
+    worst = _worst(samples)
     slack = max(FLOOR, FACTOR * worst.jitter)
     if slack > CEILING:
         raise CalibrationError(
@@ -201,6 +204,8 @@ def calibrate(adapter: Any) -> Calibration:
         )
     keys = {task_id: key for key, task_id in result.task_ids.items()}
     samples = measure(result.history, keys)
-    slack = slack_from(samples, adapter=caps.adapter)
-    worst = max(samples, key=lambda s: s.jitter)
-    return Calibration(slack, worst, samples, seconds)
+    return Calibration(slack_from(samples, adapter=caps.adapter), samples, seconds)
+
+
+def _worst(samples: tuple[Sample, ...]) -> Sample:
+    return max(samples, key=lambda s: s.jitter)

@@ -241,7 +241,7 @@ def test_setup_calibrates_without_the_planted_mutant(monkeypatch: pytest.MonkeyP
     def fake(adapter: Any) -> Calibration:
         seen.append(adapter.mutant)
         worst = Sample("eta", "eta-0.3", 0.01)
-        return Calibration(FLOOR, worst, (worst,), 2.0)
+        return Calibration(FLOOR, (worst,), 2.0)
 
     monkeypatch.setattr(calibrate_module, "calibrate", fake)
     adapter = celery_by_url("filesystem://")
