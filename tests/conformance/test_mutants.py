@@ -133,6 +133,18 @@ def test_the_matrix_names_what_killed_each_mutant_and_what_survived() -> None:
     assert [c.ok for c in cells] == [True, True, False, True]
 
 
+def test_the_matrix_marks_a_mutant_the_plugin_cannot_plant_not_applicable(tmp_path) -> None:
+    """The plugin alone decides where a mutant can be planted; the matrix reads its
+    usage error (no broker is contacted: the plugin refuses at configuration)."""
+    from simq_conformance.mutants.matrix import run_cell
+
+    cell = run_cell("celery-rabbitmq", "lost-unacked-on-kill", tmp_path)
+    assert (cell.status, cell.detail) == ("n/a", "cannot be planted in 'amqp'")
+    assert cell.ok and cell.text() == "n/a (cannot be planted in 'amqp')"
+    memory = run_cell("celery-memory", "eta-ignored", tmp_path)
+    assert (memory.status, memory.detail) == ("n/a", "takes no mutant")
+
+
 # -- real Redis: mutants planted in real worker processes ---------------------------------
 
 

@@ -29,6 +29,10 @@ __all__ = ["Cell", "main", "run_cell", "run_matrix", "to_markdown", "write_matri
 RUN_TIMEOUT = 1800.0
 #: The baseline row's name.
 BASELINE = "(none)"
+#: pytest's exit code for a usage error, and what the plugin says of a mutant that
+#: cannot be planted in the adapter's deployment.
+USAGE_ERROR = 4
+_UNPLANTABLE = (" cannot be planted in ", " takes no mutant")
 
 
 @attrs.frozen
@@ -69,22 +73,9 @@ class Cell:
         return f"{head} ({self.runs} runs, {self.seconds:.0f} s)"
 
 
-def _where(adapter: str) -> str:
-    """The deployment a mutant is planted in for a built-in adapter's name."""
-    if adapter.startswith("simq"):
-        return "simq"
-    if adapter == "celery-redis":
-        return "redis"
-    if adapter == "celery-rabbitmq":
-        return "amqp"
-    return adapter.removeprefix("celery-")
-
-
 def run_cell(adapter: str, mutant: str | None, folder: Path, extra: Sequence[str] = ()) -> Cell:
     """Certify ``adapter`` with ``mutant`` planted (None: the baseline) in a pytest run."""
     name = mutant or BASELINE
-    if mutant is not None and not MUTANTS[mutant].plantable(_where(adapter)):
-        return Cell(adapter, name, "n/a", detail=f"no patches for {_where(adapter)}")
     report = folder / f"{adapter}-{mutant or 'baseline'}"
     args = [
         sys.executable, "-m", "pytest", "-p", "no:randomly", "-p", "no:cacheprovider", "-q",
@@ -101,6 +92,13 @@ def run_cell(adapter: str, mutant: str | None, folder: Path, extra: Sequence[str
     except subprocess.TimeoutExpired:
         return Cell(adapter, name, "error", detail=f"pytest ran over {RUN_TIMEOUT:.0f} s")
     seconds = time.monotonic() - started
+    if proc.returncode == USAGE_ERROR:
+        # The plugin decides where a mutant can be planted: if it said not here, n/a.
+        for line in proc.stderr.splitlines():
+            for marker in _UNPLANTABLE:
+                if marker in line:
+                    where = line.split(marker, 1)[1].split(" (", 1)[0].split(":", 1)[0]
+                    return Cell(adapter, name, "n/a", detail=f"{marker.strip()} {where}".strip())
     try:
         data = json.loads(report.with_name(report.name + ".json").read_text())
         entry = data["adapters"][adapter]
