@@ -53,11 +53,23 @@ def timeline(sim: simq.Simulation) -> list[tuple[float, str, str]]:
 # -- the simulator -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("ago", [0, 5], ids=["eta-now", "eta-past"])
-def test_a_due_eta_widens_the_window_until_its_timer_fires(app, simulation, sleepy, ago):
-    """With window 1, a message whose ETA is already due lets the next one in before it starts."""
+@pytest.mark.parametrize(
+    ("options", "starts"),
+    [
+        (lambda now: {"eta": now}, 10.0),
+        (lambda now: {"eta": now - dt.timedelta(seconds=5)}, 10.0),
+        (lambda now: {"countdown": 30}, 30.0),
+    ],
+    ids=["eta-now", "eta-past", "eta-future"],
+)
+def test_an_eta_message_waits_outside_the_window_until_its_timer_fires(
+    app, simulation, sleepy, options, starts
+):
+    """With window 1, a message with an ETA (already due or not) lets the next one in
+    before it starts: a due one starts once the plain one's 10 s are over, a future one
+    at its ETA."""
     sim = simulation(app, prefetch_multiplier=1)
-    sleepy.apply_async((10,), eta=sim.now - dt.timedelta(seconds=ago))
+    sleepy.apply_async((10,), **options(sim.now))
     sleepy.delay(10)
     sim.run()
     # Celery hands the plain message to the pool at once; the ETA one waits for its
@@ -66,22 +78,7 @@ def test_a_due_eta_widens_the_window_until_its_timer_fires(app, simulation, slee
         (0.0, "delivered", "first"),
         (0.0, "delivered", "second"),
         (0.0, "started", "second"),
-        (10.0, "started", "first"),
-    ]
-    assert sim.check() == []
-
-
-def test_a_future_eta_still_waits_outside_the_window(app, simulation, sleepy):
-    """With window 1, a message with a future ETA lets the next one in and starts at its ETA."""
-    sim = simulation(app, prefetch_multiplier=1)
-    sleepy.apply_async((10,), countdown=30)
-    sleepy.delay(10)
-    sim.run()
-    assert timeline(sim) == [
-        (0.0, "delivered", "first"),
-        (0.0, "delivered", "second"),
-        (0.0, "started", "second"),
-        (30.0, "started", "first"),
+        (starts, "started", "first"),
     ]
     assert sim.check() == []
 
