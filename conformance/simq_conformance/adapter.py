@@ -127,6 +127,11 @@ class Capabilities:
     sync_loop: bool = False
     reproduce: tuple[str, ...] = ()
 
+    @property
+    def slack_measured(self) -> bool:
+        """Whether ``slack`` was measured on the deployment (``slack_source``)."""
+        return self.slack_source.startswith("measured")
+
     def missing(
         self,
         *,

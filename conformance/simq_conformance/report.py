@@ -64,7 +64,7 @@ def _caps(c: Campaign) -> dict[str, Any]:
 
 def _slack(caps: Any) -> str:
     """The table cell for an adapter's slack: seconds, and whether measured."""
-    how = "measured" if caps.slack_source.startswith("measured") else "declared"
+    how = "measured" if caps.slack_measured else "declared"
     return f"{caps.slack:g} s ({how})"
 
 
@@ -213,7 +213,7 @@ def to_markdown(campaigns: Sequence[Campaign]) -> str:
             f"| {c.hypothesis_seed} |"
         )
     for c in campaigns:
-        if c.capabilities.slack_source.startswith("measured"):
+        if c.capabilities.slack_measured:
             lines += [
                 "",
                 f"{c.adapter}: slack {c.capabilities.slack:g} s, {c.capabilities.slack_source}",

@@ -451,7 +451,7 @@ class CeleryAdapter(BaseAdapter):
         if self.backend_url.startswith("redis"):
             _brokers.redis_check(self.backend_url)
         self._ready = True
-        if not self.in_process and not self.capabilities.slack_source.startswith("measured"):
+        if not self.in_process and not self.capabilities.slack_measured:
             self._calibrate()
 
     def _calibrate(self) -> None:
