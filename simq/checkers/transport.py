@@ -331,16 +331,16 @@ def _restored_early(d: Delivery, e: Event, vt: float) -> list[Violation]:
     ]
 
 
-def _redelivered_after_timeout(idx: Index, d: Delivery, vt: float, before: int) -> bool:
+def _redelivered_after_timeout(idx: Index, d: Delivery, vt: float) -> bool:
     """Whether ``d``'s message was delivered again, flagged redelivered, once ``d`` had
-    been held ``vt`` seconds, before index ``before``: a real Redis restores a message
-    inside the broker, and its recording shows only the redelivery."""
-    for x in idx.deliveries_after(d.message_id, d.at):
-        if x.at >= before:
-            return False
-        if x.redelivered and x.event.time >= d.event.time + vt:
-            return True
-    return False
+    been held ``vt`` seconds: a real Redis restores a message inside the broker, and its
+    recording shows only the redelivery. That redelivery may come after ``d``'s ack: the
+    restored copy waits in the queue until a worker has room for it, and an ack removes
+    only the unacked record, not a copy already restored."""
+    return any(
+        x.redelivered and x.event.time >= d.event.time + vt
+        for x in idx.deliveries_after(d.message_id, d.at)
+    )
 
 
 def _never_restored(idx: Index, d: Delivery, vt: float, slack: float) -> list[Violation]:
@@ -374,7 +374,7 @@ def _never_restored(idx: Index, d: Delivery, vt: float, slack: float) -> list[Vi
         return []
     if end is not None and end[1].kind == "requeued":
         return []
-    if _redelivered_after_timeout(idx, d, vt - slack, end[0] if end else len(idx.events)):
+    if _redelivered_after_timeout(idx, d, vt - slack):
         return []
     how = f"until it was {end[1].kind} at {when(end[1])}" if end else "until the run ended"
     return [

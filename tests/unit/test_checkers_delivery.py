@@ -502,3 +502,25 @@ def test_g6_does_not_guess_between_copies_held_side_by_side() -> None:
     s.run_ok("m1").run_ok("m1", "w2").at(40).run_ok("m1", "w2")
     config = CheckConfig(transport="redis", visibility_timeout=10, complete=True)
     assert check_g6(s.history, config) == []
+
+
+def test_g6_passes_a_real_redis_restore_fetched_after_the_original_was_acked() -> None:
+    """A restored copy waits in the queue: its redelivery may follow the original's ack.
+
+    Recorded on real Celery and Redis (visibility timeout 8 s, CI of 2026-12-04; 25 of
+    the run's 26 events, as CI printed them): an ETA message held 10 s behind a busy
+    pool was restored at 8 s inside Redis, the original was acked at 10.14 s and the
+    restored copy, flagged redelivered, was fetched 2 ms later.
+    """
+    recorded = History.from_jsonl(
+        (Path(__file__).parent / "data" / "g6_redis_restored_copy_fetched_after_ack.jsonl")
+        .read_text()
+    )
+    config = CheckConfig(transport="redis", visibility_timeout=8, complete=True)
+    assert check_g6(recorded, config) == []
+
+    def hide_the_copy(e: Event) -> bool:
+        return e.kind == "delivered" and bool(e.details.get("redelivered"))
+
+    v = only(check_g6(edited(recorded, drop=hide_the_copy), config), "G6")
+    assert "longer than the visibility timeout (8 s), and was never restored" in v.message
