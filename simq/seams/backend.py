@@ -23,12 +23,15 @@ Chords go the way of the backend the simulation names (``Simulation(result_backe
 
 from __future__ import annotations
 
+import functools
 import json
 import types
 import warnings
+import weakref
 from typing import Any
 
 from celery import states
+from celery.backends.asynchronous import AsyncBackendMixin
 from celery.backends.base import BaseBackend, KeyValueStoreBackend
 from kombu.utils.json import dumps as kombu_dumps
 
@@ -232,6 +235,62 @@ class Backend(KeyValueStoreBackend):
 
     def as_uri(self, include_password: bool = False) -> str:
         return "simq://"
+
+    # -- the chord join of Celery's Redis backend ---------------------------------------
+
+    def iter_native(self, result: Any, *args: Any, **kwargs: Any) -> Any:
+        """Redis's chord join takes what is stored and waits for nothing.
+
+        ``RedisBackend.on_chord_part_return`` marks a header that holds a group result
+        ready (``header_result.on_ready()``) before joining it. Celery's asynchronous
+        result consumer (``AsyncBackendMixin.iter_native``) then reads the stored states
+        once and returns: a member with no stored result (``ignore_result``) joins as
+        None, and ``result_chord_join_timeout`` never elapses (checked on a real worker
+        and Redis). Every other join polls the store, as a key-value backend does.
+        """
+        if self.kind == "redis" and RedisBackend is not None and result.on_ready.ready:
+            return AsyncBackendMixin.iter_native(self, result, **kwargs)
+        return super().iter_native(result, *args, **kwargs)
+
+    _collect_into = AsyncBackendMixin._collect_into
+    _wait_for_pending = AsyncBackendMixin._wait_for_pending
+
+    @functools.cached_property
+    def result_consumer(self) -> _ReadyResultConsumer:
+        return _ReadyResultConsumer(self)
+
+
+class _ReadyResultConsumer:
+    """Celery's Redis result consumer, for a join whose results are all ready already.
+
+    What ``RedisResultConsumer.on_wait_for_pending`` does before it would drain pub/sub
+    messages: one read of the members' stored states (ready ones only); each fills its
+    result's cache and the bucket ``iter_native`` yields from. A join that is not ready yet never
+    comes here (``Backend.iter_native``).
+    """
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.buckets: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+    def _wait_for_pending(
+        self,
+        result: Any,
+        timeout: Any = None,
+        on_interval: Any = None,
+        on_message: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        # Celery's one read (ResultSet._iter_meta: get_many with max_iterations=1, which
+        # sleeps one interval when a member is not ready), before any message is drained.
+        for meta in result._iter_meta(timeout=timeout, **kwargs):
+            for node in result.results:
+                if node.id == meta["task_id"]:
+                    node._maybe_set_cache(meta)
+                    bucket = self.buckets.pop(node, None)
+                    if bucket is not None:
+                        bucket.append(node)
+        return iter(())
 
 
 def _key(key: Any) -> str:

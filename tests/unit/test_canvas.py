@@ -306,6 +306,10 @@ class Canvas:
         def tsum(xs: list[int]) -> int:
             return sum(xs)
 
+        @app.task(shared=False, name="cv.same")
+        def same(xs: Any) -> Any:
+            return xs
+
         @app.task(shared=False, name="cv.boom")
         def boom(*args: Any) -> None:
             raise KeyError("k")
@@ -323,7 +327,7 @@ class Canvas:
         def on_error(request: Any, exc: BaseException, traceback: Any) -> None:
             errors.append(f"{request.id} {type(exc).__name__}")
 
-        self.add, self.tsum, self.boom = add, tsum, boom
+        self.add, self.tsum, self.boom, self.same = add, tsum, boom, same
         self.replace, self.adder, self.on_error = replace, adder, on_error
 
 
@@ -508,6 +512,65 @@ def test_link_and_link_error_on_each_primitive(mode: str) -> None:
             f"{failing_chord.id} KeyError",
         ]
     )
+
+
+def _unkept(c: Canvas) -> Any:
+    @c.app.task(shared=False, name="cv.unkept", ignore_result=True)
+    def unkept(x: int, y: int) -> int:
+        return x + y
+
+    return unkept
+
+
+def test_redis_chord_join_takes_what_is_stored_and_does_not_wait() -> None:
+    """Redis: a header holding a group result is joined by the header task that completes
+    the count (GroupResult.join_native after header_result.on_ready(), redis.py
+    on_chord_part_return). Celery's asynchronous result consumer reads the stored states
+    once: a member whose result is never stored (ignore_result) joins as None, at once,
+    whatever result_chord_join_timeout says. Recorded on a real worker (Celery 5.7,
+    Redis, 2026-12-04): this chord returned [[3, 4], None] in 0.53 s with a 2 s timeout."""
+    c = Canvas()
+    c.app.conf.result_chord_join_timeout = 7
+    header = [c.add.s(1, 1) | celery.group(c.add.s(1), c.add.s(2)), _unkept(c).s(3, 3)]
+    with simq.Simulation(c.app, durations={"cv.add": 1, "cv.unkept": 1}) as sim:
+        result = celery.chord(header, c.same.s()).apply_async()
+        assert result.get() == [[3, 4], None]
+        sim.run()
+        body = sim.history.where(kind="started", task="cv.same")
+    # The last part ended at 4 s; Celery's one read of the header sleeps one 0.5 s poll
+    # interval when a member is not ready (get_many, max_iterations=1).
+    assert [e.time - sim.started_at for e in body] == [4.5]
+
+
+@pytest.mark.parametrize("join_timeout", [None, 7.0])
+def test_key_value_chord_join_waits_result_chord_join_timeout(
+    join_timeout: float | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Celery's generic key-value chord (the cache and memcached backends; simq's store
+    without the redis package) joins the header by polling the store for at most
+    result_chord_join_timeout seconds (3 by default), counted by Celery's get_many loop in
+    virtual time. A member whose result is never stored makes it time out: the chord
+    fails with ChordError and the body never runs."""
+    import simq.seams.backend
+
+    monkeypatch.setattr(simq.seams.backend, "RedisBackend", None)
+    c = Canvas()
+    if join_timeout is not None:
+        c.app.conf.result_chord_join_timeout = join_timeout
+    waited = join_timeout or 3.0
+    unkept = _unkept(c)
+    with pytest.warns(RuntimeWarning, match="generic key-value counter"):
+        sim = simq.Simulation(c.app, durations={"cv.add": 1, "cv.unkept": 1})
+    with sim:
+        result = celery.chord([c.add.s(1, 1), unkept.s(3, 3)], c.tsum.s()).apply_async()
+        with pytest.raises(celery.exceptions.ChordError) as caught:
+            result.get()
+        sim.run()
+        stored = sim.history.where(kind="state", task_id=result.id)
+    assert str(caught.value) == f"Join error: TimeoutError('Operation timed out ({waited})')"
+    # The last header part ended at 2 s; its child polled the store until 2 s + timeout.
+    assert [(e["state"], e.time - sim.started_at) for e in stored] == [("FAILURE", 2 + waited)]
+    assert not sim.history.where(kind="started", task="cv.tsum")
 
 
 def test_parent_children_and_collect() -> None:
