@@ -45,3 +45,14 @@ def charge(self: Any, order: str, declines: int) -> str:
 def order(items: list[int]) -> str:
     """Calls another task; returns the id of the total it asked for."""
     return str(total.delay(items).id)
+
+
+@shared_task(name="suite.audit", ignore_result=True)
+def audit(x: int, y: int) -> int:
+    """Its result is never stored."""
+    return x + y
+
+
+@shared_task(name="suite.same")
+def same(value: Any) -> Any:
+    return value
