@@ -134,13 +134,9 @@ def _seed(config: pytest.Config) -> int:
 
 
 def _marker_overrides(node: Any) -> dict[str, Any]:
-    """The closest ``celery(**overrides)`` marker's config; ``celery(min=, why=)``
-    version-gating markers (simq's own test suite) are not config."""
-    for mark in node.iter_markers("celery"):
-        if set(mark.kwargs) & {"min", "why"}:
-            continue
-        return dict(mark.kwargs)
-    return {}
+    """The closest ``celery(**overrides)`` marker's config, as celery.contrib.pytest reads it."""
+    mark = node.get_closest_marker("celery")
+    return dict(mark.kwargs) if mark is not None else {}
 
 
 @contextmanager

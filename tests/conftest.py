@@ -30,11 +30,11 @@ def _version(text: str) -> tuple[int, ...]:
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """Skip a test marked ``celery(min="5.7", why=...)`` on an older Celery, saying why.
+    """Skip a test marked ``celery_version(min="5.7", why=...)`` on an older Celery, saying why.
 
     ``min`` is "major.minor" or "major.minor.micro".
     """
-    for marker in item.iter_markers(name="celery"):
+    for marker in item.iter_markers(name="celery_version"):
         minimum = marker.kwargs["min"]
         why = marker.kwargs["why"]
         if _version(minimum) > _RUNNING:

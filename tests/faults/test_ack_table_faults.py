@@ -284,7 +284,7 @@ NEW_IN_5_7 = {
 
 def _row(case: tuple) -> object:
     why = NEW_IN_5_7.get(case[0])
-    marks = [pytest.mark.celery(min="5.7", why=why)] if why else []
+    marks = [pytest.mark.celery_version(min="5.7", why=why)] if why else []
     return pytest.param(*case[1:], id=case[0], marks=marks)
 
 

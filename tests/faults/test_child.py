@@ -171,7 +171,7 @@ def test_reject_on_worker_lost_without_acks_late_has_no_effect(app, simulation):
     assert not sim.history.where(kind="rejected")
 
 
-@pytest.mark.celery(min="5.7", why="Task.retry_on_worker_lost is new in 5.7 (app/task.py)")
+@pytest.mark.celery_version(min="5.7", why="Task.retry_on_worker_lost is new in 5.7 (app/task.py)")
 @pytest.mark.parametrize("acks_late", [False, True])
 def test_retry_on_worker_lost_retries_then_fails_when_exhausted(app, simulation, trail, acks_late):
     """retry_on_worker_lost publishes a retry (retries+1, eta now+default_retry_delay) and
@@ -221,7 +221,7 @@ def test_retry_on_worker_lost_retries_then_fails_when_exhausted(app, simulation,
     assert sim.check() == []
 
 
-@pytest.mark.celery(min="5.7", why="Task.retry_on_worker_lost is new in 5.7 (app/task.py)")
+@pytest.mark.celery_version(min="5.7", why="Task.retry_on_worker_lost is new in 5.7 (app/task.py)")
 def test_exhausted_retry_on_worker_lost_does_not_apply_reject_on_worker_lost(
     app, simulation, trail
 ):
@@ -243,7 +243,7 @@ def test_exhausted_retry_on_worker_lost_does_not_apply_reject_on_worker_lost(
     assert sim.check() == []
 
 
-@pytest.mark.celery(min="5.7", why="Task.retry_on_worker_lost is new in 5.7 (app/task.py)")
+@pytest.mark.celery_version(min="5.7", why="Task.retry_on_worker_lost is new in 5.7 (app/task.py)")
 def test_retry_on_worker_lost_stores_no_retry_when_the_result_is_ignored(app, simulation):
     """With ignore_result the retry is still sent but RETRY is not stored (§3.1)."""
     task, attempts = sleeper(
@@ -257,7 +257,7 @@ def test_retry_on_worker_lost_stores_no_retry_when_the_result_is_ignored(app, si
     assert not sim.history.where(kind="state")
 
 
-@pytest.mark.celery(
+@pytest.mark.celery_version(
     min="5.7",
     why="5.5's Request.on_failure stores FAILURE(WorkerLostError) after a stored SUCCESS "
     "(no _success_was_stored check) and fires the errbacks",
@@ -315,7 +315,7 @@ def test_a_hook_that_exits_the_child_after_success_keeps_success(app, simulation
     assert not sim.history.where(kind="state", state=states.FAILURE)
 
 
-@pytest.mark.celery(
+@pytest.mark.celery_version(
     min="5.7",
     why="5.5's Request.on_failure does not turn the job's own SystemExit/KeyboardInterrupt "
     "(reported by billiard 4.3) into WorkerLostError; it tries to store FAILURE(SystemExit), "

@@ -146,7 +146,7 @@ def test_revoke_without_terminate_lets_the_running_task_finish(app, simulation, 
     assert effects == [("begin", 1), ("end", 1)]
 
 
-@pytest.mark.celery(
+@pytest.mark.celery_version(
     min="5.6.2",
     why="5.5's revoke command does not store REVOKED (worker/control.py _revoke has no "
     "mark_as_revoked)",

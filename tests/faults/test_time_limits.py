@@ -182,7 +182,7 @@ def test_acks_late_hard_limit_is_acked_with_acks_on_timeout(app, simulation, tra
     [
         pytest.param(
             {"acks_on_timeout": False},
-            marks=pytest.mark.celery(
+            marks=pytest.mark.celery_version(
                 min="5.7",
                 why="Task.acks_on_timeout is new in 5.7 (5.5: acks_on_failure_or_timeout)",
             ),

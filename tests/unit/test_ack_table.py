@@ -26,7 +26,7 @@ REVOKE_MARKS_REVOKED = (celery.VERSION.major, celery.VERSION.minor, celery.VERSI
 #: worker/request.py): billiard 4.3 reports the job's own SystemExit as its result, so 5.5
 #: treats it as a plain failure and stores FAILURE(SystemExit), which the json result
 #: serializer cannot encode (backends/base.py encode_result prepares only Exception).
-SYSTEM_EXIT_IS_A_LOST_CHILD = pytest.mark.celery(
+SYSTEM_EXIT_IS_A_LOST_CHILD = pytest.mark.celery_version(
     min="5.7",
     why="5.5's Request.on_failure does not turn the job's own SystemExit into WorkerLostError",
 )
@@ -155,7 +155,7 @@ def test_failure_late_ack_with_acks_on_failure(app, simulation):
     [
         pytest.param(
             "acks_on_failure",
-            marks=pytest.mark.celery(
+            marks=pytest.mark.celery_version(
                 min="5.7",
                 why="5.5 has only acks_on_failure_or_timeout; Task.acks_on_failure is new in 5.7",
             ),
@@ -231,7 +231,7 @@ def test_retry_late_ack_follows_the_retry_state(app, simulation):
 # -- raised Reject -------------------------------------------------------------------
 
 
-@pytest.mark.celery(
+@pytest.mark.celery_version(
     min="5.7",
     why="5.5's Request.on_failure stores nothing for Reject(requeue=False) (#4222 is new in 5.7)",
 )

@@ -18,7 +18,9 @@ from simq.app import SIMULATED_BACKEND, SIMULATED_BROKER
 CELERY_VERSION = (celery.VERSION.major, celery.VERSION.minor)
 
 #: A setting Celery 5.5 does not have (app/defaults.py): it has no default to compare to.
-NEW_IN_5_7 = pytest.mark.celery(min="5.7", why="the setting is new in 5.7 (app/defaults.py)")
+NEW_IN_5_7 = pytest.mark.celery_version(
+    min="5.7", why="the setting is new in 5.7 (app/defaults.py)"
+)
 
 
 def make_app(main: str | None = "proj", **settings: Any) -> celery.Celery:

@@ -111,7 +111,7 @@ def test_pickle_serializer_on_a_task() -> None:
         assert len(sim.history.where(kind="published")) == 1
 
 
-@pytest.mark.celery(
+@pytest.mark.celery_version(
     min="5.6",
     why="5.5's pydantic_wrapper reads inspect.signature annotations, which this module's "
     "`from __future__ import annotations` leaves as strings: nothing is validated; 5.6+ "

@@ -513,8 +513,9 @@ def test_g6_passes_a_real_redis_restore_fetched_after_the_original_was_acked() -
     restored copy, flagged redelivered, was fetched 2 ms later.
     """
     recorded = History.from_jsonl(
-        (Path(__file__).parent / "data" / "g6_redis_restored_copy_fetched_after_ack.jsonl")
-        .read_text()
+        (
+            Path(__file__).parent / "data" / "g6_redis_restored_copy_fetched_after_ack.jsonl"
+        ).read_text()
     )
     config = CheckConfig(transport="redis", visibility_timeout=8, complete=True)
     assert check_g6(recorded, config) == []

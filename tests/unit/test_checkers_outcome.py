@@ -236,7 +236,7 @@ def test_g8_fails_a_requeued_reject_that_stores_a_state() -> None:
     assert "no state is stored, yet FAILURE" in only(check_g8(s.history, LATE), "G8").message
 
 
-@pytest.mark.celery(
+@pytest.mark.celery_version(
     min="5.6.2",
     why="5.5's revoke command does not store REVOKED (worker/control.py _revoke has no "
     "mark_as_revoked)",

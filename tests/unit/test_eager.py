@@ -128,7 +128,7 @@ def test_apply_simulates_delivery_info(where: Where) -> None:
     }  # fmt: skip
 
 
-@pytest.mark.celery(
+@pytest.mark.celery_version(
     min="5.7", why="Task.apply puts no timelimit in the eager request before 5.7 (app/task.py)"
 )
 def test_apply_timelimit_comes_from_task_attributes(where: Where) -> None:
@@ -145,7 +145,7 @@ def test_apply_timelimit_comes_from_task_attributes(where: Where) -> None:
     assert list(runs.requests[0]["timelimit"]) == [30, 20]
 
 
-@pytest.mark.celery(
+@pytest.mark.celery_version(
     min="5.6", why="5.5's Task.apply sets no parent_id/root_id in the eager request (app/task.py)"
 )
 def test_apply_inside_a_task_has_parent_and_root(where: Where) -> None:

@@ -47,7 +47,7 @@ def _busy_slots(sim: simq.Simulation) -> list[Any]:
     return [slot for worker in sim.workers.values() for slot in worker.slots if slot.job]
 
 
-@pytest.mark.celery(
+@pytest.mark.celery_version(
     min="5.7",
     why="5.5's result backend cannot encode a BaseException that is not an Exception (kombu json EncodeError inside Request.on_failure): the task stays PENDING",
 )
@@ -135,7 +135,7 @@ def _limited(app: celery.Celery, raised: BaseException) -> Any:
     return slow
 
 
-@pytest.mark.celery(
+@pytest.mark.celery_version(
     min="5.7",
     why="5.5's worker parent runs no task hook at a hard time limit",
 )
@@ -171,7 +171,7 @@ def test_a_base_exception_in_a_hook_the_parent_runs_takes_the_worker_down(
         assert sim.check() == []
 
 
-@pytest.mark.celery(
+@pytest.mark.celery_version(
     min="5.7",
     why="Task.retry_on_worker_lost is new in 5.7 (app/task.py)",
 )

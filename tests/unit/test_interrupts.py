@@ -75,7 +75,7 @@ def test_a_simulation_interrupted_by_ctrl_c_can_be_closed_later() -> None:
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-@pytest.mark.celery(
+@pytest.mark.celery_version(
     min="5.7",
     why="5.5's worker parent runs no task hook at a hard time limit",
 )
@@ -99,7 +99,7 @@ def test_ctrl_c_during_a_hook_the_workers_parent_runs_reaches_the_caller() -> No
         assert not sim.history.where(kind=["worker-crashed", "shutdown"])
 
 
-@pytest.mark.celery(
+@pytest.mark.celery_version(
     min="5.7",
     why="5.5's Request.on_failure does not turn the job's own KeyboardInterrupt into WorkerLostError",
 )

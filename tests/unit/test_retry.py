@@ -23,7 +23,7 @@ CELERY_VERSION = (celery.VERSION.major, celery.VERSION.minor)
 
 #: Task.retry merges explicit args or kwargs with the original call only from 5.7
 #: (app/task.py retry, #6494); 5.5 sends them as given, so the retried call breaks.
-MERGES_RETRY_ARGUMENTS = pytest.mark.celery(
+MERGES_RETRY_ARGUMENTS = pytest.mark.celery_version(
     min="5.7", why="5.5's Task.retry does not merge explicit args/kwargs with the original call"
 )
 
