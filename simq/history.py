@@ -13,14 +13,14 @@ Event kinds (``details`` keys in brackets; docs/history.md says when each is rec
   root_id, ignore_result, timelimit; for canvas messages only: group, group_index,
   chord, chain, link, link_error], ``delivered`` [queue, redelivered, copy?],
   ``acked``, ``rejected`` [requeue], ``requeued`` [reason, copy?], ``ack-failed``,
-  ``lost`` [reason] (with reason ``worker-crashed``: an early-acked task that died with
-  its worker)
+  ``lost`` [reason, reconciled?] (with reason ``worker-crashed``: an early-acked task
+  that died with its worker)
 * execution: ``started`` [task, retries], ``succeeded``, ``failed`` [exception],
   ``retried`` [exception, when], ``ignored`` [exception], ``declined`` [requeue] (the
   task raised Reject), ``revoked`` [reason, expired, terminated], ``unregistered``
   [task], ``undecodable`` [error], ``time-limit`` [which, limit], ``child-lost`` [exitcode], ``child-killed``
   [exitcode], ``cancelled`` [reason]
-* result backend: ``state`` [state, result], ``state-discarded`` [state, result] (a
+* result backend: ``state`` [state, result, reconciled?], ``state-discarded`` [state, result] (a
   write after SUCCESS), ``forgotten``
 * workers, broker, control: ``worker-online`` [concurrency, queues,
   prefetch_multiplier], ``worker-crashed`` [restart_after], ``worker-offline`` [reason],
@@ -35,6 +35,10 @@ Every event of one delivery (``delivered``, ``started``, the outcome, marks such
 delivery, its ``revoked``, the ``state`` writes it makes) carries that delivery's
 ``attempt`` id in ``details``: two live attempts of one message (a visibility-timeout
 copy, a redelivery after a lost connection) never share one.
+
+``reconciled`` marks an event a real-broker adapter recorded after the fact, from the
+broker's store or the result backend, because the process that should have recorded it
+died first; its value says what was read.
 
 :data:`KINDS` holds the same list for code; ``History.where`` checks names against it.
 """
@@ -66,7 +70,7 @@ KINDS: dict[str, frozenset[str]] = {
         "rejected": "requeue",
         "requeued": "reason copy",
         "ack-failed": "requeue",
-        "lost": "reason exchange routing_key",
+        "lost": "reason exchange routing_key reconciled",
         "started": "task retries",
         "succeeded": "deduplicated",
         "failed": "exception",
@@ -80,7 +84,7 @@ KINDS: dict[str, frozenset[str]] = {
         "child-lost": "exitcode",
         "child-killed": "exitcode",
         "cancelled": "reason",
-        "state": "state result",
+        "state": "state result reconciled",
         "state-discarded": "state result",
         "forgotten": "",
         "worker-online": "concurrency queues prefetch_multiplier",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -242,6 +243,53 @@ def test_workers_not_ready_retries_once_then_errs(monkeypatch: pytest.MonkeyPatc
         adapter.teardown()
 
 
+def _sink_line(pid: int, seq: int, kind: str, at: float, **fields: Any) -> str:
+    details = fields.pop("details", {})
+    event = {"kind": kind, "time": at, "task_id": None, "message_id": None, "worker": None}
+    return json.dumps({**event, **fields, "details": details, "pid": pid, "seq": seq}) + "\n"
+
+
+def test_a_message_its_killed_publisher_never_sent_ends_the_run(tmp_path: Path) -> None:
+    """A pool child recorded a retry's publication, then died before kombu wrote it:
+    once the message has been missing from the store for a second the run records it
+    ``lost`` [publisher-died] and has nothing left to wait for (no 30 s timeout)."""
+    adapter = celery_by_url("filesystem://")
+    adapter._prepare()
+    run = _celery_run.Run(adapter, Workload(RunSettings()))
+    try:
+        run.task_ids = {"c1": "t1"}
+        Path(adapter.transport_options["data_folder_in"]).mkdir(parents=True, exist_ok=True)
+        (run.directory / "7.jsonl").write_text(
+            _sink_line(7, 0, "started", 10.0, task_id="t1", message_id="m1", worker="worker-1",
+                       details={"attempt": "a1"})
+            + _sink_line(7, 1, "published", 10.01, task_id="t1", message_id="m2",
+                         details={"retries": 1})
+        )  # fmt: skip
+        (run.directory / "5.jsonl").write_text(
+            _sink_line(5, 0, "delivered", 9.9, task_id="t1", message_id="m1", worker="worker-1",
+                       details={"attempt": "a1"})
+            + _sink_line(5, 1, "child-lost", 11.0, task_id="t1", message_id="m1",
+                         worker="worker-1", details={"attempt": "a1"})
+            + _sink_line(5, 2, "acked", 11.01, task_id="t1", message_id="m1", worker="worker-1",
+                         details={"attempt": "a1"})
+        )  # fmt: skip
+        run.reader.poll()
+        assert run._busy() == {"c1"}
+        run._unreceived(100.0)  # missing from the store since now
+        run._unreceived(100.6)
+        run.reader.poll()
+        assert run._busy() == {"c1"}  # not yet a second
+        run._unreceived(101.1)
+        run.reader.poll()
+        assert run._busy() == set()
+        (lost,) = run.reader.find("lost", message_id="m2")
+        assert lost.event.details["reason"] == "publisher-died"
+        assert lost.event.time == 11.0
+    finally:
+        adapter.teardown()
+        shutil.rmtree(run.directory, ignore_errors=True)
+
+
 class _Consumer55:
     def cancel_all_unacked_requests(self) -> None: ...
 
@@ -385,18 +433,23 @@ def _statuses(report: dict) -> dict[str, str]:
 #: Failures the real runs found and docs/conformance.md explains (transports by URL):
 #: each is allowed here, any other failure fails the test.
 KNOWN = {
-    # Seen on sqla+sqlite: a worker sent a second message while one was unacked.
+    # sqla+sqlite on Celery 5.7: with no event loop, Consumer.call_soon_ack runs an ack
+    # or reject at once, on the prefork pool's result thread, while the consumer thread
+    # polls through the same kombu channel, whose SQLAlchemy session is not thread-safe
+    # ("This session is in 'prepared' state" in the worker log). A failed requeue leaves
+    # the message unacked in the live worker until it stops (L1); a fetch whose commit
+    # was lost delivers the message again with no requeue (G2).
+    "L1": "sqla+sqlite: a requeue failed on kombu's session, shared across Celery's threads",
+    "G2": "sqla+sqlite: a fetch's commit lost on kombu's session, shared across Celery's threads",
+    # Seen once on sqla+sqlite, in a run with a cold shutdown of the other worker; not
+    # reproduced since (280 runs on sqla+sqlite, 75 of them aimed at it).
     "G5": "sqla+sqlite: a second message inside a prefetch window of 1",
-    # Seen on sqla+sqlite: a message fetched by a worker killed before it recorded the
-    # delivery is lost with it (the declared G4 deviation) but unseen by the adapter.
-    "L1": "sqla+sqlite: a message lost with a killed worker before its delivery was recorded",
-    # Seen once on filesystem://: a child killed 5 ms into a task that returns at once;
-    # Celery found SUCCESS stored and acked, but the child died between the backend
-    # write and the recorder's record of it, so the history shows no SUCCESS.
-    "G3": "a child killed between its SUCCESS write and the recording of it",
 }
 # Celery's synchronous loop (G17 warm shutdowns, G10 revokes read a turn late) and the
-# hard limit of a killed child (G3) used to be here: the checkers now expect them.
+# hard limit of a killed child (G3) used to be here: the checkers now expect them. So
+# did two recording gaps the adapter now reconciles (_celery_reconcile): a SUCCESS a
+# killed child stored but never recorded (G3), and a publication nobody received, its
+# publisher killed before kombu wrote it or its fetcher killed before recording it (L1).
 
 
 def _unexpected(statuses: dict[str, str], known: tuple[str, ...]) -> dict[str, str]:
@@ -404,13 +457,13 @@ def _unexpected(statuses: dict[str, str], known: tuple[str, ...]) -> dict[str, s
 
 
 def test_filesystem_transport_is_certified(pytester: pytest.Pytester) -> None:
-    """kombu's filesystem:// with real workers: no failure but the known ones (KNOWN),
+    """kombu's filesystem:// with real workers: no failure at all (KNOWN has none for it),
     revoke judged (it has fanout), G4 and L2 a documented deviation (a killed worker's
     unacked messages are lost)."""
     result, report = _certify(pytester, "filesystem://")
     statuses = _statuses(report)
     assert report["adapters"]["celery"]["runs"] >= 3, "\n".join(result.outlines[-150:])
-    assert not _unexpected(statuses, ("G3",)), "\n".join(result.outlines[-150:])
+    assert not _unexpected(statuses, ()), "\n".join(result.outlines[-150:])
     assert statuses["G4"] == statuses["L2"] == "not-applicable"
     assert statuses["G10"] != "not-applicable"
     reason = report["adapters"]["celery"]["guarantees"]["G4"]["reason"]
@@ -426,6 +479,6 @@ def test_sqlalchemy_transport_is_certified(pytester: pytest.Pytester) -> None:
     result, report = _certify(pytester, "sqla+sqlite:///broker.db")
     statuses = _statuses(report)
     assert report["adapters"]["celery"]["runs"] >= 3, "\n".join(result.outlines[-150:])
-    assert not _unexpected(statuses, ("G3", "G5", "L1")), "\n".join(result.outlines[-150:])
+    assert not _unexpected(statuses, ("G2", "G5", "L1")), "\n".join(result.outlines[-150:])
     assert statuses["G10"] == statuses["G4"] == "not-applicable"
     assert (pytester.path / "broker.db").exists()

@@ -262,6 +262,20 @@ def test_g2_requires_a_rerun_after_a_crash_mid_task() -> None:
     assert check_g2(s.history, config) == []
 
 
+def test_g2_expects_no_rerun_of_a_message_lost_with_its_worker() -> None:
+    """On a transport that holds unacked messages in the worker (kombu's virtual
+    transports: the G4 deviation), a killed worker's acks_late task is lost, not run
+    again: G2 leaves the loss to L2 and the transport's declared deviation."""
+    s = Story().online("w1").online("w2").publish("m1", "t1")
+    s.event("delivered", "t1", "m1", "w1", queue="celery", redelivered=False, attempt="a1")
+    s.event("started", "t1", "m1", "w1", task="shop.add", retries=0, attempt="a1").at(1)
+    s.fault("worker-crashed").event("lost", "t1", "m1", "w1", reason="worker-crashed", attempt="a1")
+    config = CheckConfig(acks_late={"*": True}, complete=True)
+    assert check_g2(s.history, config) == []
+    unrecorded = edited(s.history, drop=lambda e: e.kind == "lost")
+    assert "never ran again" in only(check_g2(unrecorded, config), "G2").message
+
+
 def test_g2_fails_a_real_run_with_ack_and_state_swapped() -> None:
     """A real acks_late run edited to ack before SUCCESS is stored breaks G2 (§3.2 G2)."""
     app = simq.App("shop")

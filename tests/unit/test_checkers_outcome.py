@@ -289,6 +289,19 @@ def test_g9_fails_an_expired_task_that_runs() -> None:
     )
 
 
+def test_g9_on_the_synchronous_loop_judges_when_the_pool_got_the_task() -> None:
+    """Celery's synchronous loop hands a task to the prefork pool when it is received,
+    checking expiry only then: a task received before its expiry may start after it
+    (seen on filesystem://). One received after its expiry must still not start."""
+    sync = CheckConfig(transport="memory", sync_loop=True)
+    s = Story().online("w1").publish("m1", "t1", expires=5).at(4).deliver("m1").at(6)
+    s.run_ok("m1")
+    assert check_g9(s.history, sync) == []
+    assert "although it expired" in only(check_g9(s.history, AMQP), "G9").message
+    late = Story().online("w1").publish("m1", "t1", expires=5).at(6).deliver("m1").run_ok("m1")
+    assert "although it expired" in only(check_g9(late.history, sync), "G9").message
+
+
 def test_g9_fails_an_expiry_path_that_stores_or_acks_wrongly() -> None:
     """Revoking as expired stores REVOKED and acks; a reject or a missing state breaks G9."""
     s = (

@@ -15,6 +15,8 @@ hook                                       process           events
                                                              (and stamps a fresh
                                                              ``simq_attempt`` header)
 ``Consumer.connect`` wrapper               worker parent     ``connection-restored``
+``Consumer.on_connection_error_after_      worker parent     ``connection-lost``
+connected`` wrapper
 ``Tasks.shutdown`` (task channel closes)   worker parent     ``worker-offline`` [shutdown]
 ``worker_ready`` signal                    worker parent     ``worker-online``
 ``task_prerun`` signal                     pool child        ``started``
@@ -241,6 +243,7 @@ class CeleryRecorder:
         self._connect(signals.task_unknown, self._on_unknown)
         self._patch(Consumer, "create_task_handler", self._wrap_task_handler)
         self._patch(Consumer, "connect", self._wrap_connect)
+        self._patch(Consumer, "on_connection_error_after_connected", self._wrap_connection_error)
         self._patch(Backend, "store_result", self._wrap_store_result)
         self._patch(Request, "on_failure", self._wrap_on_failure)
         self._patch(Request, "on_timeout", self._wrap_on_timeout)
@@ -340,6 +343,23 @@ class CeleryRecorder:
             return conn
 
         return connect
+
+    def _wrap_connection_error(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        recorder = self
+
+        def on_connection_error_after_connected(consumer: Any, exc: Any) -> Any:
+            # The consumer found its connection broken by itself (no fault of the
+            # adapter's): it closes it and reconnects, and the broker takes back what
+            # the worker held (amqp at once, a virtual transport as its channel closes).
+            # Found on sqla+sqlite, where a session error broke the channel ("cannot
+            # start a transaction within a transaction", in the worker's log) and the
+            # worker's unacked messages came back after the reconnect.
+            recorder.sink.record(
+                "connection-lost", worker=worker_name(consumer.hostname) or recorder.worker
+            )
+            return original(consumer, exc)
+
+        return on_connection_error_after_connected
 
     def _wrap_consumer_shutdown(self, original: Callable[..., Any]) -> Callable[..., Any]:
         recorder = self

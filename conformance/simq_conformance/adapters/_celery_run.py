@@ -24,6 +24,15 @@ import attrs
 from simq.history import Event
 from simq_conformance.adapter import Fault, RunResult, Workload
 from simq_conformance.adapters import _brokers
+from simq_conformance.adapters._celery_reconcile import (
+    crashes_after,
+    death_of_publisher,
+    dying_attempts,
+    missing_states,
+    read_stored,
+    stored_message_ids,
+    unreceived_loss,
+)
 from simq_conformance.adapters._celery_recorder import CeleryRecorder
 from simq_conformance.adapters._celery_workers import InProcessWorkers, ProcessWorkers
 from simq_conformance.probes import SINK_SETTING, register_probes
@@ -76,6 +85,10 @@ class Run:
         self.task_ids: dict[str, str] = {}
         self.complete = False
         self._orphaned_since: float | None = None
+        # Messages no live worker holds, whose loss a death explains, missing from the
+        # broker's store: since when (monotonic); and when they were last looked for.
+        self._gone_since: dict[str, float] = {}
+        self._store_read_at = 0.0
         self.conf = self._conf()
         self.workers = InProcessWorkers(self) if adapter.in_process else ProcessWorkers(self)
 
@@ -162,6 +175,7 @@ class Run:
             self.workers.wait_online(self.adapter.startup_timeout)
             self._publish(probes)
             self._drive()
+            self._reconcile_states()
             history = collect(self.directory)
         finally:
             with contextlib.suppress(Exception):
@@ -204,6 +218,8 @@ class Run:
             self.workers.tick()
             if self.adapter.driver == "amqp":
                 self._drop_expired(now)
+            elif self.adapter.traits.loses_unacked_on_kill:
+                self._unreceived(now)
             busy = self._busy()
             if not pending and not busy and self.workers.settled():
                 # Settled twice, 0.3 s apart: a restored duplicate may still be in flight.
@@ -256,6 +272,80 @@ class Run:
                 self.sink.record(
                     "lost", task_id=p.task_id, message_id=p.message_id, reason="expired"
                 )
+
+    def _unreceived(self, now: float) -> None:
+        """Record ``lost`` for messages nobody received that a death explains.
+
+        On a virtual transport a message may vanish unseen: its publisher (a pool
+        child) killed before kombu wrote it, or a worker killed between fetching it and
+        recording the delivery (its QoS held it in memory: the G4 deviation). The run
+        would wait for it until its deadline. A message held by no live worker, with
+        such a death, and missing from the store at two reads a second apart (a live
+        worker records a fetch within milliseconds), is recorded lost; see
+        :func:`~simq_conformance.adapters._celery_reconcile.unreceived_loss`.
+        """
+        if now - self._store_read_at < 0.5:
+            return
+        self._store_read_at = now
+        records = self.reader.records
+        if not any(r.event.kind in ("worker-crashed", "child-lost") for r in records):
+            return
+        publications = {r.event.message_id: r for r in records if r.event.kind == "published"}
+        orphans: dict[str, Record] = {
+            p.message_id: publications[p.message_id]
+            for p in _progress(records, self.task_ids)[1]
+            if p.message_id is not None and p.message_id in publications
+        }
+        orphans = {
+            m: r
+            for m, r in orphans.items()
+            if death_of_publisher(r, records) is not None or crashes_after(r, records)
+        }
+        if not orphans:
+            self._gone_since.clear()
+            return
+        adapter = self.adapter
+        try:
+            stored = stored_message_ids(
+                adapter.traits.driver_name,
+                adapter.broker_url,
+                self.conf["broker_transport_options"],
+                self.queue,
+            )
+        except Exception as exc:  # a store busy right now (SQLite locked): read it later
+            note = f"reading the broker's store failed (read again later): {exc!r}"
+            if note not in self.notes:
+                self.notes.append(note)
+            return
+        if stored is None:
+            return
+        self._gone_since = {m: self._gone_since.get(m, now) for m in orphans if m not in stored}
+        for m, since in self._gone_since.items():
+            if now - since >= 1.0:
+                lost = unreceived_loss(orphans[m], records, time.time() - (now - since))
+                if lost is not None:
+                    lost.record(self.sink)
+
+    def _reconcile_states(self) -> None:
+        """Record the final states a dying process stored but could not record.
+
+        Read back from the result backend, for the tasks whose attempt died; see
+        :func:`~simq_conformance.adapters._celery_reconcile.missing_states`.
+        """
+        if self.adapter.in_process:
+            return
+        self.reader.poll()
+        events = [r.event for r in sorted(self.reader.records, key=lambda r: r.order)]
+        task_ids = sorted({d.task_id for d in dying_attempts(events)})
+        if not task_ids:
+            return
+        try:
+            stored = read_stored(self.workers.client().backend, task_ids)
+        except Exception as exc:  # the run's own outcome matters more than this repair
+            self.notes.append(f"reading the result backend back failed: {exc!r}")
+            return
+        for event in missing_states(events, stored):
+            event.record(self.sink)
 
     # -- faults ------------------------------------------------------------------------
 
