@@ -10,7 +10,7 @@ nox.options.reuse_venv = "yes"
 # `bench` is slow and measures rather than checks, so it runs only when asked for.
 nox.options.sessions = ["tests", "lint", "typecheck", "docs"]
 
-LINT_PATHS = ["simq", "conformance", "tests", "bench", "noxfile.py"]
+LINT_PATHS = ["simq", "conformance", "tests", "bench", "examples", "noxfile.py"]
 
 
 @nox.session
@@ -52,6 +52,8 @@ def typecheck(session: nox.Session) -> None:
     # The test extra brings mypy plus pytest and celery, which simq's plugin and adapters import.
     session.install("-e", ".[test]")
     session.run("mypy", "simq", *session.posargs)
+    # The docs' complete non-kombu adapter, checked against simq_conformance's types.
+    session.run("mypy", "examples/tinyq/tinyq", env={"MYPYPATH": "conformance:examples/tinyq"})
 
 
 @nox.session
