@@ -104,6 +104,8 @@ def _transport(url: str) -> str:
         return "redis"
     if scheme.startswith("sqs"):
         return "sqs"
+    if scheme in ("filesystem", "sqla", "sqlalchemy") or scheme.startswith("sqla+"):
+        return "polling"  # kombu's virtual transports without an event loop
     return "amqp"
 
 

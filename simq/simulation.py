@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import os
 import random
 import sys
@@ -46,6 +47,8 @@ from simq.seams.pool import forget_dead_children
 from simq.world.broker import Broker
 from simq.world.chords import ChordWatch
 from simq.world.faults import Faults
+from simq.world.polling import PollingBroker
+from simq.world.polling import interval as polling_interval
 from simq.world.worker import Worker
 
 __all__ = ["DEFAULT_START", "Simulation"]
@@ -75,10 +78,13 @@ class Simulation:
         concurrency: Child slots per default worker.
         prefetch_multiplier: Defaults to ``app.conf.worker_prefetch_multiplier`` (4).
         start: Timezone-aware datetime where virtual time starts.
-        transport: ``"amqp"`` (RabbitMQ, default), ``"redis"`` or ``"sqs"``: how unacked
-            messages come back (channel close, or visibility timeout) and how priorities
-            order a queue. ``app.conf.broker_transport_options["visibility_timeout"]``
-            overrides kombu's defaults (3600 s redis, 1800 s sqs).
+        transport: ``"amqp"`` (RabbitMQ, default), ``"redis"``, ``"sqs"`` or
+            ``"polling"`` (kombu's polling transports: ``filesystem://``, SQLAlchemy):
+            how unacked messages come back (channel close, or visibility timeout), how
+            priorities order a queue, and whether workers are sent messages or poll for
+            them. ``app.conf.broker_transport_options["visibility_timeout"]`` overrides
+            kombu's defaults (3600 s redis, 1800 s sqs); ``["polling_interval"]`` sets
+            how long a polling worker waits after an empty poll (default 1.0 s).
         result_backend: Whose chord support the result store has: ``"redis"`` (default;
             Celery's RedisBackend code counts each header part once and the last part
             publishes the body), ``"database"`` or ``"rpc"`` (no counter: Celery sends
@@ -135,13 +141,22 @@ class Simulation:
         validate.app_settings(call, app)
         options = app.conf.broker_transport_options or {}
         self.transport = transport
-        self.broker = Broker(
-            self.record,
-            self.loop,
-            transport=transport,
-            visibility_timeout=options.get("visibility_timeout"),
-            max_priority=app.conf.task_queue_max_priority,
-        )
+        self.broker: Broker
+        if transport == "polling":
+            self.broker = PollingBroker(
+                self.record,
+                self.loop,
+                interval=polling_interval(options),
+                max_priority=app.conf.task_queue_max_priority,
+            )
+        else:
+            self.broker = Broker(
+                self.record,
+                self.loop,
+                transport=transport,
+                visibility_timeout=options.get("visibility_timeout"),
+                max_priority=app.conf.task_queue_max_priority,
+            )
         self.durations = validate.durations(app, durations)
         self.faults = Faults(self)
         self.exchange_state = BrokerState()
@@ -594,6 +609,7 @@ class Simulation:
 
     def _revoke(self, ids: list[str], terminate: bool, signal: str | None) -> None:
         online = [w for w in self.workers.values() if w.alive and w.online]
+        broker = self.broker
         for tid in ids:
             self.record(
                 "revoke",
@@ -602,23 +618,41 @@ class Simulation:
                 signal=signal,
                 workers=[w.name for w in online],
             )
-            # 5.6.2+ (worker/control.py _revoke): each worker not running the task marks
-            # it REVOKED if its state is still revocable; the one running it leaves it
-            # alone. Older Celery (5.5) only adds the id to the worker's revoked set.
-            idle = [w for w in online if not any(r.id == tid for r in w.active())]
+            if not isinstance(broker, PollingBroker):
+                self._revoke_on(online, tid, terminate, signal)
+        if isinstance(broker, PollingBroker):
+            # synloop reads the broadcast in the same drain as tasks (simq/world/polling.py):
+            # each worker acts on it at its next poll.
             for w in online:
-                w.revoke(tid)
-                if terminate:
-                    self.faults.terminate(w, tid, signal)
-            if _REVOKE_MARKS_REVOKED and idle and self.backend.state_of(tid) in _REVOCABLE:
-                # The command's write belongs to no attempt (a task that ignored itself
-                # may already have run): recorded without a worker, as the conformance
-                # recorder records it on real workers, so no attempt is charged with it.
-                acting, self.acting_worker = self.acting_worker, None
-                try:
-                    self.backend.mark_as_revoked(tid, reason="revoked", store_result=True)
-                finally:
-                    self.acting_worker = acting
+                broker.read_command(
+                    w, functools.partial(self._revoke_read, w, ids, terminate, signal)
+                )
+
+    def _revoke_read(self, worker: Worker, ids: list[str], terminate: bool, signal: Any) -> None:
+        # Read at the worker's next poll: after a reconnect, or in a warm shutdown's last turn.
+        if worker.alive and (worker.online or worker.stopping):
+            for tid in ids:
+                self._revoke_on([worker], tid, terminate, signal)
+
+    def _revoke_on(self, online: list[Worker], tid: str, terminate: bool, signal: Any) -> None:
+        """The revoke of ``tid`` acts on the ``online`` workers that read it."""
+        # 5.6.2+ (worker/control.py _revoke): each worker not running the task marks
+        # it REVOKED if its state is still revocable; the one running it leaves it
+        # alone. Older Celery (5.5) only adds the id to the worker's revoked set.
+        idle = [w for w in online if not any(r.id == tid for r in w.active())]
+        for w in online:
+            w.revoke(tid)
+            if terminate:
+                self.faults.terminate(w, tid, signal)
+        if _REVOKE_MARKS_REVOKED and idle and self.backend.state_of(tid) in _REVOCABLE:
+            # The command's write belongs to no attempt (a task that ignored itself
+            # may already have run): recorded without a worker, as the conformance
+            # recorder records it on real workers, so no attempt is charged with it.
+            acting, self.acting_worker = self.acting_worker, None
+            try:
+                self.backend.mark_as_revoked(tid, reason="revoked", store_result=True)
+            finally:
+                self.acting_worker = acting
 
     # -- faults (CELERY_SEMANTICS.md §3) -----------------------------------------------
 

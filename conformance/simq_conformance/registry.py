@@ -3,7 +3,8 @@
 ``pytest --conformance=NAME`` resolves ``NAME`` here, in this order:
 
 1. a built-in: ``simq`` (the simulator, the reference, amqp transport), ``simq-redis``
-   (the simulator with the redis transport, for the differential check),
+   and ``simq-polling`` (the simulator with the redis or the polling transport, for the
+   differential check),
    ``celery-redis``, ``celery-rabbitmq``, ``celery-memory`` (real Celery workers) and
    ``celery`` (real Celery workers on any kombu transport: ``--conformance-url=URL``);
 2. an entry point of the group ``simq_conformance.adapters`` in an installed package::
@@ -51,6 +52,12 @@ def _simq_redis(url: str | None = None, transport_options: Options | None = None
     return SimqAdapter(transport="redis")
 
 
+def _simq_polling(url: str | None = None, transport_options: Options | None = None) -> Adapter:
+    from simq_conformance.adapters.simq_adapter import SimqAdapter
+
+    return SimqAdapter(transport="polling")
+
+
 def _celery(factory: str) -> Callable[[str | None, Options | None], Adapter]:
     def make(url: str | None = None, transport_options: Options | None = None) -> Adapter:
         module = importlib.import_module("simq_conformance.adapters.celery_adapter")
@@ -68,6 +75,7 @@ def _celery(factory: str) -> Callable[[str | None, Options | None], Adapter]:
 BUILTINS: dict[str, Callable[[str | None, Options | None], Adapter]] = {
     "simq": _simq,
     "simq-redis": _simq_redis,
+    "simq-polling": _simq_polling,
     "celery-redis": _celery("celery_redis"),
     "celery-rabbitmq": _celery("celery_rabbitmq"),
     "celery-memory": _celery("celery_memory"),

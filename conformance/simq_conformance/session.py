@@ -35,6 +35,29 @@ __all__ = ["ConformanceSession"]
 _SIMULATED_TRANSPORTS = ("amqp", "redis")
 
 
+def reference_transport(caps: Any) -> str | None:
+    """The simulator's transport for a real adapter's differential check, if it has one.
+
+    Real Celery on a kombu polling transport (``filesystem://``, SQLAlchemy: the checkers'
+    ``"memory"`` model on Celery's synchronous loop) is compared with ``"polling"``.
+    """
+    if caps.sync_loop and caps.transport == "memory":
+        return "polling"
+    return caps.transport if caps.transport in _SIMULATED_TRANSPORTS else None
+
+
+def _polling_interval(adapter: Any) -> float | None:
+    """The ``polling_interval`` a real adapter's workers use (its options, else its
+    default for the driver), so the simulator polls as often."""
+    options = getattr(adapter, "transport_options", None) or {}
+    value = options.get("polling_interval")
+    if value is None:
+        from simq_conformance.adapters._celery_run import _POLLING
+
+        value = _POLLING.get(getattr(adapter, "driver", None) or "")
+    return float(value) if value is not None else None
+
+
 class ConformanceSession:
     """Adapters by name and, once run, their campaigns."""
 
@@ -87,7 +110,7 @@ class ConformanceSession:
         return [
             n
             for n, a in self.adapters.items()
-            if not a.capabilities.simulated and a.capabilities.transport in _SIMULATED_TRANSPORTS
+            if not a.capabilities.simulated and reference_transport(a.capabilities) is not None
         ]
 
     # -- running ---------------------------------------------------------------------
@@ -120,8 +143,11 @@ class ConformanceSession:
                 from simq_conformance.adapters.simq_adapter import SimqAdapter
 
                 caps = adapter.capabilities
+                transport = reference_transport(caps) or caps.transport
                 ref = SimqAdapter(
-                    transport=caps.transport, visibility_timeout=caps.visibility_timeout
+                    transport=transport,
+                    visibility_timeout=caps.visibility_timeout,
+                    polling_interval=_polling_interval(adapter) if transport == "polling" else None,
                 )
                 reference = (ref.capabilities.adapter, ref)
             only = None if self.selected is None else frozenset(self.selected.get(name, ()))

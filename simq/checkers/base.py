@@ -67,8 +67,13 @@ def _table(value: Mapping[str, Any] | None) -> dict[str, Any]:
     return dict(value or {})
 
 
+#: simq's ``Simulation(transport="polling")`` (kombu's polling transports, such as
+#: ``filesystem://`` and SQLAlchemy): read as ``"memory"``, on Celery's synchronous loop.
+POLLING = "polling"
+
+
 def _transport(_: Any, attribute: attrs.Attribute[str], value: str) -> None:
-    if value not in TRANSPORTS:
+    if value not in TRANSPORTS and value != POLLING:
         raise ValueError(f"{attribute.name} must be one of {', '.join(TRANSPORTS)}, got {value!r}")
 
 
@@ -89,7 +94,9 @@ class CheckConfig:
     Attributes:
         transport: ``"amqp"``, ``"redis"``, ``"sqs"`` or ``"memory"`` (kombu's
             in-memory transport: messages come back when the channel closes, like amqp,
-            but a requeued message is not flagged redelivered).
+            but a requeued message is not flagged redelivered). ``"polling"`` is simq's
+            model of kombu's polling transports (``filesystem://``, SQLAlchemy), judged
+            as ``"memory"`` with ``sync_loop`` on by default.
         visibility_timeout: Seconds; None means kombu's default for the transport.
         prefetch: Worker name -> prefetch window (concurrency x multiplier; 0 unlimited).
             A worker not listed uses its ``worker-online`` event's numbers.
@@ -114,7 +121,7 @@ class CheckConfig:
         sync_loop: The worker ran Celery's synchronous consumer loop (``loops.synloop``:
             a transport kombu marks not asynchronous, such as ``filesystem://`` or
             SQLAlchemy), where the prefork pool is handed every reserved task at once
-            and a warm shutdown runs them all (G17).
+            and a warm shutdown runs them all (G17). Default: on for ``"polling"``.
         complete: The run drained (nothing left to do): "eventually" claims are
             checked at the end of the history. Leave False for a history cut short.
         slack: Seconds of tolerance on time bounds: a start against its ETA or
@@ -158,7 +165,9 @@ class CheckConfig:
     reject_stores_failure: bool = True
     lost_child_keeps_success: bool = True
     cancel_without_retry: bool = True
-    sync_loop: bool = False
+    sync_loop: bool = attrs.field(
+        default=attrs.Factory(lambda self: self.transport == POLLING, takes_self=True)
+    )
     complete: bool = False
     slack: float = 0.0
     transport_slack: float | None = None
@@ -195,6 +204,12 @@ class CheckConfig:
     def emulates_acks(self) -> bool:
         """redis and sqs: unacked messages return by visibility timeout, not channel close."""
         return self.transport in ("redis", "sqs")
+
+    @property
+    def consumer_holds_unacked(self) -> bool:
+        """kombu's virtual transports without a visibility timeout ("memory", "polling"):
+        unacked messages live in the consuming process, and a killed one loses them."""
+        return self.transport in ("memory", POLLING)
 
     @property
     def effective_visibility_timeout(self) -> float | None:

@@ -56,14 +56,14 @@ def check_g4(history: History | Index, config: CheckConfig) -> list[Violation]:
     idx = index_of(history)
     out: list[Violation] = []
     vt = config.effective_visibility_timeout
-    out += _misplaced_losses(idx)
+    out += _misplaced_losses(idx, config)
     for i, crash in idx.faults:
         if crash.kind != "worker-crashed":
             continue
         mine = idx.by_worker.get(crash.worker or "", [])
         for d in mine:
             if d.unacked_at(i):
-                if config.complete:
+                if config.complete and not _lost_in_consumer(idx, d, config):
                     out += _comes_back(idx, d, i, "G4", crash)
                 if vt is not None:
                     out += _restored_too_soon(idx, d, i, crash, vt, config)
@@ -85,8 +85,22 @@ def check_g4(history: History | Index, config: CheckConfig) -> list[Violation]:
     return out
 
 
-def _misplaced_losses(idx: Index) -> list[Violation]:
-    """``lost`` [worker-crashed] only for an attempt acked at start that ran at a crash."""
+def _lost_in_consumer(idx: Index, d: Delivery, config: CheckConfig) -> bool:
+    """``d`` was unacked when its worker crashed and was recorded lost with it, on a
+    transport that keeps unacked messages only in the consuming process (kombu's virtual
+    QoS: a killed worker never puts them back; recorded on filesystem:// and SQLAlchemy)."""
+    j = d.lost_at
+    if not config.consumer_holds_unacked or j is None:
+        return False
+    crashes = [
+        i for i, e in idx.faults if e.kind == "worker-crashed" and e.worker == d.worker and i < j
+    ]
+    return bool(crashes) and d.unacked_at(crashes[-1])
+
+
+def _misplaced_losses(idx: Index, config: CheckConfig) -> list[Violation]:
+    """``lost`` [worker-crashed] only for an attempt acked at start that ran at a crash,
+    or, where the consumer holds unacked messages, for one it held unacked."""
     out = [
         Violation(
             "G4",
@@ -102,6 +116,8 @@ def _misplaced_losses(idx: Index) -> list[Violation]:
     for d in idx.deliveries:
         lost, j = d.lost, d.lost_at
         if lost is None or j is None:
+            continue
+        if _lost_in_consumer(idx, d, config):
             continue
         if d.died_at is None or d.died_at > j or not _acked_before(d, d.died_at):
             out.append(

@@ -182,6 +182,10 @@ class _Builder:
                 )
             if d is not None:
                 d.lost, d.lost_at = e, i
+                if d.settle is None:
+                    # An unacked message lost with its worker: the message itself is gone
+                    # (G4 judges whether the transport allows it: kombu's virtual QoS).
+                    self.idx.lost[_key(e)].append((i, e))
             else:
                 self.idx.orphans.append((i, e))
             return

@@ -270,7 +270,10 @@ def _revoke(idx: Index, i: int, rv: Event, config: CheckConfig) -> list[Violatio
                 continue
             o = d.outcome
             killed = o is not None and o.kind == "revoked"
-            if terminate and not killed and (o is not None or config.complete):
+            # On the synchronous loop the command may be read a turn late: a task that
+            # ended before its worker read it was never there to terminate.
+            read_late = config.sync_loop and o is not None and o.time - rv.time <= unread
+            if terminate and not killed and not read_late and (o is not None or config.complete):
                 out.append(
                     Violation(
                         "G10",

@@ -3,7 +3,9 @@
 Internal. Each published message gets an :class:`Envelope` whose lifecycle is one
 transition table (READY -> UNACKED -> ACKED | REJECTED | READY again | LOST). Delivery
 is push-based, like AMQP ``basic.consume``: a queue's messages go round-robin to the
-consumers that have room in their prefetch window.
+consumers that have room in their prefetch window. kombu's polling transports
+(``transport="polling"``) are :class:`simq.world.polling.PollingBroker`, where each
+consumer fetches its messages itself.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import attrs
 
 from simq.exceptions import InvalidArgument, SimqError
 from simq.message import Message
+from simq.validate import did_you_mean
 
 __all__ = [
     "DEFAULT_VISIBILITY_TIMEOUT",
@@ -28,7 +31,7 @@ __all__ = [
     "Queue",
 ]
 
-TRANSPORTS = ("amqp", "redis", "sqs")
+TRANSPORTS = ("amqp", "redis", "sqs", "polling")
 #: kombu's defaults: redis.py (3600 s) and SQS (1800 s); amqp has no visibility timeout.
 DEFAULT_VISIBILITY_TIMEOUT: dict[str, float] = {"redis": 3600.0, "sqs": 1800.0}
 
@@ -201,6 +204,9 @@ class Broker:
     first holder still has it (kombu #337): the documented duplicate execution.
     """
 
+    #: Whether consumers fetch their messages themselves (kombu's polling transports).
+    polling = False
+
     def __init__(
         self,
         record: Callable[..., None],
@@ -211,7 +217,10 @@ class Broker:
         max_priority: int | None = None,
     ) -> None:
         if transport not in TRANSPORTS:
-            raise SimqError(f"unknown transport {transport!r}; use one of {', '.join(TRANSPORTS)}")
+            raise SimqError(
+                f"unknown transport {transport!r}; use one of {', '.join(TRANSPORTS)}"
+                f"{did_you_mean(transport, TRANSPORTS)}"
+            )
         self._record = record
         self.loop = loop
         self.transport = transport
@@ -391,34 +400,38 @@ class Broker:
                 # sees it and its state stays PENDING (CELERY_SEMANTICS.md §3.2 G9).
                 self.lose(envelope, "expired")
                 continue
-            envelope.move(MessageState.UNACKED)
-            envelope.holder = consumer.name
-            envelope.deliveries += 1
-            envelope.delivered_at = self.loop.now
-            message = envelope.message
-            # The attempt id (the delivery tag the worker's kombu Message carries): the
-            # message id and its delivery number, copies counted with the original, so
-            # every event of this attempt names it and two live attempts stay apart.
-            number = self._delivered[message.message_id] = (
-                self._delivered.get(message.message_id, 0) + 1
-            )
-            envelope.tag = f"{message.message_id}.{number}"
-            self._record(
-                "delivered",
-                task_id=message.task_id,
-                message_id=message.message_id,
-                worker=consumer.name,
-                queue=name,
-                redelivered=envelope.redelivered,
-                **_COPY if envelope.copy else {},
-                attempt=envelope.tag,
-            )
-            if self.visibility_timeout is not None:
-                envelope.vt_timer = self.loop.call_later(
-                    self.visibility_timeout, self._visibility_expired, envelope, envelope.deliveries
-                )
-            consumer.on_delivery(envelope)
+            self.deliver(envelope, consumer, name)
             consumers = q.consumers
+
+    def deliver(self, envelope: Envelope, consumer: Consumer, queue: str) -> None:
+        """Hand ``envelope``, just taken from ``queue``, to ``consumer``; record it."""
+        envelope.move(MessageState.UNACKED)
+        envelope.holder = consumer.name
+        envelope.deliveries += 1
+        envelope.delivered_at = self.loop.now
+        message = envelope.message
+        # The attempt id (the delivery tag the worker's kombu Message carries): the
+        # message id and its delivery number, copies counted with the original, so
+        # every event of this attempt names it and two live attempts stay apart.
+        number = self._delivered[message.message_id] = (
+            self._delivered.get(message.message_id, 0) + 1
+        )
+        envelope.tag = f"{message.message_id}.{number}"
+        self._record(
+            "delivered",
+            task_id=message.task_id,
+            message_id=message.message_id,
+            worker=consumer.name,
+            queue=queue,
+            redelivered=envelope.redelivered,
+            **_COPY if envelope.copy else {},
+            attempt=envelope.tag,
+        )
+        if self.visibility_timeout is not None:
+            envelope.vt_timer = self.loop.call_later(
+                self.visibility_timeout, self._visibility_expired, envelope, envelope.deliveries
+            )
+        consumer.on_delivery(envelope)
 
     # -- dispositions ------------------------------------------------------------------
 

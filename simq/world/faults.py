@@ -273,15 +273,24 @@ class Faults:
         if not worker.alive:
             return
         self.sim.record("shutdown", worker=name, warm=warm)
+        connected = worker.online
         worker.online = False
         worker.stopping = True
         for queue in worker.queues:
             self.sim.broker.cancel(queue, worker)
+        broker = self.sim.broker
+        # On a polling transport Celery's synloop handed every received task to the pool,
+        # and a warm shutdown runs them all (G17); elsewhere a task not started goes back.
+        keep = RequestState.RESERVED if warm and broker.polling else None
         # Messages not started go back: channel close (amqp) or restore_at_shutdown.
         for request in list(worker.requests.values()):
-            if request.state is not RequestState.ACTIVE:
+            if request.state is not RequestState.ACTIVE and request.state is not keep:
                 _drop(worker, request, "shutdown", restore_now=True)
-        worker.reserved.clear()
+        if keep is None:
+            worker.reserved.clear()
+        elif connected:
+            # synloop's ``finally`` runs one more turn after the SIGTERM (loops.py).
+            broker.last_drain(worker, worker.queues)
         if not warm:
             for slot in worker.slots:
                 if slot.request is None:
@@ -300,11 +309,21 @@ class Faults:
         self._finish_shutdown(worker)
 
     def _finish_shutdown(self, worker: Worker) -> None:
-        if any(slot.request is not None for slot in worker.slots):
+        broker = self.sim.broker
+        if (
+            any(slot.request is not None for slot in worker.slots)
+            or any(r.state is RequestState.RESERVED for r in worker.reserved)
+            or (broker.polling and broker.draining(worker))
+        ):
             # Offline as soon as the last running task ends (the worker calls back).
             worker.on_idle = lambda: self._finish_shutdown(worker)
             return
         worker.on_idle = None
+        # What the last turn of a polling worker fetched and did not run (an ETA task)
+        # goes back as its channel closes.
+        for request in list(worker.requests.values()):
+            if request.state is not RequestState.ACTIVE:
+                _drop(worker, request, "shutdown", restore_now=True)
         if worker.alive:
             worker.alive = False
             self.sim.record("worker-offline", worker=worker.name, reason="shutdown")

@@ -105,7 +105,7 @@ def test_unknown_adapter_names_the_closest_match(pytester: pytest.Pytester) -> N
     result.stderr.re_match_lines(
         [
             r"^ERROR: unknown conformance adapter 'simq-rdis'; did you mean 'simq-redis'\? "
-            r"available: simq, simq-redis, celery-redis, celery-rabbitmq, celery-memory, "
+            r"available: simq, simq-redis, simq-polling, celery-redis, celery-rabbitmq, celery-memory, "
             r"celery \(or module:object for your own\)$"
         ]
     )

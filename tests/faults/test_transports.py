@@ -204,8 +204,8 @@ def test_sqs_ignores_priority():
 
 
 def test_an_unknown_transport_is_refused(app):
-    """A transport other than amqp, redis or sqs is an error listing the choices."""
+    """A transport other than amqp, redis, sqs or polling is an error listing the choices."""
     with pytest.raises(
-        simq.SimqError, match=r"^unknown transport 'kafka'; use one of amqp, redis, sqs$"
+        simq.SimqError, match=r"^unknown transport 'kafka'; use one of amqp, redis, sqs, polling$"
     ):
         simq.Simulation(app, transport="kafka")

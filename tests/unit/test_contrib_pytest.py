@@ -192,3 +192,24 @@ def test_two(celery_app, celery_worker):
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["*SimqReplacedConfig*redis://127.0.0.1:1/0*not contacted*"])
     assert result.stdout.str().count("SimqReplacedConfig:") == 1
+
+
+def test_a_polling_broker_is_modelled_as_polling(pytester: pytest.Pytester) -> None:
+    """A celery_config naming kombu's filesystem or SQLAlchemy transport is simulated with
+    the polling model (Simulation(transport="polling")), not RabbitMQ's."""
+    pytester.makeconftest(
+        CONFTEST
+        + """
+@pytest.fixture(scope="session")
+def celery_config():
+    return {"broker_url": "sqla+sqlite:///never.db"}
+"""
+    )
+    pytester.makepyfile(
+        """
+def test_model(celery_app, celery_worker):
+    assert celery_worker.simulation.transport == "polling"
+"""
+    )
+    run(pytester, "--simq-worker").assert_outcomes(passed=1)
+    assert not (pytester.path / "never.db").exists()

@@ -6,7 +6,9 @@ simulates the broker, the workers' consumers and pools, the result store and the
 in virtual time.
 ``SimqAdapter()`` models RabbitMQ (``transport="amqp"``); ``SimqAdapter("redis")`` models
 Redis (visibility timeout, restore by timeout), for the differential check against
-``celery-redis``. It supports every fault, enforces time limits and records every event
+``celery-redis``; ``SimqAdapter("polling")`` models kombu's polling transports
+(``filesystem://``, SQLAlchemy: workers poll, Celery's synchronous loop), for the
+differential check against ``celery`` on such a URL. It supports every fault, enforces time limits and records every event
 kind, so every guarantee applies to it; a run takes milliseconds.
 """
 
@@ -26,6 +28,7 @@ from simq_conformance.adapter import (
     FAULTS,
     BaseAdapter,
     Capabilities,
+    Deviation,
     Fault,
     ProbeCall,
     RunResult,
@@ -79,39 +82,69 @@ HORIZON = 7200.0
 MAX_STEPS = 200_000
 
 
+#: Why a killed worker loses messages on the polling transport (as on the real ones).
+_KILL_LOSES = (
+    "simq's polling transport models kombu's virtual transports (filesystem://, "
+    "SQLAlchemy): a delivered message waits for its ack only in the consuming process "
+    "(kombu's virtual QoS), which puts it back when the channel closes; a killed worker "
+    "never closes it, so its unacked messages are lost (recorded lost [worker-crashed])"
+)
+
+
+def _capabilities(transport: str, visibility_timeout: float | None) -> Capabilities:
+    name = "simq" if transport == "amqp" else f"simq-{transport}"
+    polling = transport == "polling"
+    return Capabilities(
+        adapter=name,
+        # The checkers read kombu's virtual transports as "memory" on the synchronous loop.
+        transport="memory" if polling else transport,
+        faults=frozenset(FAULTS),
+        time_limits=True,
+        observes=OBSERVES,
+        visibility_timeout=visibility_timeout,
+        deviations=(Deviation("G4", _KILL_LOSES), Deviation("L2", _KILL_LOSES)) if polling else (),
+        slack=0.0,
+        simulated=True,
+        sync_loop=polling,
+    )
+
+
 class SimqAdapter(BaseAdapter):
     """Runs workloads in :class:`simq.Simulation`: the reference the suite certifies against.
 
     Args:
-        transport: ``"amqp"`` (default) or ``"redis"`` / ``"sqs"``: how the simulated
-            broker returns unacked messages (``Simulation(transport=...)``).
+        transport: ``"amqp"`` (default), ``"redis"`` / ``"sqs"`` or ``"polling"``: how
+            the simulated broker returns unacked messages and whether workers poll
+            (``Simulation(transport=...)``).
         visibility_timeout: redis/sqs: seconds before an unacked message is restored,
             unless the workload's ``broker_transport_options`` say otherwise (default:
             kombu's). The differential check matches the real adapter's.
+        polling_interval: polling: seconds a worker waits after an empty poll, unless
+            the workload's ``broker_transport_options`` say otherwise (default: kombu's
+            1.0). The differential check matches the real adapter's.
     """
 
     #: A planted bug (``simq_conformance.mutants``), planted in this process for each run.
     mutant: str | None = None
 
-    def __init__(self, transport: str = "amqp", visibility_timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        transport: str = "amqp",
+        visibility_timeout: float | None = None,
+        polling_interval: float | None = None,
+    ) -> None:
         self.transport = transport
         self.visibility_timeout = visibility_timeout
-        name = "simq" if transport == "amqp" else f"simq-{transport}"
-        self.capabilities = Capabilities(
-            adapter=name,
-            transport=transport,
-            faults=frozenset(FAULTS),
-            time_limits=True,
-            observes=OBSERVES,
-            visibility_timeout=visibility_timeout,
-            slack=0.0,
-            simulated=True,
-        )
+        self.polling_interval = polling_interval
+        self.capabilities = _capabilities(transport, visibility_timeout)
 
     def __repr__(self) -> str:
-        vt = self.visibility_timeout
-        return f"SimqAdapter(transport={self.transport!r}" + (
-            f", visibility_timeout={vt!r})" if vt is not None else ")"
+        vt, pi = self.visibility_timeout, self.polling_interval
+        return (
+            f"SimqAdapter(transport={self.transport!r}"
+            + (f", visibility_timeout={vt!r}" if vt is not None else "")
+            + (f", polling_interval={pi!r}" if pi is not None else "")
+            + ")"
         )
 
     def run(self, workload: Workload) -> RunResult:
@@ -128,9 +161,15 @@ class SimqAdapter(BaseAdapter):
 
         settings = workload.settings
         conf = dict(settings.conf)
-        if self.visibility_timeout is not None:
+        defaults = {
+            "visibility_timeout": self.visibility_timeout,
+            "polling_interval": self.polling_interval,
+        }
+        if any(v is not None for v in defaults.values()):
             options = dict(conf.get("broker_transport_options") or {})
-            options.setdefault("visibility_timeout", self.visibility_timeout)
+            for key, value in defaults.items():
+                if value is not None:
+                    options.setdefault(key, value)
             conf["broker_transport_options"] = options
         # Celery itself on the simulation: the same kind of app a real deployment runs.
         app = celery.Celery("probes")

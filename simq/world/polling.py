@@ -1,0 +1,304 @@
+"""kombu's polling transports: each worker fetches its own messages. Internal.
+
+kombu's virtual transports that have no event loop (``filesystem://``, ``sqla+...://``:
+``Transport.implements.asynchronous`` is False) make Celery's worker run ``synloop``
+(celery/worker/loops.py). Each turn of that loop updates the prefetch count if it
+changed and calls ``connection.drain_events(timeout=2.0)``. kombu's virtual
+``Transport.drain_events`` (kombu/transport/virtual/base.py) gets one message per call;
+after an empty poll it sleeps ``polling_interval`` (the transport option, 1.0 s by
+default, capped at the drain's timeout) and polls again. A channel polls its queues
+only while ``QoS.can_consume()``: fewer unacked messages than the prefetch count.
+
+What this module models, and where kombu or Celery does it:
+
+* Nothing is pushed: a consumer takes one message per poll, at once again after a
+  message, else at the next tick of its own poll grid (``polling_interval`` apart).
+  A consumer with nothing to fetch schedules nothing: it wakes at its next tick after a
+  publish, an ack or a restore, so an idle simulation ends.
+* Unacked messages live in the consuming process (``QoS._delivered``). A channel that
+  closes (shutdown, lost connection) restores them with ``Channel._restore``, which puts
+  them again (``_put``): at the back of the queue, and the ``redelivered`` key it sets
+  in the stored payload never reaches ``delivery_info``, so they are not flagged. A
+  killed process closes nothing: its unacked messages are lost.
+* Broadcast commands (``revoke``) come through the same drain, on the worker's control
+  channel: a worker reads one at its next poll, a turn late.
+* A warm shutdown drains once more: the signal is noticed between turns, and
+  ``synloop`` calls ``state.maybe_shutdown()`` in a ``try`` whose ``finally`` runs one
+  more turn. The turn in flight and that one may each fetch a message (two at most,
+  within two drain timeouts; recorded on SQLAlchemy); the prefork pool was handed every
+  received task and runs them all before the worker ends.
+* The broker keeps its queued messages across a restart (files or rows).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from simq.exceptions import InvalidArgument
+from simq.validate import is_real
+from simq.world.broker import Broker, Envelope, MessageState
+
+if TYPE_CHECKING:
+    from simq.world.worker import Worker
+
+__all__ = [
+    "DEFAULT_POLLING_INTERVAL",
+    "LAST_TURNS",
+    "SYNLOOP_DRAIN",
+    "Poller",
+    "PollingBroker",
+    "interval",
+]
+
+#: kombu's ``virtual.Transport.polling_interval``: seconds slept after an empty poll.
+DEFAULT_POLLING_INTERVAL = 1.0
+#: ``synloop``'s ``connection.drain_events(timeout=2.0)``: one turn of the loop at most.
+SYNLOOP_DRAIN = 2.0
+#: Turns after a warm shutdown's signal: the one in flight and the ``finally`` one.
+LAST_TURNS = 2
+
+
+def interval(options: dict[str, Any]) -> float:
+    """``broker_transport_options["polling_interval"]``, checked; kombu's default if unset."""
+    value = options.get("polling_interval")
+    if value is None:
+        # kombu keeps its default when the option is None (virtual Transport.__init__).
+        return DEFAULT_POLLING_INTERVAL
+    if not is_real(value) or not math.isfinite(value) or value < 0:
+        raise InvalidArgument(
+            "Simulation(): app.conf.broker_transport_options['polling_interval'] must be a "
+            f"number of seconds >= 0 on the polling transport, got {value!r}: kombu sleeps "
+            "that long after an empty poll; pass how long a worker waits before polling "
+            f"its queues again (kombu's default: {DEFAULT_POLLING_INTERVAL:g}, 0 to poll "
+            "without pause)"
+        )
+    return float(value)
+
+
+class Poller:
+    """One worker's consuming loop on a polling transport (``synloop`` + kombu's drain)."""
+
+    def __init__(self, broker: PollingBroker, consumer: Worker) -> None:
+        self.broker = broker
+        self.consumer = consumer
+        self.queues: list[str] = []
+        self.last: float | None = None  # when it last polled (its grid's phase)
+        self.timer: Any = None  # its next poll, if one is scheduled
+        self.rr = 0  # kombu's FairCycle: the queue the next get tries first
+        self.until: float | None = None  # the last turns after a warm shutdown end here
+        self.fetches = 0  # messages those turns may still fetch
+        self.commands: list[Callable[[], None]] = []  # broadcasts read at the next poll
+
+    @property
+    def running(self) -> bool:
+        return bool(self.queues)
+
+    @property
+    def draining(self) -> bool:
+        """Whether this is the one more turn after a warm shutdown."""
+        return self.until is not None
+
+    def wake(self, soon: bool = False) -> None:
+        """Poll at the next tick of this consumer's grid (now, with ``soon``)."""
+        if self.timer is not None or not self.running:
+            return
+        loop = self.broker.loop
+        at = loop.now if soon else self._next_tick()
+        if self.until is not None:
+            at = min(at, self.until)  # the drain's last get comes as it times out
+        self.timer = loop.call_at(at, self.poll)
+
+    def _next_tick(self) -> float:
+        now: float = self.broker.loop.now
+        step = self.broker.interval
+        if self.last is None or step == 0:
+            return now  # polling without pause: a busy loop finds a message as it lands
+        # The first tick strictly after the last poll that is not in the past.
+        ticks = max(1, math.ceil((now - self.last) / step - 1e-9))
+        return float(self.last + ticks * step)
+
+    def stop(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        # Commands not read yet stay: a worker that reconnects reads them at its first poll.
+        self.queues = []
+        self.last = None
+        if self.until is not None:
+            self.until = None
+            # A shutdown waiting for the last drain may now end.
+            self.broker.loop.call_soon(self.consumer.maybe_idle)
+
+    def _room(self) -> bool:
+        worker = self.consumer
+        if self.until is None:
+            return worker.capacity() > 0
+        # The last turn runs after the worker stopped consuming (``online`` is False).
+        return worker.window == 0 or worker.window - worker.unacked() > 0
+
+    def poll(self) -> None:
+        """One ``drain_events`` get: at most one message, then the commands read."""
+        self.timer = None
+        now = self.broker.loop.now
+        self.last = now
+        if self.until is not None and now > self.until:
+            self._end_drain()
+            return
+        got = self._room() and self._get()
+        commands, self.commands = self.commands, []
+        for command in commands:
+            command()
+        if not self.running:
+            return  # a command or the delivery stopped this consumer
+        if self.until is not None:
+            self.fetches -= int(got)
+            if got and self.fetches > 0:
+                self.wake(soon=True)  # the next turn starts at once
+            elif got or self._next_tick() > self.until:
+                self._end_drain()
+            else:
+                self.wake()
+            return
+        if got:
+            self.wake(soon=True)  # synloop's next turn starts at once
+        elif self.commands:
+            self.wake()
+
+    def _get(self) -> bool:
+        broker = self.broker
+        queues = self.queues
+        n = len(queues)
+        for i in range(n):
+            name = queues[(self.rr + i) % n]
+            q = broker.queues.get(name)
+            envelope = q.pop() if q is not None else None
+            if envelope is None:
+                continue
+            self.rr = (self.rr + i + 1) % n
+            broker.deliver(envelope, self.consumer, name)
+            return True
+        return False
+
+    def _end_drain(self) -> None:
+        self.until = None
+        self.stop()
+        self.consumer.maybe_idle()
+
+
+class PollingBroker(Broker):
+    """A broker for kombu's polling transports: consumers fetch, nothing is pushed.
+
+    ``interval`` is ``polling_interval`` (:func:`interval`); kombu caps it at the
+    drain's 2-second timeout.
+    """
+
+    polling = True
+
+    def __init__(
+        self,
+        record: Callable[..., None],
+        loop: Any,
+        *,
+        interval: float = DEFAULT_POLLING_INTERVAL,
+        max_priority: int | None = None,
+    ) -> None:
+        super().__init__(record, loop, transport="polling", max_priority=max_priority)
+        # Transport.drain_events: ``if polling_interval > timeout: polling_interval = timeout``.
+        self.interval = min(interval, SYNLOOP_DRAIN)
+        self.pollers: dict[Any, Poller] = {}  # by consumer (a restarted worker is new)
+
+    def poller(self, consumer: Any) -> Poller:
+        poller = self.pollers.get(consumer)
+        if poller is None:
+            poller = self.pollers[consumer] = Poller(self, consumer)
+        return poller
+
+    # -- consuming ---------------------------------------------------------------------
+
+    def consume(self, queue: str, consumer: Any) -> None:
+        q = self.queue(queue)
+        if consumer not in q.consumers:
+            q.consumers.append(consumer)
+        poller = self.poller(consumer)
+        if queue not in poller.queues:
+            poller.queues.append(queue)
+        poller.wake(soon=True)  # a consumer that starts (or reconnects) polls at once
+
+    def cancel(self, queue: str, consumer: Any) -> None:
+        super().cancel(queue, consumer)
+        poller = self.pollers.get(consumer)
+        if poller is not None and queue in poller.queues:
+            poller.queues.remove(queue)
+            if not poller.queues:
+                poller.stop()
+
+    def dispatch(self, *queues: str) -> None:
+        """Nothing is pushed: consumers of ``queues`` poll again at their next tick."""
+        names = set(queues) | set(self._pending)
+        self._pending.clear()
+        for poller in self.pollers.values():
+            if not names or any(q in names for q in poller.queues):
+                poller.wake()
+
+    def last_drain(self, consumer: Any, queues: list[str]) -> None:
+        """After a warm shutdown: the turn in flight and one more, on ``queues``."""
+        poller = self.poller(consumer)
+        poller.queues = list(queues)
+        poller.until = self.loop.now + LAST_TURNS * SYNLOOP_DRAIN
+        poller.fetches = LAST_TURNS
+        poller.wake()
+
+    def draining(self, consumer: Any) -> bool:
+        poller = self.pollers.get(consumer)
+        return poller is not None and poller.draining
+
+    def read_command(self, consumer: Any, command: Callable[[], None]) -> None:
+        """A broadcast reaches ``consumer``: it runs ``command`` at its next poll."""
+        poller = self.poller(consumer)
+        poller.commands.append(command)
+        poller.wake()
+
+    # -- dispositions ------------------------------------------------------------------
+
+    def restore(
+        self,
+        envelope: Envelope,
+        *,
+        front: bool = True,
+        record: bool = True,
+        reason: str = "restored",
+    ) -> None:
+        """Put an unacked message back: at the back of its queue, not flagged redelivered.
+
+        kombu's ``Channel._restore`` puts the message again (``_put``: a new file, a new
+        row), so it queues behind every waiting one; the ``redelivered`` key it sets in
+        the stored payload is not ``delivery_info``, where Celery reads the flag.
+        """
+        self._settled(envelope)
+        envelope.move(MessageState.READY)
+        message = envelope.message
+        if record:
+            self._record(
+                "requeued",
+                task_id=message.task_id,
+                message_id=message.message_id,
+                worker=envelope.holder,
+                reason=reason,
+                attempt=envelope.tag,
+            )
+        envelope.holder = None
+        self.queue(message.queue).push(envelope)
+        self.dispatch(message.queue)
+
+    def channel_closed(self, envelope: Envelope, reason: str) -> None:
+        """A closing channel restores its unacked messages; a killed worker's are lost."""
+        if envelope.state is not MessageState.UNACKED:
+            return
+        if reason == "worker-crashed":
+            # Unacked messages exist only in the consumer's QoS (_delivered): SIGKILL ends
+            # the process before restore_unacked_once can put them back.
+            self.lose(envelope, "worker-crashed")
+        else:
+            self.restore(envelope, reason=reason)

@@ -1,0 +1,320 @@
+"""The polling transport: kombu's virtual transports polled by Celery's synchronous loop
+(``filesystem://``, SQLAlchemy; simq/world/polling.py). Workers poll for one message at
+a time, a killed worker loses its unacked messages, a closing channel puts them back at
+the end of the queue unflagged, a warm shutdown drains once more, a revoke is read at
+the next poll, and a broker restart keeps the queues (G4, G7, G10, G17)."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+
+import simq
+from simq.exceptions import InvalidArgument
+
+POLL_1S = {"broker_transport_options": {"polling_interval": 1.0}}
+
+
+def make_app(**settings):
+    app = simq.App("shop", **{**POLL_1S, **settings})
+
+    @app.task(shared=False)
+    def work(seconds):
+        time.sleep(seconds)
+        return seconds
+
+    @app.task(shared=False, acks_late=True)
+    def late(seconds):
+        time.sleep(seconds)
+        return seconds
+
+    return app, work, late
+
+
+def deliveries(sim, *task_ids):
+    """``(seconds, task index, worker, redelivered)`` per delivery of ``task_ids``."""
+    index = {tid: n for n, tid in enumerate(task_ids)}
+    return [
+        (round(e.time - sim.started_at, 3), index[e.task_id], e.worker, e["redelivered"])
+        for e in sim.history.where(kind="delivered")
+        if e.task_id in index
+    ]
+
+
+def test_an_idle_worker_finds_a_message_at_its_next_poll(simulation):
+    """A message published between polls waits for the worker's next poll: nothing is
+    pushed, and an empty poll waits polling_interval."""
+    app, work, _ = make_app()
+    sim = simulation(app, transport="polling")
+    sim.advance(0.3)
+    r = work.delay(0)
+    sim.run()
+    assert deliveries(sim, r.id) == [(1.0, 0, "worker-1", False)]
+    assert r.get() == 0
+    assert sim.check() == []
+
+
+def test_polling_interval_zero_polls_without_pause(simulation):
+    """polling_interval=0 is kombu's busy loop: the message is taken as it lands."""
+    app, work, _ = make_app(broker_transport_options={"polling_interval": 0})
+    sim = simulation(app, transport="polling")
+    sim.advance(0.3)
+    r = work.delay(0)
+    sim.run()
+    assert deliveries(sim, r.id) == [(0.3, 0, "worker-1", False)]
+
+
+def test_a_long_polling_interval_is_capped_at_the_drain_timeout(simulation):
+    """kombu sleeps at most the drain's timeout (synloop's 2 s) between polls."""
+    app, work, _ = make_app(broker_transport_options={"polling_interval": 5})
+    sim = simulation(app, transport="polling")
+    sim.advance(0.3)
+    r = work.delay(0)
+    sim.run()
+    assert deliveries(sim, r.id) == [(2.0, 0, "worker-1", False)]
+
+
+def test_one_message_per_poll_within_the_prefetch_window(simulation):
+    """With a window of one, the next message is fetched at the first poll after the ack:
+    acks at 2.5 and 5.5 s are followed by fetches at the 3 s and 6 s polls."""
+    app, _, late = make_app()
+    sim = simulation(app, transport="polling", prefetch_multiplier=1)
+    rs = [late.delay(2.5) for _ in range(3)]
+    sim.run()
+    assert deliveries(sim, *(r.id for r in rs)) == [
+        (0.0, 0, "worker-1", False),
+        (3.0, 1, "worker-1", False),
+        (6.0, 2, "worker-1", False),
+    ]
+    assert sim.check() == []
+
+
+def test_an_eta_message_widens_the_window_as_on_other_transports(simulation):
+    """A held ETA message does not count against the window: the next one is fetched too."""
+    app, work, _ = make_app()
+    sim = simulation(app, transport="polling", prefetch_multiplier=1)
+    eta = work.apply_async((0,), countdown=10)
+    plain = work.delay(0)
+    sim.run()
+    assert deliveries(sim, eta.id, plain.id) == [
+        (0.0, 0, "worker-1", False),
+        (0.0, 1, "worker-1", False),
+    ]
+    assert sim.check() == []
+
+
+@pytest.mark.parametrize("value", [-1, "fast", True, math.nan, math.inf])
+def test_a_bad_polling_interval_is_refused(value):
+    """polling_interval must be a finite number of seconds >= 0."""
+    app = simq.App("shop", broker_transport_options={"polling_interval": value})
+    with pytest.raises(
+        InvalidArgument,
+        match=(
+            r"^Simulation\(\): app\.conf\.broker_transport_options\['polling_interval'\] must "
+            r"be a number of seconds >= 0 on the polling transport, got .+: kombu sleeps "
+            r"that long after an empty poll; pass how long a worker waits before polling its "
+            r"queues again \(kombu's default: 1, 0 to poll without pause\)$"
+        ),
+    ):
+        simq.Simulation(app, transport="polling")
+
+
+def test_the_transport_list_names_polling(app):
+    """An unknown transport is refused with the list of transports, polling included."""
+    with pytest.raises(
+        simq.SimqError,
+        match=r"^unknown transport 'poling'; use one of amqp, redis, sqs, polling; "
+        r"did you mean 'polling'\?$",
+    ):
+        simq.Simulation(app, transport="poling")
+
+
+def test_a_killed_worker_loses_its_unacked_messages(simulation, trail):
+    """A crash loses what the worker held unacked (kombu's virtual QoS lives in the
+    process): recorded lost [worker-crashed] with the attempt; nothing is requeued."""
+    app, work, late = make_app()
+    sim = simulation(app, transport="polling", workers=1, prefetch_multiplier=2)
+    running, held = late.delay(5), work.delay(0)
+    sim.crash_worker("worker-1", at=1, restart_after=1)
+    sim.run()
+    assert trail(sim, running.id, held.id)[2:] == [
+        "0 delivered m1 worker-1",
+        "0 started m1 worker-1 retries=0",
+        "0 delivered m2 worker-1",
+        "1 worker-crashed worker-1",
+        "1 lost m1 worker-crashed",
+        "1 lost m2 worker-crashed",
+        "1 worker-offline worker-1",
+        "2 worker-online worker-1",
+    ]
+    lost = sim.history.where(kind="lost")
+    assert [e["attempt"] for e in lost] == ["m1.1", "m2.1"]
+    assert not sim.history.where(kind="requeued")
+
+
+def test_check_accepts_a_killed_polling_worker(simulation):
+    """The checkers accept the losses of a killed polling worker."""
+    app, work, late = make_app()
+    sim = simulation(app, transport="polling", workers=1, prefetch_multiplier=2)
+    late.delay(5), work.delay(0)
+    sim.crash_worker("worker-1", at=1, restart_after=1)
+    sim.run()
+    assert sim.check() == []
+
+
+def test_a_lost_connection_requeues_at_the_back_unflagged(simulation):
+    """A closing channel puts unacked messages again at the end of the queue, without the
+    redelivered flag (kombu's Channel._restore), behind the message still waiting."""
+    app, _, late = make_app()
+    sim = simulation(app, transport="polling", prefetch_multiplier=2)
+    a, b, c = late.delay(3), late.delay(0), late.delay(0)
+    sim.lose_connection("worker-1", at=1, reconnect_after=1)
+    sim.run()
+    requeued = sim.history.where(kind="requeued")
+    assert [(e.task_id, e["reason"]) for e in requeued] == [
+        (a.id, "connection-lost"),
+        (b.id, "connection-lost"),
+    ]
+    assert deliveries(sim, a.id, b.id, c.id)[2:] == [
+        (2.0, 2, "worker-1", False),
+        (2.0, 0, "worker-1", False),
+        (3.0, 1, "worker-1", False),
+    ]
+    assert sim.check() == []
+
+
+def test_a_warm_shutdown_drains_once_more(simulation, trail):
+    """After a warm shutdown the worker polls once more, fetches a message that arrived
+    meanwhile and runs it before it goes offline (synloop's finally, G17)."""
+    app, work, _ = make_app()
+    sim = simulation(app, transport="polling", prefetch_multiplier=1)
+    first = work.delay(5)
+    sim.advance(0.5)
+    second = work.delay(1)
+    sim.shutdown_worker("worker-1", at=0.2)
+    sim.run()
+    assert trail(sim, first.id, second.id)[-9:] == [
+        "0.7 shutdown worker-1 warm",
+        "0.7 delivered m2 worker-1",
+        "5 state SUCCESS 5",
+        "5 succeeded m1",
+        "5 started m2 worker-1 retries=0",
+        "5 acked m2",
+        "6 state SUCCESS 1",
+        "6 succeeded m2",
+        "6 worker-offline worker-1",
+    ]
+    assert sim.check() == []
+
+
+def test_a_warm_shutdown_fetches_two_messages_at_most(simulation):
+    """The turn in flight at the signal and synloop's one more turn fetch a message each;
+    a third stays in the queue (recorded on SQLAlchemy: two fetches after the SIGTERM)."""
+    app, work, _ = make_app()
+    sim = simulation(app, transport="polling", prefetch_multiplier=1)
+    sim.shutdown_worker("worker-1", at=0.2)
+    sim.advance(0.5)
+    rs = [work.delay(0) for _ in range(3)]
+    sim.run()
+    assert deliveries(sim, *(r.id for r in rs)) == [
+        (1.2, 0, "worker-1", False),
+        (1.2, 1, "worker-1", False),
+    ]
+    assert [r.state for r in rs] == ["SUCCESS", "SUCCESS", "PENDING"]
+    assert sim.check() == []
+
+
+def test_a_warm_shutdown_runs_what_the_pool_was_handed():
+    """Messages received before a warm shutdown run (synloop hands them to the pool);
+    on amqp they go back to the queue."""
+    for transport, requeued in [("polling", 0), ("amqp", 1)]:
+        app, work, _ = make_app()
+        with simq.Simulation(app, transport=transport, prefetch_multiplier=2) as sim:
+            first, second = work.delay(3), work.delay(1)
+            sim.shutdown_worker("worker-1", at=1)
+            sim.run()
+        assert len(sim.history.where(kind="requeued")) == requeued, transport
+        ran = {e.task_id for e in sim.history.where(kind="succeeded")}
+        assert ran == ({first.id, second.id} if transport == "polling" else {first.id})
+        assert sim.check() == []
+
+
+def test_a_revoke_is_read_at_the_next_poll():
+    """A revoke reaches a polling worker at its next poll: a task that starts before
+    then runs (a revoke read a turn late, G10); on amqp it is skipped."""
+    outcomes = {}
+    for transport in ("polling", "amqp"):
+        app, work, _ = make_app()
+        with simq.Simulation(app, transport=transport, prefetch_multiplier=2) as sim:
+            work.delay(0.5)
+            target = work.delay(0)
+            sim.revoke(target.id, at=0.2)
+            sim.run()
+        revoked = sim.history.where(kind="state", task_id=target.id, state="REVOKED")
+        started = sim.history.where(kind="started", task_id=target.id)
+        outcomes[transport] = (
+            [round(e.time - sim.started_at, 3) for e in started],
+            [round(e.time - sim.started_at, 3) for e in revoked],
+        )
+        assert sim.check() == []
+    # Polling: started at 0.5, the revoke read at the 1 s poll finds it SUCCESS already;
+    # amqp: stored REVOKED by the command at once, and skipped by the worker at 0.5.
+    assert outcomes == {"polling": ([0.5], []), "amqp": ([], [0.2, 0.5])}
+
+
+def test_a_revoke_unread_at_a_lost_connection_is_read_after_reconnecting(simulation):
+    """A revoke still waiting for the worker's next poll is read at its first poll after
+    it reconnects; the task it names never starts (G10)."""
+    app, work, _ = make_app()
+    sim = simulation(app, transport="polling")
+    target = work.apply_async((0,), countdown=5)
+    sim.revoke(target.id, at=0.2)
+    sim.lose_connection("worker-1", at=0.5, reconnect_after=1)
+    sim.run()
+    revoked = sim.history.where(kind="state", task_id=target.id, state="REVOKED")
+    assert [round(e.time - sim.started_at, 3) for e in revoked][:1] == [1.5]
+    assert not sim.history.where(kind="started", task_id=target.id)
+    assert sim.check() == []
+
+
+def test_a_broker_restart_keeps_the_queued_messages(simulation):
+    """Files or rows survive a restart: nothing is lost, unacked messages are requeued."""
+    app, _, late = make_app()
+    sim = simulation(app, transport="polling", prefetch_multiplier=1)
+    rs = [late.delay(2) for _ in range(3)]
+    sim.restart_broker(at=1)
+    sim.run()
+    assert not sim.history.where(kind="lost")
+    assert sim.history.where(kind="broker-restarted").last()["lost"] == 0
+    assert [e["reason"] for e in sim.history.where(kind="requeued")] == ["broker-restart"]
+    assert [r.get() for r in rs] == [2, 2, 2]
+    assert sim.check() == []
+
+
+def test_the_checkers_read_it_as_memory_on_the_synchronous_loop(simulation):
+    """config_from gives the checkers kombu's virtual-transport model, synloop on."""
+    from simq.checkers import config_from
+
+    app, _, _ = make_app()
+    config = config_from(simulation(app, transport="polling"))
+    assert (config.transport, config.sync_loop, config.emulates_acks) == ("polling", True, False)
+
+
+def history_of(seed: int) -> str:
+    app, work, late = make_app()
+    with simq.Simulation(app, seed=seed, workers=2, transport="polling") as sim:
+        for n in range(6):
+            (late if n % 2 else work).apply_async((n % 3,), countdown=n % 4 or None)
+        sim.lose_connection("worker-2", at=1, reconnect_after=1)
+        sim.shutdown_worker("worker-1", at=2.5)
+        sim.crash_worker("worker-2", at=4, restart_after=1)
+        sim.run()
+        return sim.history.to_jsonl()
+
+
+def test_polling_runs_are_deterministic():
+    """The same seed gives a byte-identical history with faults; another seed differs."""
+    assert history_of(3) == history_of(3)
+    assert history_of(3) != history_of(4)
