@@ -12,10 +12,13 @@ capabilities. Runs that did not finish in time are counted and listed by seed.
 from __future__ import annotations
 
 import json
+import re
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from simq_conformance.adapter import Workload
 from simq_conformance.campaign import Campaign, Failure, Summary
 from simq_conformance.differential import Disagreement
 from simq_conformance.properties import (
@@ -280,7 +283,7 @@ def describe_failure(c: Campaign, guarantee: str) -> str:
     out = [
         f"{guarantee} ({g.title}) fails on {c.adapter}",
         f"workload seed: {f.workload.seed}; hypothesis seed: {c.hypothesis_seed}",
-        f"reproduce: {_reproduce(c)} -k {guarantee}",
+        f"reproduce: {_reproduce(c, guarantee)} -k {guarantee}",
         f"workload: {f.workload!r}",
         "violations:",
     ]
@@ -304,7 +307,22 @@ def command(c: Campaign, *options: str) -> str:
     return " ".join(("pytest", f"--conformance={c.adapter}", *extra, *options))
 
 
-def _reproduce(c: Campaign) -> str:
+def replay_file(adapter: str, guarantee: str, workload: Workload) -> Path:
+    """Store ``workload`` in ``$TMPDIR/simq-conformance/`` for a ``replay:`` line to name
+    (the adapter's name made safe for a file name: ``module:object`` has a colon)."""
+    folder = Path(tempfile.gettempdir()) / "simq-conformance"
+    folder.mkdir(exist_ok=True)
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", adapter)
+    path = folder / f"{safe}-{guarantee}-seed{workload.seed}.json"
+    path.write_text(workload.to_json() + "\n")
+    return path
+
+
+def _reproduce(c: Campaign, guarantee: str | None = None) -> str:
+    if c.replayed is not None:
+        # A replay ran one stored workload: running it again is the reproduction.
+        path = replay_file(c.adapter, guarantee or "all", c.replayed)
+        return command(c, f"--conformance-replay={path}")
     return command(
         c, f"--conformance-seed={c.hypothesis_seed}", f"--conformance-examples={c.examples}"
     )
@@ -326,7 +344,7 @@ def describe_adapter_errors(c: Campaign, guarantee: str | None = None) -> str:
     out = [
         head + ": the recording was incomplete, so those runs could not be judged "
         "(the adapter's fault, not the transport's)",
-        f"reproduce: {_reproduce(c)}" + (f" -k {guarantee}" if guarantee else ""),
+        f"reproduce: {_reproduce(c, guarantee)}" + (f" -k {guarantee}" if guarantee else ""),
     ]
     for f in c.adapter_errors:
         history = f.verdict.history

@@ -8,9 +8,7 @@ test of that adapter reads its verdict from it: pass, fail, skip (not applicable
 
 from __future__ import annotations
 
-import tempfile
 import traceback
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -27,7 +25,12 @@ from simq_conformance.properties import (
     NOT_APPLICABLE,
     NOT_EXERCISED,
 )
-from simq_conformance.report import command, describe_adapter_errors, describe_failure
+from simq_conformance.report import (
+    command,
+    describe_adapter_errors,
+    describe_failure,
+    replay_file,
+)
 
 __all__ = ["ConformanceSession"]
 
@@ -259,10 +262,7 @@ class ConformanceSession:
         failure = c.summaries[guarantee].failure
         if failure is None:
             return ""
-        folder = Path(tempfile.gettempdir()) / "simq-conformance"
-        folder.mkdir(exist_ok=True)
-        path = folder / f"{c.adapter}-{guarantee}-seed{failure.workload.seed}.json"
-        path.write_text(failure.workload.to_json() + "\n")
+        path = replay_file(c.adapter, guarantee, failure.workload)
         return f"\nreplay: {command(c, f'--conformance-replay={path}')} -k {guarantee}"
 
     def check_differential(self, name: str) -> None:

@@ -59,6 +59,9 @@ def test_a_failure_names_its_stored_workload_and_the_replay_reruns_exactly_it(
     )  # fmt: skip
     assert again.ret == pytest.ExitCode.TESTS_FAILED
     again.stdout.fnmatch_lines(["*FAILED*test_guarantee[[]simq-G16[]]*"])
+    # The replay's own reproduce line replays that workload, not a campaign of 0 examples.
+    again.stdout.fnmatch_lines(["reproduce: pytest*--conformance-replay=*-k G16"])
+    assert not [line for line in again.outlines if "--conformance-examples=0" in line]
     # Each failure shows its run as a timeline in seconds from the first event.
     failed.stdout.fnmatch_lines(["*timeline (seconds from the first event):*", "*simq timeline:*"])
     report = json.loads((pytester.path / "replayed.json").read_text())["adapters"]["simq"]
@@ -80,3 +83,12 @@ def test_a_missing_replay_file_is_a_usage_error(pytester: pytest.Pytester) -> No
     result = pytester.runpytest_subprocess("--conformance=simq", "--conformance-replay=nope.json")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--conformance-replay=nope.json: *No such file*"])
+
+
+def test_a_stored_workload_file_name_is_safe_for_any_adapter_name() -> None:
+    """A ``module:object`` adapter name makes no colon in the stored workload's name."""
+    from simq_conformance.report import replay_file
+
+    path = replay_file("tinyq.conformance:TinyqAdapter", "G2", WORKLOAD)
+    assert path.name == "tinyq.conformance_TinyqAdapter-G2-seed42.json"
+    assert Workload.from_json(path.read_text()) == WORKLOAD
