@@ -284,6 +284,9 @@ class RunResult:
     """What a run recorded. ``complete``: every probe reached a final state in time.
 
     ``task_ids`` maps each probe call's key to its task id, when the adapter knows it.
+    ``stopped_at``: when the adapter stopped an incomplete run (``time.time()``, the
+    history's clock), so that liveness says how long a message was waited for; None: the
+    last event's time.
     """
 
     history: History
@@ -292,6 +295,7 @@ class RunResult:
     workload: Workload
     notes: tuple[str, ...] = ()
     task_ids: Mapping[str, str] = attrs.field(factory=dict)
+    stopped_at: float | None = None
 
 
 class RunError(Exception):

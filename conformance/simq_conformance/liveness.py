@@ -216,8 +216,9 @@ def _running(idx: Index) -> list[Delivery]:
 def run_window(result: RunResult) -> tuple[float, float]:
     """``(t0, cut)``: the first publication's time and when the run was stopped.
 
-    The cut is ``t0`` plus the adapter's timeout when its notes say it timed out
-    ("timed out after 30.0 s"), else the last event's time.
+    The cut is ``result.stopped_at`` when the adapter says when it stopped the run, else
+    ``t0`` plus its timeout when its notes say it timed out ("timed out after 30.0 s"),
+    else the last event's time.
     """
     history = list(result.history)
     if not history:
@@ -225,6 +226,8 @@ def run_window(result: RunResult) -> tuple[float, float]:
     pubs = [e.time for e in history if e.kind == "published"]
     t0 = min(pubs) if pubs else history[0].time
     last = max(e.time for e in history)
+    if result.stopped_at is not None:
+        return t0, max(last, result.stopped_at)
     for note in result.notes:
         m = _TIMED_OUT.search(note)
         if m:

@@ -102,6 +102,20 @@ def test_an_unfinished_run_fails_l1_naming_the_task_and_its_last_events() -> Non
     ), messages[0]
 
 
+def test_l1_counts_the_wait_to_when_the_adapter_stopped_the_run() -> None:
+    """An adapter that says when it stopped an incomplete run (RunResult.stopped_at)
+    gets that wait in L1's message, not the time to the run's last event."""
+    result = LosesUnacked().run(KILLED)
+    t0 = min(e.time for e in result.history if e.kind == "published")
+    stopped = attrs.evolve(result, notes=(), stopped_at=t0 + 12.0)
+    messages = [v.message for v in check_run(stopped)["L1"].violations]
+    assert messages and messages[0].endswith("never redelivered within 12 s"), messages
+    unsaid = attrs.evolve(result, notes=())
+    last = max(e.time for e in result.history) - t0
+    messages = [v.message for v in check_run(unsaid)["L1"].violations]
+    assert messages[0].endswith(f"never redelivered within {last:.0f} s"), messages
+
+
 def test_a_complete_run_passes_l1_and_l2_and_every_run_exercises_l1() -> None:
     """The simulator's run of the same workload finishes and loses nothing."""
     verdicts = check_run(SimqAdapter().run(KILLED))

@@ -84,6 +84,7 @@ class Run:
         self.notes: list[str] = []
         self.task_ids: dict[str, str] = {}
         self.complete = False
+        self.stopped_at: float | None = None  # when a run that timed out was stopped
         self._orphaned_since: float | None = None
         # Messages no live worker holds, whose loss a death explains, missing from the
         # broker's store: since when (monotonic); and when they were last looked for.
@@ -194,6 +195,7 @@ class Run:
             workload=self.workload,
             notes=tuple(self.notes),
             task_ids=dict(self.task_ids),
+            stopped_at=self.stopped_at,
         )
 
     def _publish(self, probes: dict[str, Any]) -> None:
@@ -238,6 +240,7 @@ class Run:
                     f"files kept in {self.directory}"
                 )
                 self.notes.extend(self.workers.log_tails())
+                self.stopped_at = time.time()
                 return
             time.sleep(0.05)
 

@@ -56,6 +56,7 @@ class Run:
             self.wait_online(list(self.procs))
             task_ids = self.publish_all()
             complete = self.drive(time.monotonic())
+            stopped_at = None if complete else time.time()
         finally:
             self.stop_all()
         history = collect(self.folder)
@@ -64,7 +65,9 @@ class Run:
             path.unlink()
         self.folder.rmdir()
         caps = self.adapter.capabilities
-        return RunResult(history, complete, caps, self.workload, tuple(self.notes), task_ids)
+        return RunResult(
+            history, complete, caps, self.workload, tuple(self.notes), task_ids, stopped_at
+        )
 
     # -- workers ------------------------------------------------------------------------
 
