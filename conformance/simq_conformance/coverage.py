@@ -461,14 +461,18 @@ def aimed_workload(
     victim = 0
     # On Celery's synchronous loop (a polling transport) a worker first sees a message
     # at its next poll, up to POLL_LAG after the publication: a fault aimed at a running
-    # task comes that much later (a revoke aimed before an ETA does not).
+    # task comes that much later (a revoke aimed before an ETA does not), and a long task
+    # lasts that much longer, so that it is still running then however soon it started.
     lag = POLL_LAG if caps.sync_loop else 0.0
     for _, part in chosen:
         keys: list[str] = []
         for probe, args, options in part.calls:
             key = f"c{len(specs) + 1}"
             keys.append(key)
-            specs.append(ProbeCall(probe, args(key), dict(options), key))
+            values = args(key)
+            if lag and probe == "sleep" and values and values[0] >= 1.0:
+                values = (values[0] + lag, *values[1:])
+            specs.append(ProbeCall(probe, values, dict(options), key))
         for kind, at, target in part.faults:
             at = at + lag if kind in _AT_RUNNING else at
             if target == "victim":
@@ -485,7 +489,7 @@ def aimed_workload(
     ):
         for _ in range(max(0, workers - long_calls)):
             key = f"c{len(specs) + 1}"
-            specs.append(ProbeCall("sleep", (1.5,), {}, key))
+            specs.append(ProbeCall("sleep", (1.5 + lag,), {}, key))
     settings = RunSettings(workers=workers, concurrency=1, prefetch_multiplier=1, conf=conf)
     workload = Workload(
         settings, tuple(specs), tuple(sorted(plan, key=lambda f: f.at)), rng.randrange(2**16)

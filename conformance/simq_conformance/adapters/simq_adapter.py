@@ -91,6 +91,15 @@ _KILL_LOSES = (
 )
 
 
+#: Why deduplication never applies there: restored messages come back unflagged.
+_NOT_REDELIVERED = (
+    "kombu's virtual transports put a restored message back as a new one (Channel._restore "
+    "puts it again, and the redelivered flag it sets never reaches delivery_info), so "
+    "Celery's worker_deduplicate_successful_tasks, which looks only at messages flagged "
+    "redelivered (celery/app/trace.py), never applies: no run can exercise G14"
+)
+
+
 def _capabilities(transport: str, visibility_timeout: float | None) -> Capabilities:
     name = "simq" if transport == "amqp" else f"simq-{transport}"
     polling = transport == "polling"
@@ -102,7 +111,13 @@ def _capabilities(transport: str, visibility_timeout: float | None) -> Capabilit
         time_limits=True,
         observes=OBSERVES,
         visibility_timeout=visibility_timeout,
-        deviations=(Deviation("G4", _KILL_LOSES), Deviation("L2", _KILL_LOSES)) if polling else (),
+        deviations=(
+            Deviation("G4", _KILL_LOSES),
+            Deviation("L2", _KILL_LOSES),
+            Deviation("G14", _NOT_REDELIVERED),
+        )
+        if polling
+        else (),
         slack=0.0,
         simulated=True,
         sync_loop=polling,
