@@ -480,6 +480,22 @@ class Broker:
         reason: str = "restored",
     ) -> None:
         """Put an unacked message back in its queue, flagged redelivered."""
+        message = self._take_back(envelope, record, reason)
+        envelope.redelivered = True
+        self.queue(message.queue).push(envelope, front=front)
+        # Redelivery is the broker's own step after the reject or the channel close, as
+        # delivery is after a publish: RabbitMQ, and kombu's Redis and SQS, put a requeued
+        # message back at once, with no delay, but never inside the consumer's call. As
+        # its own step a poison message's loop shows in the event loop, where the
+        # max_instant_steps guard stops it; no virtual delay is added.
+        envelope.returning = True
+        self._returning.append(envelope)
+        if not self._dispatch_soon:
+            self._dispatch_soon = True
+            self.loop.call_soon(self._dispatch_pending)
+
+    def _take_back(self, envelope: Envelope, record: bool, reason: str) -> Message:
+        """The broker has ``envelope`` again, ready (``requeued`` [reason] if ``record``)."""
         self._settled(envelope)
         envelope.move(MessageState.READY)
         message = envelope.message
@@ -493,18 +509,7 @@ class Broker:
                 attempt=envelope.tag,
             )
         envelope.holder = None
-        envelope.redelivered = True
-        self.queue(message.queue).push(envelope, front=front)
-        # Redelivery is the broker's own step after the reject or the channel close, as
-        # delivery is after a publish: RabbitMQ, and kombu's Redis and SQS, put a requeued
-        # message back at once, with no delay, but never inside the consumer's call. As
-        # its own step a poison message's loop shows in the event loop, where the
-        # max_instant_steps guard stops it; no virtual delay is added.
-        envelope.returning = True
-        self._returning.append(envelope)
-        if not self._dispatch_soon:
-            self._dispatch_soon = True
-            self.loop.call_soon(self._dispatch_pending)
+        return message
 
     def channel_closed(self, envelope: Envelope, reason: str) -> None:
         """The holder's channel closed with ``envelope`` unacked.

@@ -276,19 +276,7 @@ class PollingBroker(Broker):
         row), so it queues behind every waiting one; the ``redelivered`` key it sets in
         the stored payload is not ``delivery_info``, where Celery reads the flag.
         """
-        self._settled(envelope)
-        envelope.move(MessageState.READY)
-        message = envelope.message
-        if record:
-            self._record(
-                "requeued",
-                task_id=message.task_id,
-                message_id=message.message_id,
-                worker=envelope.holder,
-                reason=reason,
-                attempt=envelope.tag,
-            )
-        envelope.holder = None
+        message = self._take_back(envelope, record, reason)
         self.queue(message.queue).push(envelope)
         self.dispatch(message.queue)
 
