@@ -30,6 +30,7 @@ import warnings
 import weakref
 from typing import Any
 
+import celery
 from celery import states
 from celery.backends.asynchronous import AsyncBackendMixin
 from celery.backends.base import BaseBackend, KeyValueStoreBackend
@@ -44,6 +45,12 @@ except ImportError:  # Celery 5.7's module needs the redis package (celery[redis
     RedisBackend = None
 
 __all__ = ["CHORD_BACKENDS", "Backend", "RedisChordStore", "jsonable"]
+
+#: Celery 5.7's Redis chord join of a ready header takes what is stored (checked on a real
+#: worker). On 5.5 the same join hung on a real worker (more than 20 s, its join timeout
+#: 2 s; 2026-12-04) and 5.5's iter_native reads ``_cache`` of a group result, which has
+#: none: there simq keeps the key-value join, which waits the join timeout.
+_READY_JOIN_TAKES_STORED = (celery.VERSION.major, celery.VERSION.minor) >= (5, 7)
 
 #: The result backends whose chord support simq models (``Simulation(result_backend=)``):
 #: whether each joins natively (``supports_native_join``).
@@ -248,7 +255,12 @@ class Backend(KeyValueStoreBackend):
         None, and ``result_chord_join_timeout`` never elapses (checked on a real worker
         and Redis). Every other join polls the store, as a key-value backend does.
         """
-        if self.kind == "redis" and RedisBackend is not None and result.on_ready.ready:
+        if (
+            _READY_JOIN_TAKES_STORED
+            and self.kind == "redis"
+            and RedisBackend is not None
+            and result.on_ready.ready
+        ):
             return AsyncBackendMixin.iter_native(self, result, **kwargs)
         return super().iter_native(result, *args, **kwargs)
 
@@ -285,7 +297,8 @@ class _ReadyResultConsumer:
         # sleeps one interval when a member is not ready), before any message is drained.
         for meta in result._iter_meta(timeout=timeout, **kwargs):
             for node in result.results:
-                if node.id == meta["task_id"]:
+                # Only a task's result takes a state (a group result has no cache).
+                if node.id == meta["task_id"] and hasattr(node, "_cache"):
                     node._maybe_set_cache(meta)
                     bucket = self.buckets.pop(node, None)
                     if bucket is not None:
