@@ -23,6 +23,7 @@ import attrs
 
 from simq.checkers import CheckConfig
 from simq.checkers.index import Delivery, Index
+from simq.world.polling import DEFAULT_POLLING_INTERVAL
 from simq_conformance.adapter import Capabilities, Fault, ProbeCall, RunSettings, Workload
 from simq_conformance.liveness import RELEASES
 from simq_conformance.workloads import SOFT_GAP
@@ -281,7 +282,7 @@ def _keyed(*values: Any) -> Callable[[str], tuple[Any, ...]]:
 
 #: Seconds a polling transport may take to hand a worker a published message (kombu's
 #: virtual transports poll every second by default).
-POLL_LAG = 1.0
+POLL_LAG = DEFAULT_POLLING_INTERVAL
 #: Faults aimed at a task that is running when they strike.
 _AT_RUNNING = frozenset(
     {"kill_worker", "kill_child", "cut_connection", "terminate", "warm_shutdown", "cold_shutdown"}

@@ -36,6 +36,7 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from simq.checkers.base import SYNLOOP_DRAIN
 from simq.exceptions import InvalidArgument
 from simq.validate import is_real
 from simq.world.broker import Broker, Envelope, MessageState
@@ -46,7 +47,6 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_POLLING_INTERVAL",
     "LAST_TURNS",
-    "SYNLOOP_DRAIN",
     "Poller",
     "PollingBroker",
     "interval",
@@ -54,8 +54,6 @@ __all__ = [
 
 #: kombu's ``virtual.Transport.polling_interval``: seconds slept after an empty poll.
 DEFAULT_POLLING_INTERVAL = 1.0
-#: ``synloop``'s ``connection.drain_events(timeout=2.0)``: one turn of the loop at most.
-SYNLOOP_DRAIN = 2.0
 #: Turns after a warm shutdown's signal: the one in flight and the ``finally`` one.
 LAST_TURNS = 2
 
