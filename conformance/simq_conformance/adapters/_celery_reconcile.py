@@ -35,13 +35,17 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+from celery import states
 
+from simq.checkers.index import OUTCOMES
 from simq.history import Event
 from simq_conformance.sink import Record
 
 __all__ = [
+    "ATTEMPT_ENDS",
     "FETCHED_BY_KILLED_WORKER",
     "PUBLISHER_DIED",
+    "WORKER_GONE",
     "Dying",
     "Reconciled",
     "StoredState",
@@ -58,14 +62,12 @@ __all__ = [
 FETCHED_BY_KILLED_WORKER = "fetched-by-killed-worker"
 #: The ``lost`` reason of a message whose publisher died before kombu wrote it.
 PUBLISHER_DIED = "publisher-died"
-#: A worker's events after which it holds none of its messages.
-_GONE = frozenset({"worker-offline", "worker-crashed", "connection-lost"})
-#: States a task ends in (Celery's READY_STATES): the backend keeps their ``date_done``.
-_FINAL = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
-#: Events that end one attempt in its own process (so its records are whole).
-_ENDS = frozenset(
-    {"succeeded", "failed", "retried", "ignored", "declined", "revoked", "cancelled", "lost"}
-)
+#: A worker's events after which it holds none of its messages (the broker no longer
+#: counts its deliveries as held).
+WORKER_GONE = frozenset({"worker-offline", "worker-crashed", "connection-lost"})
+#: Events after which an attempt no longer runs: its outcome (the checkers' OUTCOMES),
+#: a revoke, a cancel, or its loss with its worker. The adapter's one definition.
+ATTEMPT_ENDS = OUTCOMES | frozenset({"revoked", "cancelled", "lost"})
 
 
 @attrs.frozen
@@ -157,7 +159,7 @@ def dying_attempts(events: Iterable[Event]) -> list[Dying]:
             started[str(attempt)] = e
         elif e.kind == "child-lost" and attempt is not None and str(attempt) in started:
             out[str(attempt)] = _dying(started[str(attempt)], e.time, "child-lost")
-        elif e.kind in _ENDS and attempt is not None:
+        elif e.kind in ATTEMPT_ENDS and attempt is not None:
             ended.add(str(attempt))
         elif e.kind == "worker-crashed":
             for key, s in started.items():
@@ -246,7 +248,7 @@ def read_stored(backend: Any, task_ids: Iterable[str]) -> dict[str, StoredState]
         except Exception:  # an unreadable result: nothing to reconcile from
             continue
         state, done = meta.get("status"), _epoch(meta.get("date_done"))
-        if state not in _FINAL or done is None:
+        if state not in states.READY_STATES or done is None:
             continue
         try:
             value = _safe(backend.encode_result(meta.get("result"), state))
@@ -323,7 +325,7 @@ def crashes_after(published: Record, records: Sequence[Record]) -> list[Event]:
         if key is not None and e.message_id == key:
             since = max(since, e.time)
             holder = e.worker if e.kind == "delivered" else holder
-        elif holder is not None and e.worker == holder and e.kind in _GONE:
+        elif holder is not None and e.worker == holder and e.kind in WORKER_GONE:
             since, holder = max(since, e.time), None
     return [r.event for r in records if r.event.kind == "worker-crashed" and r.event.time > since]
 

@@ -25,6 +25,8 @@ from simq.history import Event
 from simq_conformance.adapter import Fault, RunResult, Workload
 from simq_conformance.adapters import _brokers
 from simq_conformance.adapters._celery_reconcile import (
+    ATTEMPT_ENDS,
+    WORKER_GONE,
     crashes_after,
     death_of_publisher,
     dying_attempts,
@@ -60,14 +62,6 @@ _DEFAULT_CONF: dict[str, Any] = {
 
 #: Polling intervals (s) of the virtual transports that take one.
 _POLLING = {"memory": 0.05, "filesystem": 0.1}
-
-#: Worker events after which the broker no longer counts the worker's deliveries as held.
-_RELEASES = frozenset({"worker-crashed", "connection-lost", "worker-offline"})
-
-#: Event kinds that end one attempt (a ``started``) on a worker.
-_ENDS = frozenset(
-    {"succeeded", "failed", "retried", "ignored", "declined", "child-lost", "revoked", "cancelled"}
-)
 
 
 class Run:
@@ -428,7 +422,7 @@ class Run:
             ref = (e.message_id, e.worker)
             if e.kind == "started":
                 open_starts[ref] = record
-            elif e.kind in _ENDS:
+            elif e.kind in ATTEMPT_ENDS:
                 open_starts.pop(ref, None)
             elif e.kind == "worker-crashed":
                 open_starts = {k: v for k, v in open_starts.items() if k[1] != e.worker}
@@ -525,9 +519,9 @@ def _progress(records: list[Record], task_ids: dict[str, str]) -> tuple[set[str]
             holder[ref] = None
         elif e.kind == "started":
             running[(ref, e.worker, attempt)] = e.task_id
-        elif e.kind in _ENDS:
+        elif e.kind in ATTEMPT_ENDS:
             running.pop((ref, e.worker, attempt), None)
-        if e.kind in _RELEASES:
+        if e.kind in WORKER_GONE:
             holder = {m: (None if w == e.worker else w) for m, w in holder.items()}
             if e.kind == "worker-crashed":
                 running = {k: v for k, v in running.items() if k[1] != e.worker}

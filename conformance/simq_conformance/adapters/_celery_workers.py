@@ -26,16 +26,12 @@ from typing import TYPE_CHECKING, Any
 
 from simq_conformance.adapter import RunError
 from simq_conformance.adapters import _brokers
+from simq_conformance.adapters._celery_reconcile import ATTEMPT_ENDS
 
 if TYPE_CHECKING:
     from simq_conformance.adapters._celery_run import Run
 
 __all__ = ["InProcessWorkers", "ProcessWorkers", "WorkersNotReady"]
-
-#: Events after which an attempt no longer runs.
-_ENDS = frozenset(
-    {"succeeded", "failed", "retried", "ignored", "declined", "child-lost", "revoked", "lost"}
-)
 
 
 class WorkersNotReady(RunError, RuntimeError):
@@ -258,7 +254,7 @@ class ProcessWorkers(_Workers):
                 started[attempt] = e
             elif e.kind == "acked":
                 acked.add(attempt)
-            elif e.kind in _ENDS:
+            elif e.kind in ATTEMPT_ENDS:
                 ended.add(attempt)
         for attempt, e in started.items():
             if attempt in acked and attempt not in ended:
