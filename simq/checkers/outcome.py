@@ -141,12 +141,23 @@ def _child_lost(
             )
         )
 
+    # The parent process died before its ack or reject went out (a hook's BaseException
+    # after Request.on_failure asked for it, sent later on an event loop): the message
+    # is released with the worker and redelivered, which G4 judges.
+    r = d.release
+    parent_died = (
+        d.settle is None and r is not None and "worker-crashed" in (r.kind, r.details.get("reason"))
+    )
+
+    def settled(kind: str, requeue: bool | None = None) -> bool:
+        return parent_died or _settled(d, kind, requeue)
+
     max_retries = config.setting("max_retries", d.task)
     retries_left = max_retries is None or d.retries < max_retries
     if config.lost_child_keeps_success and idx.succeeded_before(d.task_id, i) is not None:
         for f in failures:
             bad(f"SUCCESS was already stored, yet FAILURE was stored at {when(f)}", f)
-        if late and not _settled(d, "acked"):
+        if late and not settled("acked"):
             bad(
                 f"SUCCESS was already stored, so the message is acked, but it was "
                 f"{_settle_text(d)}",
@@ -168,7 +179,7 @@ def _child_lost(
             bad("retry_on_worker_lost stores RETRY(WorkerLostError), and it was not stored")
         for f in failures:
             bad(f"retry_on_worker_lost retries, yet FAILURE was stored at {when(f)}", f)
-        if late and not _settled(d, "acked"):
+        if late and not settled("acked"):
             bad(
                 f"after the retry is published the message is acked, but it was {_settle_text(d)}",
                 d.settle,
@@ -179,7 +190,7 @@ def _child_lost(
         and not (config.setting("retry_on_worker_lost", d.task))
     ):
         # §3.1: once retry_on_worker_lost has no retries left, RoWL is not applied.
-        if not _settled(d, "rejected", requeue=True):
+        if not settled("rejected", requeue=True):
             bad(
                 f"with acks_late and reject_on_worker_lost the message is rejected with "
                 f"requeue, but it was {_settle_text(d)}",
@@ -200,7 +211,7 @@ def _child_lost(
         if late:
             aof = bool(config.setting("acks_on_failure", d.task))
             want = ("acked", None) if aof else ("rejected", False)
-            if not _settled(d, *want):
+            if not settled(*want):
                 bad(
                     f"with acks_late (acks_on_failure={aof}) the message is "
                     f"{'acked' if aof else 'rejected without requeue'}, but it was "

@@ -238,18 +238,24 @@ class Pool:
     def call(self, fn: Callable[..., Any] | None, *args: Any, **kwargs: Any) -> None:
         """Run a Celery callback in this worker's parent process (billiard's way)."""
         sim = self.sim
-        # Restored, not cleared: a callback's ack dispatches the next message, whose
-        # handling (revoked at receipt, ...) runs nested and must not end the attribution
-        # of the writes the callback makes after it (Request.on_failure's FAILURE).
-        acting, sim.acting_worker = sim.acting_worker, self.worker.name
+        # Restored, not cleared: callbacks nest (an ack sent at once may hand this worker
+        # its next message, whose handling calls back into the pool), and an inner one
+        # must not end the attribution of the writes the outer one makes after it.
+        worker = self.worker
+        acting, sim.acting_worker = sim.acting_worker, worker.name
+        outermost = worker.deferring_acks()
         try:
             safe_apply(fn, *args, **kwargs)
         except BaseException as exc:
             if from_signal(exc):
+                if outermost:
+                    worker.deferred_acks = None
                 raise
             self._parent_died(fn, exc)
         finally:
             sim.acting_worker = acting
+        if outermost:
+            worker.send_acks(close=True)
 
     def _parent_died(self, fn: Any, exc: BaseException) -> None:
         """A BaseException escaped callback ``fn``: the worker process goes down."""
@@ -259,6 +265,12 @@ class Pool:
         # Celery's WorkController.start: SystemExit and KeyboardInterrupt stop the worker
         # warm; anything else ends the process.
         warm = isinstance(exc, SystemExit | KeyboardInterrupt)
+        if warm:
+            # Stopping joins the pool, which sends the acks queued on the event loop first
+            # (celery/concurrency/prefork.py, _run_ready_callbacks).
+            worker.send_acks(close=False)
+        else:
+            worker.drop_acks()
         logger.critical(
             "worker %s: %r escaped pool callback %r in the parent process; the worker %s",
             worker.name,
@@ -463,6 +475,16 @@ class Pool:
         self.worker.note("failed", request, exception=self.worker.encode_exception(exc))
         slot.replace_child()
         job.ready = True
-        self.call(job.error_callback, exception_info(exc))
-        self.call(job.timeout_callback, soft=False, timeout=job.timeout)
-        self.worker.finished(request)
+        # billiard's on_hard_timeout calls both in one turn: acks asked for wait for both.
+        worker = self.worker
+        outermost = worker.deferring_acks()
+        try:
+            self.call(job.error_callback, exception_info(exc))
+            self.call(job.timeout_callback, soft=False, timeout=job.timeout)
+        except BaseException:
+            if outermost:
+                worker.deferred_acks = None
+            raise
+        if outermost:
+            worker.send_acks(close=True)
+        worker.finished(request)

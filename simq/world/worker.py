@@ -107,6 +107,9 @@ class Worker:
         self.starting: Delivery | None = None  # the delivery handed to the pool now
         self._held = 0  # ETA-held messages (outside the prefetch window)
         self._live_unacked = 0  # every message delivered here and not yet acked/rejected
+        # Acks and rejects asked for by the parent-process callback running now, sent when
+        # it returns (:meth:`deferring_acks`); None when they go out at once.
+        self.deferred_acks: list[Callable[[], None]] | None = None
         self._pump_scheduled = False
         self._pumping = False
         self.online = False  # consuming: up and connected
@@ -505,6 +508,18 @@ class Worker:
     # -- the ack callbacks Celery's Request calls --------------------------------------
 
     def _on_ack(self, delivery: Delivery, *_: Any) -> None:
+        if self.deferred_acks is not None:
+            self.deferred_acks.append(partial(self._ack_now, delivery))
+        else:
+            self._ack_now(delivery)
+
+    def _on_reject(self, delivery: Delivery, logger: Any, errors: Any, requeue: bool) -> None:
+        if self.deferred_acks is not None:
+            self.deferred_acks.append(partial(self._reject_now, delivery, requeue))
+        else:
+            self._reject_now(delivery, requeue)
+
+    def _ack_now(self, delivery: Delivery) -> None:
         delivery.acked = True
         if delivery.orphaned:
             # The delivery tag belonged to a closed channel (G7): the ack cannot land.
@@ -514,7 +529,7 @@ class Worker:
         self.broker.ack(delivery.envelope)
         self.broker.dispatch(*self.queues)
 
-    def _on_reject(self, delivery: Delivery, logger: Any, errors: Any, requeue: bool) -> None:
+    def _reject_now(self, delivery: Delivery, requeue: bool) -> None:
         delivery.acked = True
         if delivery.orphaned:
             self.note("ack-failed", delivery, requeue=requeue)
@@ -522,6 +537,38 @@ class Worker:
         self._live_unacked -= 1
         self.broker.reject(delivery.envelope, requeue)
         self.broker.dispatch(*self.queues)
+
+    def deferring_acks(self) -> bool:
+        """Open a callback's scope in which acks wait until :meth:`send_acks`.
+
+        Celery's Request acks through ``Consumer.call_soon_ack``: with an event loop
+        (amqp, redis, sqs) that is ``hub.call_soon``, so the ack goes out after the pool
+        callback that asked for it has returned. ``Request.on_failure`` acks an acks_late
+        task *before* it stores FAILURE (a hard time limit, a lost child), so on those
+        brokers FAILURE lands first (recorded on Redis: the ack 0.1 s after). Without an
+        event loop (kombu's polling transports, Celery 5.7's synloop) the ack is sent at
+        once, before FAILURE. Returns whether this call opened the scope (the outermost
+        callback sends what it deferred).
+        """
+        if self.deferred_acks is not None or self.broker.polling:
+            return False
+        self.deferred_acks = []
+        return True
+
+    def send_acks(self, *, close: bool) -> None:
+        """Send the deferred acks now (a process that died sends none: call drop_acks)."""
+        pending = self.deferred_acks
+        if pending is None:
+            return
+        if close:
+            self.deferred_acks = None
+        while pending:
+            pending.pop(0)()
+
+    def drop_acks(self) -> None:
+        """The process ended before its event loop ran again: the deferred acks are lost."""
+        if self.deferred_acks is not None:
+            self.deferred_acks.clear()
 
     def _done(self, delivery: Delivery) -> None:
         if delivery.state is not RequestState.DONE:

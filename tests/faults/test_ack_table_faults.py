@@ -5,6 +5,10 @@ The outcome rows (returned, Retry, exception, Reject, Ignore) run on a message t
 crash sent back to the broker: a redelivered message follows the same row. The other rows
 are the faults themselves: revoke, expiry, a dead child, terminate, a hard time limit, a
 worker crash and a lost connection.
+
+The broker is the RabbitMQ model, where Celery's worker runs an event loop: an ack or a
+reject that ``Request.on_failure`` asks for goes out when the pool callback returns
+(``Consumer.call_soon_ack``: ``hub.call_soon``), so after the FAILURE it stores next.
 """
 
 from __future__ import annotations
@@ -204,11 +208,11 @@ CASES = [
     # -- hard time limit: FAILURE; acked@start / AoT ACK / not AoT REJ(requeue=True) ------
     ("time-limit-early", {"time_limit": 2}, "return", "none", {}, [*EARLY, *TIMED_OUT], [0]),
     ("time-limit-late", {**LATE, "time_limit": 2}, "return", "none", {}, [
-        *RUNNING, *TIME_LIMIT, "2 acked m1", FAILED_BY_TIME_LIMIT, FAILED_BY_TIME_LIMIT], [0]),
+        *RUNNING, *TIME_LIMIT, FAILED_BY_TIME_LIMIT, FAILED_BY_TIME_LIMIT, "2 acked m1"], [0]),
     # Requeued: on_failure stores nothing, on_timeout stores FAILURE once.
     ("time-limit-late-no-aot", {**LATE, "time_limit": 2, "acks_on_timeout": False},
      "quicker-again", "none", {}, [
-        *RUNNING, *TIME_LIMIT, "2 rejected m1 requeue=True", FAILED_BY_TIME_LIMIT,
+        *RUNNING, *TIME_LIMIT, FAILED_BY_TIME_LIMIT, "2 rejected m1 requeue=True",
         "2 delivered m1 w1 redelivered", "2 started m1 w1 retries=0", "3 state SUCCESS 'ok'",
         "3 succeeded m1", "3 acked m1"],
      [0, 0]),
@@ -216,9 +220,9 @@ CASES = [
     ("child-died-early", {}, "return", "kill", {}, [*EARLY, *KILLED, f"2 state FAILURE {LOST}"],
      [0]),
     ("child-died-late", LATE, "return", "kill", {}, [
-        *RUNNING, *KILLED, "2 acked m1", f"2 state FAILURE {LOST}"], [0]),
+        *RUNNING, *KILLED, f"2 state FAILURE {LOST}", "2 acked m1"], [0]),
     ("child-died-late-no-aof", {**LATE, "acks_on_failure": False}, "return", "kill", {}, [
-        *RUNNING, *KILLED, "2 rejected m1 requeue=False", f"2 state FAILURE {LOST}"], [0]),
+        *RUNNING, *KILLED, f"2 state FAILURE {LOST}", "2 rejected m1 requeue=False"], [0]),
     # -- child died, RoWL: no effect early / REJ(requeue=True), no state, runs again ------
     ("child-died-rowl-early", {"reject_on_worker_lost": True}, "return", "kill", {}, [
         *EARLY, *KILLED, f"2 state FAILURE {LOST}"], [0]),
@@ -238,7 +242,7 @@ CASES = [
      "return", "kill", {}, [*EARLY, *KILLED, f"2 state FAILURE {LOST}"], [0]),
     ("child-died-rtwl-exhausted-late", {**LATE, "retry_on_worker_lost": True,
                                         "reject_on_worker_lost": True, "max_retries": 0},
-     "return", "kill", {}, [*RUNNING, *KILLED, "2 acked m1", f"2 state FAILURE {LOST}"], [0]),
+     "return", "kill", {}, [*RUNNING, *KILLED, f"2 state FAILURE {LOST}", "2 acked m1"], [0]),
     # -- child died after storing SUCCESS: SUCCESS kept; acked@start / ACK ----------------
     ("child-died-after-success-early", {}, "linger", "kill-after-success", {}, [
         *EARLY, "4 state SUCCESS 'ok'", "5 child-killed m1 exitcode=-9",

@@ -85,19 +85,26 @@ def test_the_exit_code_names_the_lost_worker(app, simulation, exitcode, message)
         r.get()
 
 
-def test_killed_child_is_acked_even_with_acks_late(app, simulation, trail):
-    """With acks_late alone the lost child's message is acked, then FAILURE is stored:
-    one run (G3; Request.on_failure acks before mark_as_failure, request.py:766-790)."""
+@pytest.mark.parametrize(
+    ("transport", "ack_first"),
+    [("amqp", False), ("redis", False), ("sqs", False), ("polling", True)],
+)
+def test_killed_child_is_acked_even_with_acks_late(app, simulation, trail, transport, ack_first):
+    """With acks_late alone the lost child's message is acked and FAILURE is stored:
+    one run (G3). Request.on_failure asks for the ack before mark_as_failure
+    (request.py:766-790) through Consumer.call_soon_ack: on an event loop (amqp, redis,
+    sqs) the ack goes out after the callback, so FAILURE lands first; on Celery 5.7's
+    synchronous loop (kombu's polling transports) it goes out at once."""
     task, attempts = sleeper(app, acks_late=True)
-    sim = simulation(app)
+    sim = simulation(app, transport=transport)
     r = task.delay()
     sim.kill_child(r.id, at=2)
     sim.run()
+    ack, failure = "2 acked m1", f"2 state FAILURE {SIGKILL_LOST}"
     assert trail(sim, r.id)[-4:] == [
         "2 child-killed m1 exitcode=-9",
         "2 child-lost m1 exitcode=-9",
-        "2 acked m1",
-        f"2 state FAILURE {SIGKILL_LOST}",
+        *((ack, failure) if ack_first else (failure, ack)),
     ]
     assert attempts == [(0, False)]
     assert sim.check() == []
@@ -105,7 +112,8 @@ def test_killed_child_is_acked_even_with_acks_late(app, simulation, trail):
 
 def test_acks_late_without_acks_on_failure_rejects_the_lost_child(app, simulation, trail):
     """With acks_late and acks_on_failure=False the lost child's message is rejected
-    without requeue, then FAILURE is stored (§3.1, request.py:766-790)."""
+    without requeue, and FAILURE is stored (§3.1, request.py:766-790), first on an event
+    loop (the reject goes out after the callback)."""
     # 5.5 has only the combined flag; acks_on_failure is new in 5.7 (app/task.py).
     flag = "acks_on_failure" if CELERY_VERSION >= (5, 7) else "acks_on_failure_or_timeout"
     task, attempts = sleeper(app, acks_late=True, **{flag: False})
@@ -114,8 +122,8 @@ def test_acks_late_without_acks_on_failure_rejects_the_lost_child(app, simulatio
     sim.kill_child(r.id, at=2)
     sim.run()
     assert trail(sim, r.id)[-2:] == [
-        "2 rejected m1 requeue=False",
         f"2 state FAILURE {SIGKILL_LOST}",
+        "2 rejected m1 requeue=False",
     ]
     assert attempts == [(0, False)]
 
@@ -204,8 +212,8 @@ def test_retry_on_worker_lost_retries_then_fails_when_exhausted(app, simulation,
             "2 delivered m2 worker-1",
             "9 started m2 worker-1 retries=1",
             *second,
-            "12 acked m2",
             f"12 state FAILURE {sigkill_lost(1)}",
+            "12 acked m2",
         ]
     else:
         assert trail(sim, r.id)[4:] == [
@@ -225,7 +233,7 @@ def test_retry_on_worker_lost_retries_then_fails_when_exhausted(app, simulation,
 def test_exhausted_retry_on_worker_lost_does_not_apply_reject_on_worker_lost(
     app, simulation, trail
 ):
-    """With retries exhausted, reject_on_worker_lost is not applied: ack, then FAILURE
+    """With retries exhausted, reject_on_worker_lost is not applied: FAILURE and an ack
     (§3.1, request.py:749-790)."""
     task, attempts = sleeper(
         app, acks_late=True, retry_on_worker_lost=True, reject_on_worker_lost=True, max_retries=0
@@ -236,8 +244,8 @@ def test_exhausted_retry_on_worker_lost_does_not_apply_reject_on_worker_lost(
     sim.run()
     assert trail(sim, r.id)[-3:] == [
         "2 child-lost m1 exitcode=-9",
-        "2 acked m1",
         f"2 state FAILURE {SIGKILL_LOST}",
+        "2 acked m1",
     ]
     assert attempts == [(0, False)]
     assert sim.check() == []

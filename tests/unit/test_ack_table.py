@@ -489,9 +489,11 @@ def test_system_exit_in_the_body_is_a_lost_child(app, simulation):
 
 
 @SYSTEM_EXIT_IS_A_LOST_CHILD
-def test_lost_child_is_acked_even_with_acks_late(app, simulation):
-    """With acks_late alone a lost child is acked, then FAILURE stored; no re-run
-    (G3, exp4; Request.on_failure acks before mark_as_failure, request.py:766-790)."""
+@pytest.mark.parametrize("transport", ["amqp", "polling"])
+def test_lost_child_is_acked_even_with_acks_late(app, simulation, transport):
+    """With acks_late alone a lost child is acked and FAILURE stored; no re-run (G3,
+    exp4). Request.on_failure asks for the ack before mark_as_failure (request.py:766-790):
+    sent after the callback on an event loop, at once on the polling transport."""
     runs = []
 
     @app.task(acks_late=True)
@@ -499,12 +501,13 @@ def test_lost_child_is_acked_even_with_acks_late(app, simulation):
         runs.append(1)
         raise SystemExit(3)
 
-    sim = simulation(app)
+    sim = simulation(app, transport=transport)
     r = die.delay()
     with pytest.raises(WorkerLostError):
         r.get()
     assert runs == [1]
-    assert trail(sim, r.id)[2:] == ["child-lost", "acked", ("state", states.FAILURE)]
+    ends = ["acked", ("state", states.FAILURE)]
+    assert trail(sim, r.id)[2:] == ["child-lost", *(ends if transport == "polling" else ends[::-1])]
 
 
 @SYSTEM_EXIT_IS_A_LOST_CHILD
