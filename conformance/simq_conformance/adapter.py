@@ -104,7 +104,8 @@ class Capabilities:
             or ``"broker"`` (native delayed delivery, RabbitMQ quorum queues).
         sync_loop: The workers run Celery's synchronous consumer loop (a transport
             kombu marks not asynchronous: ``filesystem://``, SQLAlchemy, ...), where the
-            prefork pool is handed every reserved task at once.
+            consumer hands every received task to the prefork pool, waiting for a free
+            child.
         reproduce: Command-line options, beyond ``--conformance=NAME``, the seed and the
             number of examples, that select this same deployment again
             (``--conformance-url=...``, ``--conformance-transport-options=...``): a

@@ -120,8 +120,10 @@ class CheckConfig:
             False for Celery 5.5, whose every cancel stores RETRY('cancelled by Celery').
         sync_loop: The worker ran Celery's synchronous consumer loop (``loops.synloop``:
             a transport kombu marks not asynchronous, such as ``filesystem://`` or
-            SQLAlchemy), where the prefork pool is handed every reserved task at once
-            and a warm shutdown runs them all (G17). Default: on for ``"polling"``.
+            SQLAlchemy), where every received task goes to the prefork pool (the
+            consumer waits for a free child) and a warm shutdown runs them all (G17),
+            and an ETA task holds the window open until it starts (G5). Default: on
+            for ``"polling"``.
         complete: The run drained (nothing left to do): "eventually" claims are
             checked at the end of the history. Leave False for a history cut short.
         slack: Seconds of tolerance on time bounds: a start against its ETA or

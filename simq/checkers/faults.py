@@ -384,7 +384,9 @@ def check_g17(history: History | Index, config: CheckConfig) -> list[Violation]:
     terminates"; prefetched messages not started go back to the queue. Cold: running
     early-ack tasks are cancelled with RETRY and never re-run (their message was acked);
     running unacked acks_late tasks are cancelled without RETRY (5.6+; see
-    ``config.cancel_without_retry``) and redelivered. In both, the worker starts nothing
+    ``config.cancel_without_retry``) and redelivered, unless their hard time limit fires
+    before the pool notices the terminated child: Celery then acks the message and
+    stores nothing (:func:`_acked_by_its_hard_limit`). In both, the worker starts nothing
     after the shutdown began, except on Celery's synchronous consumer loop
     (``config.sync_loop``): there the prefork pool was handed every reserved task when
     it was received, and a warm shutdown runs them all, so a task delivered before the
@@ -577,6 +579,22 @@ def _cold(idx: Index, d: Delivery, i: int, stop: Event, config: CheckConfig) -> 
                     evidence(cancel, st),
                 )
             )
-        if config.complete and d.unacked_at(i):
+        if config.complete and d.unacked_at(i) and not _acked_by_its_hard_limit(d, j):
             out += _comes_back(idx, d, i, "G17", stop)
     return out
+
+
+def _acked_by_its_hard_limit(d: Delivery, cancel_at: int) -> bool:
+    """The hard time limit of ``d``'s attempt fired after the cold shutdown cancelled it,
+    and Celery acked the message then.
+
+    The pool notices the terminated child only as it shuts down (about 1 s later on the
+    synchronous loop, 0.5 s on an event loop); a limit due before fires first, and
+    ``Request.on_failure`` acks an acks_late message (``acks_on_timeout``) while
+    ``state.should_terminate`` keeps it from storing anything: the message is gone, with
+    no result (recorded with Celery 5.7.0 on Redis, ``filesystem://`` and ``sqla+sqlite``;
+    see ``Pool._limit_first``).
+    """
+    fired = [k for k, _ in d.marks_of("time-limit", which="hard") if k > cancel_at]
+    s = d.settle
+    return bool(fired) and s is not None and s.kind == "acked" and (d.settle_at or 0) > fired[0]

@@ -6,7 +6,7 @@ import bisect
 import heapq
 from collections import defaultdict
 
-from simq.checkers.base import CheckConfig, Violation, when
+from simq.checkers.base import SYNLOOP_DRAIN, CheckConfig, Violation, when
 from simq.checkers.delivery import evidence
 from simq.checkers.index import Delivery, Index, index_of
 from simq.history import Event, History
@@ -62,7 +62,10 @@ def check_g5(history: History | Index, config: CheckConfig) -> list[Violation]:
                     evidence(*(x.event for x in mine), e),
                 )
             )
-        leaves = _leaves_eta_hold(d, times, config.transport_tolerance)
+        if config.sync_loop and d.eta is not None:
+            leaves = _turn_ends(idx, d, times, config.slack)
+        else:
+            leaves = _leaves_eta_hold(d, times, config.transport_tolerance)
         if leaves <= i:
             mine.append(d)
             continue
@@ -86,6 +89,41 @@ def check_g5(history: History | Index, config: CheckConfig) -> list[Violation]:
                 )
             held.append(d)
     return out
+
+
+def _turn_ends(idx: Index, d: Delivery, times: list[float], slack: float) -> int:
+    """On Celery's synchronous loop, the index from which ETA message ``d`` counts.
+
+    Without an event loop the prefork pool takes one job per child (billiard's
+    ``putlocks``), and the worker's timer thread waits for a free child to hand ``d``
+    over (``apply_eta_task``), then lowers the prefetch count: the hold lasts until
+    ``d`` starts. ``synloop`` gives the channel a changed count only as a turn begins,
+    and a turn ends when its drain returns a message, or at an empty poll
+    ``SYNLOOP_DRAIN`` after it began. The count is stale until then: the channel may
+    take one message more, the first it fetches after ``d`` started (which ends the
+    turn), and none after. So ``d`` counts from the delivery after that first one
+    (deliveries within ``slack`` of the start aside), and at the latest two drains past
+    the start: a turn ends within one drain and a poll interval of it. Recorded on
+    ``filesystem://``, window 1: the ETA task started when the task before it was acked,
+    and the next message was fetched 1 ms later, while the ETA task ran unacked.
+    """
+    if d.start_at is not None:
+        base = d.start_at
+    elif d.revoked_at is not None and d.settle_at is not None:
+        base = d.settle_at  # revoked when its ETA fired: acked, the count lowered
+    else:
+        return len(times)  # still held: it never reached a child
+    if base >= len(times):
+        return base
+    fired = times[base]
+    latest = bisect.bisect_right(times, fired + 2 * SYNLOOP_DRAIN + slack, lo=base)
+    jitter = bisect.bisect_right(times, fired + slack, lo=base)
+    first = next(
+        (x.at for x in idx.by_worker.get(d.worker or "", []) if x is not d and x.at >= jitter),
+        None,
+    )
+    ends = latest if first is None else first + 1
+    return min(max(jitter, ends), latest)
 
 
 def _leaves_eta_hold(d: Delivery, times: list[float], slack: float = 0.0) -> int:

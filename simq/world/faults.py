@@ -292,6 +292,7 @@ class Faults:
             # synloop's ``finally`` runs one more turn after the SIGTERM (loops.py).
             broker.last_drain(worker, worker.queues)
         if not warm:
+            worker.terminating = True
             for slot in worker.slots:
                 if slot.request is None:
                     continue
@@ -312,6 +313,7 @@ class Faults:
         broker = self.sim.broker
         if (
             any(slot.request is not None for slot in worker.slots)
+            or worker.pool.lingering
             or any(r.state is RequestState.RESERVED for r in worker.reserved)
             or (broker.polling and broker.draining(worker))
         ):
@@ -367,6 +369,12 @@ def _go_offline(
             _give_back(worker, request, reason, restore_now=False)
             if cancel_late and request.acks_late:
                 _cancel(worker, slot, request, emit_retry=True, reason=reason, restore_now=False)
+    lingering = worker.pool.lingering
+    for job in list(lingering):  # terminated by a cold shutdown, the limit not yet fired
+        _give_back(worker, job.request, reason, restore_now=False)
+        if kill_children:
+            lingering.discard(job)
+            _forget(worker, job.request)
     for request in list(worker.requests.values()):
         if request.state is not RequestState.ACTIVE:
             _drop(worker, request, reason, restore_now=False)
@@ -406,6 +414,7 @@ def _cancel(
 ) -> None:
     """Celery's ``Request.cancel``: terminate the child; RETRY('cancelled by Celery')."""
     worker.note("cancelled", request, reason=reason)
+    job = slot.job
     worker.sim.acting(worker)
     try:
         if _CANCEL_TAKES_EMIT_RETRY:
@@ -416,6 +425,8 @@ def _cancel(
         worker.sim.acting(None)
     if slot.job is not None and slot.request is request:
         slot.replace_child()  # not yet accepted: nothing for Celery to terminate
+    if job is not None and job in worker.pool.lingering:
+        return  # its hard time limit fires before the pool sees the child gone
     _give_back(worker, request, reason, restore_now)
     _forget(worker, request)
     worker.maybe_idle()  # a warm shutdown waiting for this task may now end

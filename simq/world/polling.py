@@ -20,6 +20,17 @@ What this module models, and where kombu or Celery does it:
   them again (``_put``): at the back of the queue, and the ``redelivered`` key it sets
   in the stored payload never reaches ``delivery_info``, so they are not flagged. A
   killed process closes nothing: its unacked messages are lost.
+* A changed prefetch count reaches the channel only as a turn begins (``synloop``:
+  ``if qos.prev != qos.value: qos.update()``, then the drain). A message with an ETA
+  header widens the window as it is received, and that ends the turn at once; its timer
+  narrows it again (``apply_eta_task``: ``decrement_eventually``) in the middle of a
+  turn, so until the turn ends, at its first empty poll 2 s after it began, the channel
+  still takes one message more than the window (G5, :meth:`Poller.poll`).
+* The consumer hands each task to the pool as it receives it, and the pool takes one
+  job per child (billiard's ``putlocks``, on whenever there is no event loop): with
+  every child busy the consumer waits with that task in hand and polls nothing until a
+  child is free (:meth:`Worker.blocked`). The worker's timer waits the same way to hand
+  over an ETA task whose time came, so its hold on the window ends when it starts.
 * Broadcast commands (``revoke``) come through the same drain, on the worker's control
   channel: a worker reads one at its next poll, a turn late.
 * A warm shutdown drains once more: the signal is noticed between turns, and
@@ -88,6 +99,8 @@ class Poller:
         self.until: float | None = None  # the last turns after a warm shutdown end here
         self.fetches = 0  # messages those turns may still fetch
         self.commands: list[Callable[[], None]] = []  # broadcasts read at the next poll
+        self.turn: float | None = None  # when synloop's current turn began (qos.update)
+        self.narrowed: list[float] = []  # ETA holds that ended during this turn: when
 
     @property
     def running(self) -> bool:
@@ -124,16 +137,47 @@ class Poller:
         # Commands not read yet stay: a worker that reconnects reads them at its first poll.
         self.queues = []
         self.last = None
+        self.turn = None
+        self.narrowed = []
         if self.until is not None:
             self.until = None
             # A shutdown waiting for the last drain may now end.
             self.broker.loop.call_soon(self.consumer.maybe_idle)
 
+    def narrow(self) -> None:
+        """An ETA-held message left the hold: the count drops, on the channel next turn."""
+        if self.turn is not None:
+            self.narrowed.append(self.broker.loop.now)
+
+    def _begin_turn(self, at: float) -> None:
+        """``synloop`` begins a turn at ``at``: the channel gets the current count."""
+        self.turn = at
+        self.narrowed = [t for t in self.narrowed if t > at]
+
+    def _turn_over(self, now: float) -> bool:
+        """Whether the turn in flight timed out (an empty poll ``SYNLOOP_DRAIN`` after it
+        began); one that timed out earlier, while nothing polled, is replaced here."""
+        if self.turn is None:
+            self._begin_turn(now)
+            return False
+        length = self.broker.turn_length
+        turns = math.floor((now - self.turn) / length + 1e-9)
+        if turns >= 1:
+            began = self.turn + turns * length
+            if began < now - 1e-9:
+                self._begin_turn(began)
+                return False
+            return True
+        return False
+
     def _room(self) -> bool:
         worker = self.consumer
         if self.until is None:
-            return worker.capacity() > 0
+            # The channel's count as the turn began: holds that ended since still count.
+            return worker.capacity() + len(self.narrowed) > 0 and not worker.blocked()
         # The last turn runs after the worker stopped consuming (``online`` is False).
+        if worker.blocked():
+            return False
         return worker.window == 0 or worker.window - worker.unacked() > 0
 
     def poll(self) -> None:
@@ -144,7 +188,16 @@ class Poller:
         if self.until is not None and now > self.until:
             self._end_drain()
             return
+        over = self._turn_over(now)
         got = self._room() and self._get()
+        if got:
+            self.turn = None  # drain_events returns with a message: a new turn next
+        elif over:
+            # The empty poll ends the turn; the next one begins at once and polls again.
+            self._begin_turn(now)
+            got = self._room() and self._get()
+            if got:
+                self.turn = None
         commands, self.commands = self.commands, []
         for command in commands:
             command()
@@ -205,6 +258,10 @@ class PollingBroker(Broker):
         super().__init__(record, loop, transport="polling", max_priority=max_priority)
         # Transport.drain_events: ``if polling_interval > timeout: polling_interval = timeout``.
         self.interval = min(interval, SYNLOOP_DRAIN)
+        # A turn that fetches nothing ends at its first empty poll SYNLOOP_DRAIN after it
+        # began: on the poll grid, a whole number of intervals.
+        step = self.interval
+        self.turn_length = math.ceil(SYNLOOP_DRAIN / step - 1e-9) * step if step else SYNLOOP_DRAIN
         self.pollers: dict[Any, Poller] = {}  # by consumer (a restarted worker is new)
 
     def poller(self, consumer: Any) -> Poller:
@@ -247,6 +304,22 @@ class PollingBroker(Broker):
         poller.until = self.loop.now + LAST_TURNS * SYNLOOP_DRAIN
         poller.fetches = LAST_TURNS
         poller.wake()
+
+    def narrowed(self, consumer: Any) -> None:
+        """An ETA-held message of ``consumer`` left the hold (:meth:`Poller.narrow`)."""
+        poller = self.pollers.get(consumer)
+        if poller is not None:
+            poller.narrow()
+
+    def unblocked(self, consumer: Any) -> None:
+        """``consumer`` handed its task to a child: its turn ends, the next polls at once."""
+        poller = self.pollers.get(consumer)
+        if poller is not None and poller.running:
+            poller.turn = None
+            if poller.timer is not None:  # a later tick: the drain starts now instead
+                poller.timer.cancel()
+                poller.timer = None
+            poller.wake(soon=True)
 
     def draining(self, consumer: Any) -> bool:
         poller = self.pollers.get(consumer)

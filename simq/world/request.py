@@ -63,6 +63,10 @@ class Delivery:
     timer: Timer | None = None
     orphaned: bool = False  # its channel closed: an ack or reject can no longer land
     tag: str | None = None  # the attempt id: the delivery tag of its kombu Message
+    # Handed on by the worker's timer (an ETA that fired, a rate limit), not by the
+    # consumer; with ``eta_held``, its ETA hold still widens the window until it starts.
+    by_timer: bool = False
+    eta_held: bool = False
 
     @property
     def message(self) -> Message:

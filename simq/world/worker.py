@@ -34,6 +34,7 @@ from kombu.serialization import prepare_accept_content
 from simq.exceptions import SimqError
 from simq.seams.pool import Pool, Slot
 from simq.world.broker import Envelope, MessageState
+from simq.world.polling import PollingBroker
 from simq.world.request import Delivery, RequestState, TokenBucket
 
 if TYPE_CHECKING:
@@ -115,6 +116,7 @@ class Worker:
         self.online = False  # consuming: up and connected
         self.alive = True  # the process exists (False after a crash)
         self.stopping = False  # warm shutdown in progress
+        self.terminating = False  # a cold shutdown began (Celery's state.should_terminate)
         self.on_idle: Callable[[], None] | None = None  # called when no child is busy
         # Attempt ids for writes Celery's Request makes in this worker's main process, by
         # the id of that Request's delivery_info (its _context carries the same dict);
@@ -261,6 +263,7 @@ class Worker:
         is already scheduled for it: a plain message delivered meanwhile is reserved first.
         """
         delivery.move(RequestState.ETA_HELD)
+        delivery.eta_held = True
         self._held += 1
         delivery.timer = self.loop.call_at(max(eta, self.loop.now), self._eta_fired, delivery)
 
@@ -311,11 +314,35 @@ class Worker:
         delivery.timer = None
         if delivery.state is not RequestState.ETA_HELD:
             return
-        self._held -= 1
+        delivery.by_timer = True
+        # Celery's apply_eta_task lowers the count after it handed the task to the pool.
+        # On an event loop that is at once. Without one (kombu's polling transports) the
+        # pool guards its queue with a semaphore of one place per child, and the timer
+        # thread waits there for a free child: the hold ends when the task starts.
+        if not self.broker.polling:
+            self._end_eta_hold(delivery)
         self.load_revoked()
         if self._revoked(delivery):
+            self._end_eta_hold(delivery)
             return
         self._ready(delivery)
+
+    def _end_eta_hold(self, delivery: Delivery) -> None:
+        if delivery.eta_held:
+            delivery.eta_held = False
+            self._held -= 1
+            if isinstance(self.broker, PollingBroker):
+                self.broker.narrowed(self)
+
+    def blocked(self) -> bool:
+        """Whether the consumer waits to hand a task to a full pool (polling transports).
+
+        Without an event loop billiard's pool takes one job per child
+        (``putlocks``: ``Pool.apply_async`` waits on a semaphore of ``processes``), so
+        the consumer thread that received a task while every child is busy waits there,
+        and fetches nothing, until a child is free.
+        """
+        return any(r.state is RequestState.RESERVED and not r.by_timer for r in self.reserved)
 
     def _revoked(self, delivery: Delivery) -> bool:
         """Celery's ``Request.revoked()``: skip (REVOKED, ack) a revoked or expired task."""
@@ -363,6 +390,7 @@ class Worker:
                 self.loop.call_later(bucket.expected_time(), self._drain_bucket, bucket)
                 return
             bucket.waiting.popleft()
+            head.by_timer = True
             head.move(RequestState.RESERVED)
             self.reserved.append(head)
             self._schedule_pump()
@@ -407,6 +435,10 @@ class Worker:
 
     def _start(self, slot: Slot, delivery: Delivery) -> None:
         delivery.move(RequestState.ACTIVE)
+        if delivery.eta_held:
+            self._end_eta_hold(delivery)
+        elif not delivery.by_timer and isinstance(self.broker, PollingBroker):
+            self.broker.unblocked(self)
         self.load_revoked()
         self.pool.next_slot = slot
         self.starting = delivery
@@ -468,7 +500,11 @@ class Worker:
 
     def maybe_idle(self) -> None:
         """Tell a shutdown waiting for the running tasks that the last one ended."""
-        if self.on_idle is not None and all(slot.job is None for slot in self.slots):
+        if (
+            self.on_idle is not None
+            and all(slot.job is None for slot in self.slots)
+            and not self.pool.lingering
+        ):
             self.on_idle()
 
     def note(self, kind: str, delivery: Delivery, **details: Any) -> None:

@@ -110,6 +110,45 @@ def test_an_eta_message_widens_the_window_as_on_other_transports(simulation):
     assert sim.check() == []
 
 
+def test_a_worker_with_every_child_busy_holds_one_message_more(simulation):
+    """Without an event loop billiard's pool takes one job per child (putlocks): the
+    consumer that received a task while its only child is busy waits with it and polls
+    nothing, so a window of 4 holds two messages, not four."""
+    app, _, late = make_app()
+    sim = simulation(app, transport="polling", prefetch_multiplier=4)
+    rs = [late.delay(2.5) for _ in range(4)]
+    sim.run()
+    assert deliveries(sim, *(r.id for r in rs)) == [
+        (0.0, 0, "worker-1", False),
+        (0.0, 1, "worker-1", False),  # in hand until the child is free at 2.5
+        (2.5, 2, "worker-1", False),
+        (5.0, 3, "worker-1", False),
+    ]
+    assert sim.check() == []
+
+
+def test_an_eta_task_holds_the_window_open_until_it_starts(simulation):
+    """The timer thread waits for a free child to hand over a due ETA task, and Celery
+    lowers the prefetch count only then; synloop gives the channel that count at its
+    next turn. So with a window of one, the next message comes as the ETA task starts,
+    while it runs unacked (recorded on filesystem://: 1 ms after its start), and the one
+    after waits (G5 allows the first on the synchronous loop)."""
+    app, _, late = make_app(broker_transport_options={"polling_interval": 0.1})
+    sim = simulation(app, transport="polling", prefetch_multiplier=1)
+    eta = late.apply_async((0.3,), countdown=1)
+    busy, b, c = late.delay(1.5), late.delay(0), late.delay(0)
+    sim.run()
+    assert deliveries(sim, eta.id, busy.id, b.id, c.id) == [
+        (0.0, 0, "worker-1", False),
+        (0.0, 1, "worker-1", False),  # the ETA message is outside the window
+        (1.5, 2, "worker-1", False),  # as the ETA task starts, on the stale count
+        (1.9, 3, "worker-1", False),  # after b ran: the turn ended, the window is 1
+    ]
+    started = sim.history.where(kind="started", task_id=eta.id).first()
+    assert started.time - sim.started_at == 1.5
+    assert sim.check() == []
+
+
 @pytest.mark.parametrize("value", [-1, "fast", True, math.nan, math.inf])
 def test_a_bad_polling_interval_is_refused(value):
     """polling_interval must be a finite number of seconds >= 0."""
@@ -182,9 +221,11 @@ def test_a_lost_connection_requeues_at_the_back_unflagged(simulation):
         (a.id, "connection-lost"),
         (b.id, "connection-lost"),
     ]
+    # Reconnected at 2, the worker takes c and waits with it for its only child, still
+    # running a until 3 (billiard's putlocks): it fetches nothing more until then.
     assert deliveries(sim, a.id, b.id, c.id)[2:] == [
         (2.0, 2, "worker-1", False),
-        (2.0, 0, "worker-1", False),
+        (3.0, 0, "worker-1", False),
         (3.0, 1, "worker-1", False),
     ]
     assert sim.check() == []

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 
 import celery
 import pytest
 from celery import states
+from celery.worker.request import Request as CeleryRequest
 
 from simq.exceptions import SimulationIdle, UnknownTarget
 
 CANCELLED = "Retry('Retry(Retry(...), None, None)', None, None)"
 CELERY_VERSION = (celery.VERSION.major, celery.VERSION.minor)
+#: Celery 5.7's Request.on_failure and on_timeout store nothing while the worker
+#: terminates (``state.should_terminate``); 5.5's store FAILURE(TimeLimitExceeded).
+STORES_IN_COLD_SHUTDOWN = "should_terminate" not in inspect.getsource(CeleryRequest.on_timeout)
 
 
 def load(app, simulation, warm):
@@ -144,6 +149,97 @@ def test_cold_shutdown_cancels_running_tasks(app, simulation, trail):
     # The cancelled bodies stopped at their sleep: neither reached its end there.
     assert effects[:2] == [("begin", 1), ("begin", 2)]
     assert ("end", 2) not in effects
+    assert sim.check() == []
+
+
+@pytest.mark.parametrize(
+    ("transport", "fires"),
+    # The limit is due at +2: at once on the synchronous loop (polling); at the shutdown
+    # timer thread's tick, 0.5 s after the shutdown, on an event loop.
+    [("amqp", 2.2), ("redis", 2.2), ("polling", 2)],
+)
+def test_a_hard_limit_due_during_a_cold_shutdown_acks_the_cancelled_task(
+    app, simulation, trail, transport, fires
+):
+    """A cold shutdown at +1.7 terminates the child of an acks_late task whose 2 s hard
+    limit falls due before the pool notices the dead child (1 s later on the synchronous
+    loop, 0.5 s on an event loop): the limit fires, and Celery, with should_terminate
+    set, acks the message and stores nothing. The message is gone with no result, as
+    recorded with Celery 5.7.0 on Redis, filesystem:// and sqla+sqlite (Pool._limit_first).
+    An early-ack task keeps its RETRY('cancelled by Celery'). Celery 5.5 stores
+    FAILURE(TimeLimitExceeded) for both."""
+    runs = []
+
+    @app.task(acks_late=True, time_limit=2)
+    def late():
+        runs.append("late")
+        time.sleep(10)
+
+    @app.task(time_limit=2)
+    def early():
+        runs.append("early")
+        time.sleep(10)
+
+    def mine(lines: list[str]) -> list[str]:  # after the start, the task's own events
+        return [t for t in lines if not t.startswith("0 ") and " w1" not in t and " w2" not in t]
+
+    sim = simulation(app, workers=0, transport=transport)
+    sim.add_worker("w1", concurrency=2)
+    r1, r2 = late.delay(), early.delay()
+    sim.shutdown_worker("w1", at=1.7, warm=False)
+    sim.advance(3)
+    sim.add_worker("w2")
+    sim.run()
+    when = f"{fires:g}"
+    limit = [f"{when} time-limit m1 hard 2", f"{when} failed m1 TimeLimitExceeded(2)"]
+    failures = [f"{when} state FAILURE TimeLimitExceeded(2)"] * 2 * STORES_IN_COLD_SHUTDOWN
+    ack = [f"{when} acked m1"]
+    assert mine(trail(sim, r1.id)) == [
+        "1.7 cancelled m1 shutdown",
+        *limit,
+        *(ack + failures if transport == "polling" else failures + ack),
+    ]
+    assert mine(trail(sim, r2.id)) == [
+        "1.7 cancelled m2 shutdown",
+        f"1.7 state RETRY {CANCELLED}",
+        f"{when} time-limit m2 hard 2",
+        f"{when} failed m2 TimeLimitExceeded(2)",
+        *failures,
+    ]
+    if STORES_IN_COLD_SHUTDOWN:
+        assert (r1.state, r2.state) == (states.FAILURE, states.FAILURE)
+    else:
+        assert (r1.state, r2.state) == (states.PENDING, states.RETRY)
+    assert runs == ["late", "early"]  # neither runs again on w2
+    offline = sim.history.where(kind="worker-offline", worker="w1").first()
+    assert offline.time - sim.history.first().time == pytest.approx(fires)
+    assert sim.check() == []
+
+
+@pytest.mark.parametrize("transport", ["amqp", "polling"])
+def test_a_hard_limit_due_after_the_pool_notices_the_dead_child_never_fires(
+    app, simulation, transport
+):
+    """The same acks_late task with its limit due 1.5 s after the cold shutdown: the pool
+    reaps the terminated child first (Terminated: Celery leaves the message unacked),
+    and the message runs again on another worker (recorded: a 5 s limit never fired)."""
+    runs = []
+
+    @app.task(acks_late=True, time_limit=2)
+    def late():
+        runs.append("late")
+        time.sleep(10)
+
+    sim = simulation(app, workers=0, transport=transport)
+    sim.add_worker("w1")
+    r = late.delay()
+    sim.shutdown_worker("w1", at=0.5, warm=False)
+    sim.advance(3)
+    sim.add_worker("w2")
+    sim.run()
+    assert not sim.history.where(kind="time-limit", worker="w1")
+    assert [e.worker for e in sim.history.where(kind="started", task_id=r.id)] == ["w1", "w2"]
+    assert runs == ["late", "late"]
     assert sim.check() == []
 
 

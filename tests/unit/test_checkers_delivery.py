@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import attrs
 import pytest
 from checker_support import Story, edited, exc, kinds, only
 
@@ -364,6 +365,65 @@ def test_g5_lets_an_eta_message_widen_the_window_until_the_consumer_s_next_turn(
     s.at(1.5).publish("m3", "t3").deliver("m3")
     v = only(check_g5(s.history, CheckConfig(slack=1.0)), "G5")
     assert "was sent" in v.message and "m3" in v.message
+
+
+def test_g5_on_the_synchronous_loop_lets_one_message_in_before_the_turn_ends() -> None:
+    """Celery's synloop hands the channel a lowered prefetch count only as its next turn
+    begins, and a turn ends when it fetches a message or 2 s after it began; the count
+    drops when the ETA task reaches a child. After it started, the first message fetched
+    within the turn may exceed the window, the one after may not (§3.2 G5;
+    celery/worker/loops.py synloop)."""
+    sync = CheckConfig(transport="polling", sync_loop=True, complete=False)
+    s = Story().online("w1", prefetch_multiplier=1).publish("m1", "t1", eta=1)
+    s.publish("m2", "t2").publish("m3", "t3").publish("m4", "t4")
+    s.deliver("m1").deliver("m2").start("m2")
+    # The ETA passed at 1; m2 ends at 1.8, m1 starts; m3 is fetched at 2 (the stale turn).
+    s.at(1.8).ack("m2").start("m1").at(2).deliver("m3")
+    assert check_g5(s.history, sync) == []
+    v = only(check_g5(s.history, attrs.evolve(sync, sync_loop=False)), "G5")
+    assert "was sent shop.add[t3] message m3" in v.message
+    # The turn ended with m3: m4 at 2.5, while m1 and m3 are unacked, is one too many.
+    s.at(2.5).deliver("m4")
+    v = only(check_g5(s.history, sync), "G5")
+    assert "was sent shop.add[t4] message m4" in v.message
+    assert "while it held 2 unacked non-ETA message(s) (m3, m1)" in v.message
+
+
+@pytest.mark.parametrize(
+    ("recording", "excess_after", "on_an_event_loop"),
+    [
+        # The ETA task waited 1.5 s for the busy child, started, and the next message
+        # came 1 ms later (within the slack of the start: an event loop's next turn).
+        ("g5_filesystem_eta_task_started_then_one_more_fetched", 1.50, False),
+        # The same with the busy task running 7 s, a revoke at 1.26 s on the way: 6 s
+        # after the ETA, which an event loop would have lowered the count for.
+        ("g5_filesystem_eta_hold_until_its_start", 7.0, True),
+    ],
+)
+def test_g5_recorded_on_filesystem_an_eta_task_widens_the_window_until_its_start(
+    recording: str, excess_after: float, on_an_event_loop: bool
+) -> None:
+    """Recorded on kombu's filesystem:// (Celery 5.7.0, window 1, acks_late): a countdown
+    task's timer fired while the only child was busy; the timer thread waited for the
+    child (billiard's putlocks) and lowered the prefetch count after it handed the task
+    over, and synloop gave the channel that count only at its next turn, after one more
+    message was fetched, while the ETA task ran unacked. Celery's behaviour on the
+    synchronous loop, which G5 accepts there; on an event loop it is a window excess."""
+    from pathlib import Path
+
+    path = Path(__file__).parent / "data" / f"{recording}.jsonl"
+    history = simq.History.from_jsonl(path.read_text())
+    start = history.first().time
+    fetched = [e.time - start for e in history.where(kind="delivered")]
+    assert fetched[2] > excess_after  # the third fetch, after the ETA task started
+    sync = CheckConfig(transport="polling", slack=0.25, transport_slack=2.0, sync_loop=True)
+    assert check_g5(history, sync) == []
+    loop = attrs.evolve(sync, sync_loop=False, transport="amqp", transport_slack=None)
+    if on_an_event_loop:
+        v = only(check_g5(history, loop), "G5")
+        assert "while it held 1 unacked non-ETA message(s)" in v.message
+    else:
+        assert check_g5(history, loop) == []
 
 
 def test_g5_fails_beyond_the_eta_task_limit() -> None:

@@ -371,6 +371,41 @@ def test_g17_requires_a_cold_shutdown_to_requeue_acks_late_tasks_without_retry()
     assert "only early-acked tasks are cancelled with RETRY" in only(found, "G17").message
 
 
+@pytest.mark.parametrize(
+    ("recording", "sync_loop"),
+    [
+        ("g17_filesystem_hard_limit_acks_in_cold_shutdown", True),
+        ("g17_redis_hard_limit_acks_in_cold_shutdown", False),
+    ],
+)
+def test_g17_recorded_a_hard_limit_that_acks_a_cancelled_task_in_a_cold_shutdown(
+    recording: str, sync_loop: bool
+) -> None:
+    """Recorded with Celery 5.7.0: an acks_late task with a 0.5 s hard limit, cancelled by
+    a cold shutdown 0.2 s after it started; the pool had not yet seen the terminated
+    child when the limit fired (0.69 s after the shutdown on filesystem://, 0.50 s on
+    Redis), and Celery acked the message and stored nothing. It never runs again:
+    Celery's behaviour, which G17 accepts. The same history without the time limit is a
+    message that never went back."""
+    from pathlib import Path
+
+    from simq.history import History
+
+    path = Path(__file__).parent / "data" / f"{recording}.jsonl"
+    history = History.from_jsonl(path.read_text())
+    assert [e.kind for e in history.where(kind=["time-limit", "acked", "state"])] == [
+        "time-limit",
+        "acked",
+    ]
+    config = CheckConfig(
+        transport="memory" if sync_loop else "redis", acks_late={"*": True}, slack=0.25,
+        transport_slack=2.0 if sync_loop else 0.25, sync_loop=sync_loop, complete=True,
+    )  # fmt: skip
+    assert check_g17(history, config) == []
+    no_limit = edited(history, drop=lambda e: e.kind in ("time-limit", "failed"))
+    assert "never went back to the queue" in only(check_g17(no_limit, config), "G17").message
+
+
 def test_g17_hands_a_warm_shutdown_over_to_a_later_connection_loss() -> None:
     """A cancel by a connection loss during a warm shutdown is G7's to judge, not G17's."""
     s = stopping(warm=True, late=True).at(3).fault("connection-lost")
