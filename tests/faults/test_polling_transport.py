@@ -81,17 +81,27 @@ def test_a_long_polling_interval_is_capped_at_the_drain_timeout(simulation):
     assert deliveries(sim, r.id) == [(2.0, 0, "worker-1", False)]
 
 
-def test_one_message_per_poll_within_the_prefetch_window(simulation):
-    """With a window of one, the next message is fetched at the first poll after the ack:
-    acks at 2.5 and 5.5 s are followed by fetches at the 3 s and 6 s polls."""
+@pytest.mark.parametrize(
+    ("multiplier", "fetched"),
+    [
+        # A window of one: the next message at the first poll after the ack (acks at
+        # 2.5, 5.5 and 8.5 s, fetches at the 3, 6 and 9 s polls).
+        (1, [0.0, 3.0, 6.0, 9.0]),
+        # A window of four holds two: billiard's pool takes one job per child
+        # (putlocks), and the consumer that received a task while its only child is busy
+        # waits with it in hand, polling nothing, until the child is free.
+        (4, [0.0, 0.0, 2.5, 5.0]),
+    ],
+)
+def test_one_message_per_poll_within_the_prefetch_window(simulation, multiplier, fetched):
+    """Fetches on a polling transport: one per poll, within the window, and none while
+    the consumer waits to hand a task to a busy pool."""
     app, _, late = make_app()
-    sim = simulation(app, transport="polling", prefetch_multiplier=1)
-    rs = [late.delay(2.5) for _ in range(3)]
+    sim = simulation(app, transport="polling", prefetch_multiplier=multiplier)
+    rs = [late.delay(2.5) for _ in range(4)]
     sim.run()
     assert deliveries(sim, *(r.id for r in rs)) == [
-        (0.0, 0, "worker-1", False),
-        (3.0, 1, "worker-1", False),
-        (6.0, 2, "worker-1", False),
+        (at, n, "worker-1", False) for n, at in enumerate(fetched)
     ]
     assert sim.check() == []
 
@@ -106,23 +116,6 @@ def test_an_eta_message_widens_the_window_as_on_other_transports(simulation):
     assert deliveries(sim, eta.id, plain.id) == [
         (0.0, 0, "worker-1", False),
         (0.0, 1, "worker-1", False),
-    ]
-    assert sim.check() == []
-
-
-def test_a_worker_with_every_child_busy_holds_one_message_more(simulation):
-    """Without an event loop billiard's pool takes one job per child (putlocks): the
-    consumer that received a task while its only child is busy waits with it and polls
-    nothing, so a window of 4 holds two messages, not four."""
-    app, _, late = make_app()
-    sim = simulation(app, transport="polling", prefetch_multiplier=4)
-    rs = [late.delay(2.5) for _ in range(4)]
-    sim.run()
-    assert deliveries(sim, *(r.id for r in rs)) == [
-        (0.0, 0, "worker-1", False),
-        (0.0, 1, "worker-1", False),  # in hand until the child is free at 2.5
-        (2.5, 2, "worker-1", False),
-        (5.0, 3, "worker-1", False),
     ]
     assert sim.check() == []
 
