@@ -29,6 +29,7 @@ from typing import Any
 import attrs
 
 from simq.checkers import CHECKS, TRANSPORTS, CheckConfig, Violation
+from simq.checkers.base import ACKS_AT_ONCE_ON_SYNLOOP
 from simq.checkers.index import Index, index_of
 from simq.history import History
 from simq_conformance.adapter import Capabilities, RunResult, Workload
@@ -328,6 +329,9 @@ def config_for(result: RunResult) -> CheckConfig:
             conf.get("worker_cancel_long_running_tasks_on_connection_loss")
         ),
         sync_loop=caps.sync_loop,
+        # The workers run the Celery installed here: before 5.7 they queue their acks
+        # for the synchronous loop's next turn.
+        acks_wait_for_turn=caps.sync_loop and not ACKS_AT_ONCE_ON_SYNLOOP,
         complete=result.complete,
         slack=caps.slack,
         transport_slack=caps.transport_slack,

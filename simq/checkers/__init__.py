@@ -29,6 +29,7 @@ import attrs
 from celery.app.task import Task as _CeleryTask
 from celery.worker.request import Request as _CeleryRequest
 
+from simq.checkers.base import ACKS_AT_ONCE_ON_SYNLOOP, POLLING
 from simq.checkers.base import TRANSPORTS as TRANSPORTS
 from simq.checkers.base import CheckConfig as CheckConfig
 from simq.checkers.base import Violation as Violation
@@ -222,6 +223,7 @@ def config_from(sim: Any, **overrides: Any) -> CheckConfig:
         reject_stores_failure=_SPLIT_ACK_FLAGS,
         lost_child_keeps_success=_KEEPS_SUCCESS_ON_LOST_CHILD,
         cancel_without_retry=_CANCEL_WITHOUT_RETRY,
+        acks_wait_for_turn=transport == POLLING and not ACKS_AT_ONCE_ON_SYNLOOP,
         complete=loop is not None and loop.next_time() is None,
         **tables,  # type: ignore[arg-type]
     )

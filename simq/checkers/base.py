@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import attrs
+from celery.worker.consumer.consumer import Consumer as _CeleryConsumer
 
 from simq.history import Event
 
@@ -81,6 +82,10 @@ def _transport(_: Any, attribute: attrs.Attribute[str], value: str) -> None:
 #: (``loops.synloop``: ``connection.drain_events(timeout=2.0)``), on transports kombu
 #: marks not asynchronous (``CheckConfig.sync_loop``).
 SYNLOOP_DRAIN = 2.0
+#: Whether this Celery sends an ack at once without an event loop: 5.7's
+#: ``Consumer.call_soon_ack``. Before it (5.5) ``Consumer.call_soon`` queued acks and
+#: rejects for ``synloop``'s next turn (``perform_pending_operations``, newest first).
+ACKS_AT_ONCE_ON_SYNLOOP = hasattr(_CeleryConsumer, "call_soon_ack")
 
 
 @attrs.frozen
@@ -122,7 +127,9 @@ class CheckConfig:
             a transport kombu marks not asynchronous, such as ``filesystem://`` or
             SQLAlchemy), where every received task goes to the prefork pool (the
             consumer waits for a free child) and a warm shutdown runs them all (G17),
-            and an ETA task holds the window open until it starts (G5). Default: on
+            and an ETA task holds the window open until it starts (G5). With
+            ``acks_wait_for_turn`` (Celery before 5.7) an ack waits for the loop's next
+            turn, up to ``SYNLOOP_DRAIN`` after it was asked for (G1). Default: on
             for ``"polling"``.
         complete: The run drained (nothing left to do): "eventually" claims are
             checked at the end of the history. Leave False for a history cut short.
@@ -170,6 +177,7 @@ class CheckConfig:
     sync_loop: bool = attrs.field(
         default=attrs.Factory(lambda self: self.transport == POLLING, takes_self=True)
     )
+    acks_wait_for_turn: bool = False
     complete: bool = False
     slack: float = 0.0
     transport_slack: float | None = None

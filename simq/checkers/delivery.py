@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import bisect
 
-from simq.checkers.base import CheckConfig, Violation, when
+from simq.checkers.base import SYNLOOP_DRAIN, CheckConfig, Violation, when
 from simq.checkers.index import Delivery, Index, Ref, index_of
 from simq.history import Event, History
 
@@ -269,9 +269,14 @@ def check_g1(history: History | Index, config: CheckConfig) -> list[Violation]:
             and d.outcome_at is not None
             and (d.settle_at or 0) > d.outcome_at
             and not (config.slack > 0 and s.time - d.start.time <= config.slack)
+            and not (
+                config.acks_wait_for_turn
+                and s.time - d.start.time <= SYNLOOP_DRAIN + config.transport_tolerance
+            )
         ):
             # (Within slack of the start it is the prefork race of premature_settle: a
-            # short task may end in the child before the parent's ack is recorded.)
+            # short task may end in the child before the parent's ack is recorded. On
+            # Celery 5.5's synchronous loop the ack waits for the loop's next turn.)
             assert d.outcome is not None
             out.append(
                 Violation(

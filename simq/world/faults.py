@@ -22,6 +22,7 @@ from celery.worker.request import Request as CeleryRequest
 from simq import validate
 from simq.exceptions import UnknownTarget
 from simq.seams.pool import Slot
+from simq.world.polling import PollingBroker
 from simq.world.request import RequestState
 from simq.world.worker import Worker
 
@@ -293,6 +294,10 @@ class Faults:
             broker.last_drain(worker, worker.queues)
         if not warm:
             worker.terminating = True
+            if isinstance(broker, PollingBroker):
+                # synloop's ``finally`` turn sends the acks queued for it (Celery 5.5)
+                # before the channel closes; here, before what is not acked goes back.
+                broker.last_turn(worker)
             for slot in worker.slots:
                 if slot.request is None:
                     continue

@@ -101,6 +101,7 @@ class Poller:
         self.commands: list[Callable[[], None]] = []  # broadcasts read at the next poll
         self.turn: float | None = None  # when synloop's current turn began (qos.update)
         self.narrowed: list[float] = []  # ETA holds that ended during this turn: when
+        self.pending: list[Callable[[], None]] = []  # acks for the next turn (Celery 5.5)
 
     @property
     def running(self) -> bool:
@@ -120,6 +121,23 @@ class Poller:
         if self.until is not None:
             at = min(at, self.until)  # the drain's last get comes as it times out
         self.timer = loop.call_at(at, self.poll)
+
+    def begin_turn_now(self) -> None:
+        self._begin_turn(self.broker.loop.now)
+        self._poll_now()
+
+    def _poll_now(self) -> None:
+        """The next turn polls at once, even if a later tick was scheduled meanwhile."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.wake(soon=True)
+
+    def flush(self) -> None:
+        """Run the acks queued for the next turn now (the loop's last turn)."""
+        pending = self.pending
+        while pending:
+            pending.pop()()
 
     def _next_tick(self) -> float:
         now: float = self.broker.loop.now
@@ -150,9 +168,27 @@ class Poller:
             self.narrowed.append(self.broker.loop.now)
 
     def _begin_turn(self, at: float) -> None:
-        """``synloop`` begins a turn at ``at``: the channel gets the current count."""
+        """``synloop`` begins a turn at ``at``: the channel gets the current count, then
+        the acks queued for it go out, newest first (Celery 5.5)."""
         self.turn = at
         self.narrowed = [t for t in self.narrowed if t > at]
+        self.flush()
+
+    def at_next_turn(self, op: Callable[[], None]) -> None:
+        """Run ``op`` as the next turn begins; make sure a poll comes at that time."""
+        self.pending.append(op)
+        self._expect_turn()
+
+    def _expect_turn(self) -> None:
+        if not self.pending or self.timer is not None or not self.running:
+            return
+        loop = self.broker.loop
+        if self.turn is None:
+            self.timer = loop.call_at(loop.now, self.poll)
+        else:
+            # The turn in flight ends at its first empty poll a drain after it began.
+            ends = self.turn + self.broker.turn_length
+            self.timer = loop.call_at(max(ends, loop.now), self.poll)
 
     def _turn_over(self, now: float) -> bool:
         """Whether the turn in flight timed out (an empty poll ``SYNLOOP_DRAIN`` after it
@@ -206,16 +242,17 @@ class Poller:
         if self.until is not None:
             self.fetches -= int(got)
             if got and self.fetches > 0:
-                self.wake(soon=True)  # the next turn starts at once
+                self._poll_now()  # the next turn starts at once
             elif got or self._next_tick() > self.until:
                 self._end_drain()
             else:
                 self.wake()
             return
         if got:
-            self.wake(soon=True)  # synloop's next turn starts at once
+            self._poll_now()  # synloop's next turn starts at once
         elif self.commands:
             self.wake()
+        self._expect_turn()
 
     def _get(self) -> bool:
         broker = self.broker
@@ -234,6 +271,7 @@ class Poller:
 
     def _end_drain(self) -> None:
         self.until = None
+        self.flush()  # the last turn runs the queued acks first
         self.stop()
         self.consumer.maybe_idle()
 
@@ -312,14 +350,25 @@ class PollingBroker(Broker):
             poller.narrow()
 
     def unblocked(self, consumer: Any) -> None:
-        """``consumer`` handed its task to a child: its turn ends, the next polls at once."""
+        """``consumer`` handed its task to the pool: the consumer thread returns to
+        ``synloop``, whose next turn begins now (the queued acks go out) and polls at once.
+
+        An ack the child asks for as it takes the task (early ack) comes after, and on
+        Celery 5.5 waits for the turn after that.
+        """
         poller = self.pollers.get(consumer)
         if poller is not None and poller.running:
-            poller.turn = None
-            if poller.timer is not None:  # a later tick: the drain starts now instead
-                poller.timer.cancel()
-                poller.timer = None
-            poller.wake(soon=True)
+            poller.begin_turn_now()
+
+    def at_next_turn(self, consumer: Any, op: Callable[[], None]) -> None:
+        """An ack or reject of ``consumer`` waits for its loop's next turn (Celery 5.5)."""
+        self.poller(consumer).at_next_turn(op)
+
+    def last_turn(self, consumer: Any) -> None:
+        """A cold shutdown: synloop's ``finally`` turn sends the queued acks."""
+        poller = self.pollers.get(consumer)
+        if poller is not None:
+            poller.flush()
 
     def draining(self, consumer: Any) -> bool:
         poller = self.pollers.get(consumer)

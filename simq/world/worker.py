@@ -31,6 +31,7 @@ from kombu.exceptions import ContentDisallowed
 from kombu.message import Message as KombuMessage
 from kombu.serialization import prepare_accept_content
 
+from simq.checkers.base import ACKS_AT_ONCE_ON_SYNLOOP
 from simq.exceptions import SimqError
 from simq.seams.pool import Pool, Slot
 from simq.world.broker import Envelope, MessageState
@@ -111,6 +112,7 @@ class Worker:
         # Acks and rejects asked for by the parent-process callback running now, sent when
         # it returns (:meth:`deferring_acks`); None when they go out at once.
         self.deferred_acks: list[Callable[[], None]] | None = None
+        self.acks_wait_for_turn = sim.broker.polling and not ACKS_AT_ONCE_ON_SYNLOOP
         self._pump_scheduled = False
         self._pumping = False
         self.online = False  # consuming: up and connected
@@ -544,16 +546,22 @@ class Worker:
     # -- the ack callbacks Celery's Request calls --------------------------------------
 
     def _on_ack(self, delivery: Delivery, *_: Any) -> None:
-        if self.deferred_acks is not None:
-            self.deferred_acks.append(partial(self._ack_now, delivery))
-        else:
-            self._ack_now(delivery)
+        self._send(partial(self._ack_now, delivery))
 
     def _on_reject(self, delivery: Delivery, logger: Any, errors: Any, requeue: bool) -> None:
+        self._send(partial(self._reject_now, delivery, requeue))
+
+    def _send(self, op: Callable[[], None]) -> None:
+        """An ack or reject, sent as Celery's consumer sends it (:meth:`deferring_acks`)."""
         if self.deferred_acks is not None:
-            self.deferred_acks.append(partial(self._reject_now, delivery, requeue))
+            self.deferred_acks.append(op)
+        elif self.acks_wait_for_turn:
+            # Celery 5.5 without an event loop: Consumer.call_soon queues it for synloop's
+            # next turn (perform_pending_operations), which runs the queue newest first.
+            assert isinstance(self.broker, PollingBroker)
+            self.broker.at_next_turn(self, op)
         else:
-            self._reject_now(delivery, requeue)
+            op()
 
     def _ack_now(self, delivery: Delivery) -> None:
         delivery.acked = True

@@ -249,7 +249,7 @@ CASES = [
         "5 child-lost m1 exitcode=-9", *AFTER_SUCCESS], [0]),
     ("child-died-after-success-late", LATE, "linger", "kill-after-success", {}, [
         *RUNNING, "4 state SUCCESS 'ok'", "5 child-killed m1 exitcode=-9",
-        "5 child-lost m1 exitcode=-9", "5 acked m1", *AFTER_SUCCESS], [0]),
+        "5 child-lost m1 exitcode=-9", *AFTER_SUCCESS, "5 acked m1"], [0]),
     # -- revoked with terminate while running: REVOKED('terminated'); acked@start / ACK ---
     ("terminated-early", {}, "return", "terminate", {}, [*EARLY, *TERMINATED], [0]),
     ("terminated-late", LATE, "return", "terminate", {}, [*RUNNING, *TERMINATED, "2 acked m1"],

@@ -13,6 +13,7 @@ import celery
 import pytest
 
 import simq
+from simq.checkers.base import ACKS_AT_ONCE_ON_SYNLOOP
 from simq.exceptions import InvalidArgument
 
 #: Celery's revoke command stores REVOKED itself from 5.6.2 (worker/control.py _revoke
@@ -20,6 +21,8 @@ from simq.exceptions import InvalidArgument
 REVOKE_MARKS_REVOKED = tuple(celery.VERSION[:3]) >= (5, 6, 2)
 
 POLL_1S = {"broker_transport_options": {"polling_interval": 1.0}}
+#: Why a timeline test needs Celery 5.7: its acks go out at once without an event loop.
+ACKS_5_5 = "Celery 5.5 queues acks for synloop's next turn (Consumer.call_soon): another timeline"
 
 
 def make_app(**settings):
@@ -81,6 +84,7 @@ def test_a_long_polling_interval_is_capped_at_the_drain_timeout(simulation):
     assert deliveries(sim, r.id) == [(2.0, 0, "worker-1", False)]
 
 
+@pytest.mark.celery_version(min="5.7", why=ACKS_5_5)
 @pytest.mark.parametrize(
     ("multiplier", "fetched"),
     [
@@ -106,6 +110,44 @@ def test_one_message_per_poll_within_the_prefetch_window(simulation, multiplier,
     assert sim.check() == []
 
 
+@pytest.mark.parametrize("acks_late", [True, False])
+def test_an_ack_waits_for_the_next_turn_on_celery_5_5(simulation, acks_late):
+    """Celery 5.7 acks at once without an event loop (Consumer.call_soon_ack); 5.5 queued
+    acks for synloop's next turn (Consumer.call_soon, perform_pending_operations), and
+    with a window of one nothing is fetched meanwhile, so the turn ends only as its
+    drain times out, 2 s after it began: measured on filesystem:// with one child,
+    0.10 s tasks took 2.0 s each on 5.5.3 (early ack too) and 0.1 to 0.2 s on 5.7.0."""
+    app, _, _ = make_app(broker_transport_options={"polling_interval": 0.1})
+
+    @app.task(shared=False, acks_late=acks_late)
+    def quick():
+        time.sleep(0.1)
+
+    sim = simulation(app, transport="polling", prefetch_multiplier=1)
+    for _ in range(4):
+        quick.delay()
+    sim.run()
+    starts = [round(e.time - sim.started_at, 3) for e in sim.history.where(kind="started")]
+    step = 0.1 if ACKS_AT_ONCE_ON_SYNLOOP else 2.0
+    assert starts == [round(n * step, 3) for n in range(4)]
+    assert sim.check() == []
+
+
+@pytest.mark.skipif(ACKS_AT_ONCE_ON_SYNLOOP, reason="Celery 5.7 acks at once (call_soon_ack)")
+def test_queued_acks_go_out_newest_first_on_celery_5_5(simulation):
+    """Celery 5.5's perform_pending_operations pops its queue: acks asked for together go
+    out in reverse order (measured on filesystem://, four children: asked 0, 1, 4, 3 at
+    0.30 s, sent 3, 4, 1, 0 at 2.01 s)."""
+    app, _, late = make_app(broker_transport_options={"polling_interval": 0.1})
+    sim = simulation(app, transport="polling", concurrency=4, prefetch_multiplier=1)
+    rs = [late.delay(0.3) for _ in range(4)]
+    sim.run()
+    order = {r.id: n for n, r in enumerate(rs)}
+    acks = sim.history.where(kind="acked")
+    assert [order[e.task_id] for e in acks] == [3, 2, 1, 0]
+    assert {round(e.time - sim.started_at, 3) for e in acks} == {2.0}
+
+
 def test_an_eta_message_widens_the_window_as_on_other_transports(simulation):
     """A held ETA message does not count against the window: the next one is fetched too."""
     app, work, _ = make_app()
@@ -120,6 +162,7 @@ def test_an_eta_message_widens_the_window_as_on_other_transports(simulation):
     assert sim.check() == []
 
 
+@pytest.mark.celery_version(min="5.7", why=ACKS_5_5)
 def test_an_eta_task_holds_the_window_open_until_it_starts(simulation):
     """The timer thread waits for a free child to hand over a due ETA task, and Celery
     lowers the prefetch count only then; synloop gives the channel that count at its
@@ -224,6 +267,7 @@ def test_a_lost_connection_requeues_at_the_back_unflagged(simulation):
     assert sim.check() == []
 
 
+@pytest.mark.celery_version(min="5.7", why=ACKS_5_5)
 def test_a_warm_shutdown_drains_once_more(simulation, trail):
     """After a warm shutdown the worker polls once more, fetches a message that arrived
     meanwhile and runs it before it goes offline (synloop's finally, G17)."""
@@ -248,6 +292,7 @@ def test_a_warm_shutdown_drains_once_more(simulation, trail):
     assert sim.check() == []
 
 
+@pytest.mark.celery_version(min="5.7", why=ACKS_5_5)
 def test_a_warm_shutdown_fetches_two_messages_at_most(simulation):
     """The turn in flight at the signal and synloop's one more turn fetch a message each;
     a third stays in the queue (recorded on SQLAlchemy: two fetches after the SIGTERM)."""
