@@ -326,6 +326,8 @@ class Faults:
             worker.on_idle = lambda: self._finish_shutdown(worker)
             return
         worker.on_idle = None
+        if isinstance(broker, PollingBroker):
+            broker.last_turn(worker)  # Consumer.shutdown sends what is still queued
         # What the last turn of a polling worker fetched and did not run (an ETA task)
         # goes back as its channel closes.
         for request in list(worker.requests.values()):

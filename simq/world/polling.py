@@ -365,7 +365,9 @@ class PollingBroker(Broker):
         self.poller(consumer).at_next_turn(op)
 
     def last_turn(self, consumer: Any) -> None:
-        """A cold shutdown: synloop's ``finally`` turn sends the queued acks."""
+        """The acks ``consumer`` queued go out now: synloop's ``finally`` turn after a
+        cold shutdown's signal, or ``Consumer.shutdown`` as the worker stops (Celery 5.5
+        ``perform_pending_operations``)."""
         poller = self.pollers.get(consumer)
         if poller is not None:
             poller.flush()

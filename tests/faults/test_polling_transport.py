@@ -148,6 +148,29 @@ def test_queued_acks_go_out_newest_first_on_celery_5_5(simulation):
     assert {round(e.time - sim.started_at, 3) for e in acks} == {2.0}
 
 
+@pytest.mark.parametrize("warm", [True, False])
+def test_queued_acks_go_out_before_the_worker_stops(simulation, warm):
+    """An ack queued for a turn that never comes (the loop ended with the shutdown) goes
+    out as the consumer shuts down (Celery 5.5's Consumer.shutdown runs the pending
+    operations first): each task runs once, its message acked, on every Celery."""
+    app, _, late = make_app()
+
+    @app.task(shared=False, acks_late=True, time_limit=2)
+    def bounded():
+        time.sleep(10)
+
+    sim = simulation(app, transport="polling", prefetch_multiplier=1, concurrency=2)
+    finished, cut = late.delay(1.5), bounded.delay()
+    sim.shutdown_worker("worker-1", at=1.2 if warm else 1.7, warm=warm)
+    sim.run()
+    acked = {e.task_id for e in sim.history.where(kind="acked")}
+    offline = sim.history.where(kind="worker-offline").first()
+    assert acked == {finished.id, cut.id}
+    assert all(e.time <= offline.time for e in sim.history.where(kind="acked"))
+    assert len(sim.history.where(kind="started")) == 2  # nothing ran again
+    assert sim.check() == []
+
+
 def test_an_eta_message_widens_the_window_as_on_other_transports(simulation):
     """A held ETA message does not count against the window: the next one is fetched too."""
     app, work, _ = make_app()
