@@ -12,9 +12,9 @@ figures per run:
 
 Both run with Python's default bytecode cache (``PYTHONDONTWRITEBYTECODE`` removed from
 the children's environment, one warm-up run each first). This project's machines set
-that variable, and then every process compiles every module it imports again, and
-pytest rewrites the assertions of every plugin module again: simq's process is also
-measured that way, as ``process_no_bytecode``.
+that variable, and then every process compiles the modules it imports that have no
+cached bytecode yet (this project's, the suite's) again, and pytest rewrites the
+assertions of every module of a plugin's distribution again.
 """
 
 from __future__ import annotations
@@ -32,26 +32,36 @@ from typing import Any
 
 SUITE = Path(__file__).resolve().parents[1] / "tests" / "contrib_suite"
 REDIS = "redis://127.0.0.1:6379/15"
+#: A real run takes 20 to 40 s here; one that takes this long is hung.
+TIMEOUT = 150
 
 
-def _run(simq: bool, bytecode: bool = True) -> tuple[float, float, int]:
+def _run(simq: bool) -> tuple[float, float, int]:
     """One run: (process seconds, tests seconds, tests passed)."""
     with tempfile.TemporaryDirectory() as tmp:
         xml = Path(tmp) / "junit.xml"
         env = dict(os.environ)
-        if bytecode:
-            env.pop("PYTHONDONTWRITEBYTECODE", None)
-        else:
-            env["PYTHONDONTWRITEBYTECODE"] = "1"
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
         env["CONTRIB_SUITE_REDIS"] = "redis://127.0.0.1:1/0" if simq else REDIS
         env["CONTRIB_SUITE_QUEUE"] = f"bench-{uuid.uuid4().hex[:8]}"
         args = [sys.executable, "-m", "pytest", "-q", f"--junitxml={xml}", str(SUITE)]
         if simq:
             args.insert(3, "--simq-worker")
-        start = time.perf_counter()
-        proc = subprocess.run(
-            args, cwd=SUITE, env=env, capture_output=True, text=True, timeout=300, check=False
-        )
+        for attempt in (1, 2):
+            start = time.perf_counter()
+            try:
+                proc = subprocess.run(
+                    args, cwd=SUITE, env=env, capture_output=True, text=True,
+                    timeout=TIMEOUT, check=False,
+                )  # fmt: skip
+            except subprocess.TimeoutExpired:
+                # Celery's own test worker (contrib.testing.worker.start_worker) now and
+                # then never comes up; the run is taken again once, and said so.
+                print(f"- a {'simq' if simq else 'real'} run timed out; taken again", flush=True)
+                if attempt == 2:
+                    raise
+                continue
+            break
         process = time.perf_counter() - start
         if proc.returncode != 0:
             raise RuntimeError(f"the suite failed ({'simq' if simq else 'real'}):\n{proc.stdout}")
@@ -76,7 +86,6 @@ def main(rounds: int = 3) -> dict[str, Any]:
         return {"skipped": f"Redis at {REDIS} does not answer"}
     _run(simq=True)  # warm the bytecode caches of both
     _run(simq=False)
-    no_bytecode = _run(simq=True, bytecode=False)[0]
     simq_runs, real_runs = [], []
     for _ in range(rounds):
         simq_runs.append(_run(simq=True))
@@ -94,7 +103,6 @@ def main(rounds: int = 3) -> dict[str, Any]:
         "real_process_s": real_process,
         "ratio_tests": real_tests / simq_tests,
         "ratio_process": real_process / simq_process,
-        "simq_process_no_bytecode_s": no_bytecode,
     }
 
 
@@ -115,10 +123,6 @@ def report(r: dict[str, Any]) -> None:
         f"| {r['simq_process_s']:.2f} s | {r['ratio_process']:.1f} x |"
     )
     print(f"- target: simq >= 50 x faster: tests {r['ratio_tests']:.0f} x")
-    print(
-        f"- simq's process without a bytecode cache (PYTHONDONTWRITEBYTECODE=1): "
-        f"{r['simq_process_no_bytecode_s']:.2f} s"
-    )
 
 
 if __name__ == "__main__":
