@@ -123,6 +123,7 @@ class Poller:
         self.timer = loop.call_at(at, self.poll)
 
     def begin_turn_now(self) -> None:
+        """The consumer thread is back in ``synloop``: a turn begins and polls at once."""
         self._begin_turn(self.broker.loop.now)
         self._poll_now()
 
