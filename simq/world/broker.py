@@ -417,15 +417,13 @@ class Broker:
             self._delivered.get(message.message_id, 0) + 1
         )
         envelope.tag = f"{message.message_id}.{number}"
-        self._record(
+        self._attempt_event(
             "delivered",
-            task_id=message.task_id,
-            message_id=message.message_id,
-            worker=consumer.name,
+            envelope,
+            consumer.name,
             queue=queue,
             redelivered=envelope.redelivered,
             **_COPY if envelope.copy else {},
-            attempt=envelope.tag,
         )
         if self.visibility_timeout is not None:
             envelope.vt_timer = self.loop.call_later(
@@ -434,6 +432,20 @@ class Broker:
         consumer.on_delivery(envelope)
 
     # -- dispositions ------------------------------------------------------------------
+
+    def _attempt_event(
+        self, kind: str, envelope: Envelope, worker: str | None, **details: Any
+    ) -> None:
+        """Record ``kind`` about ``envelope``, naming its attempt (its delivery tag)."""
+        message = envelope.message
+        self._record(
+            kind,
+            task_id=message.task_id,
+            message_id=message.message_id,
+            worker=worker,
+            **details,
+            attempt=envelope.tag,
+        )
 
     def _settled(self, envelope: Envelope) -> None:
         # A settled delivery has no visibility timeout left to run out.
@@ -444,27 +456,12 @@ class Broker:
     def ack(self, envelope: Envelope) -> None:
         self._settled(envelope)
         envelope.move(MessageState.ACKED)
-        message = envelope.message
-        self._record(
-            "acked",
-            task_id=message.task_id,
-            message_id=message.message_id,
-            worker=envelope.holder,
-            attempt=envelope.tag,
-        )
+        self._attempt_event("acked", envelope, envelope.holder)
         envelope.holder = None
 
     def reject(self, envelope: Envelope, requeue: bool) -> None:
-        message = envelope.message
         self._settled(envelope)
-        self._record(
-            "rejected",
-            task_id=message.task_id,
-            message_id=message.message_id,
-            worker=envelope.holder,
-            requeue=requeue,
-            attempt=envelope.tag,
-        )
+        self._attempt_event("rejected", envelope, envelope.holder, requeue=requeue)
         if requeue:
             self.restore(envelope, front=True, record=False)
         else:
@@ -500,14 +497,7 @@ class Broker:
         envelope.move(MessageState.READY)
         message = envelope.message
         if record:
-            self._record(
-                "requeued",
-                task_id=message.task_id,
-                message_id=message.message_id,
-                worker=envelope.holder,
-                reason=reason,
-                attempt=envelope.tag,
-            )
+            self._attempt_event("requeued", envelope, envelope.holder, reason=reason)
         envelope.holder = None
         return message
 
@@ -533,14 +523,9 @@ class Broker:
         # restore_visible re-queues a copy while the first holder still has the message.
         copy = Envelope(message, redelivered=True, copy=True, seq=envelope.seq)
         self.copies.append(copy)
-        self._record(
-            "requeued",
-            task_id=message.task_id,
-            message_id=message.message_id,
-            worker=envelope.holder,
-            reason="visibility-timeout",
-            copy=True,
-            attempt=envelope.tag,  # the delivery copied: its holder keeps it
+        # The attempt named is the delivery copied: its holder keeps it.
+        self._attempt_event(
+            "requeued", envelope, envelope.holder, reason="visibility-timeout", copy=True
         )
         self.queue(message.queue).push(copy, front=True)
         self.dispatch(message.queue)
