@@ -39,6 +39,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import greenlet
@@ -248,14 +249,17 @@ class Pool:
         return int(self.sim.new_pid())
 
     def call(self, fn: Callable[..., Any] | None, *args: Any, **kwargs: Any) -> None:
-        """Run a Celery callback in this worker's parent process (billiard's way)."""
+        """Run a Celery callback in this worker's parent process (billiard's way), as one
+        turn of its loop."""
+        self.worker.one_turn(partial(self._callback, fn, args, kwargs))
+
+    def _callback(self, fn: Callable[..., Any] | None, args: Any, kwargs: Any) -> None:
         sim = self.sim
         # Restored, not cleared: callbacks nest (an ack sent at once may hand this worker
         # its next message, whose handling calls back into the pool), and an inner one
         # must not end the attribution of the writes the outer one makes after it.
         worker = self.worker
         acting, sim.acting_worker = sim.acting_worker, worker.name
-        outermost = worker.deferring_acks()
         # A cold shutdown sets Celery's process-wide flag, which Request.on_failure and
         # on_timeout read; this worker's callbacks see it, no other's.
         terminating = worker.terminating
@@ -265,16 +269,12 @@ class Pool:
             safe_apply(fn, *args, **kwargs)
         except BaseException as exc:
             if from_signal(exc):
-                if outermost:
-                    worker.deferred_acks = None
                 raise
             self._parent_died(fn, exc)
         finally:
             sim.acting_worker = acting
             if terminating:
                 celery_state.should_terminate = was
-        if outermost:
-            worker.send_acks(close=True)
 
     def _parent_died(self, fn: Any, exc: BaseException) -> None:
         """A BaseException escaped callback ``fn``: the worker process goes down."""
@@ -541,16 +541,11 @@ class Pool:
         exc = TimeLimitExceeded(job.timeout)
         self.worker.note("failed", request, exception=self.worker.encode_exception(exc))
         job.ready = True
-        # billiard's on_hard_timeout calls both in one turn: acks asked for wait for both.
-        worker = self.worker
-        outermost = worker.deferring_acks()
-        try:
+        timeout = job.timeout
+
+        def on_hard_timeout() -> None:  # billiard calls both in one turn
             self.call(job.error_callback, exception_info(exc))
-            self.call(job.timeout_callback, soft=False, timeout=job.timeout)
-        except BaseException:
-            if outermost:
-                worker.deferred_acks = None
-            raise
-        if outermost:
-            worker.send_acks(close=True)
-        worker.finished(request)
+            self.call(job.timeout_callback, soft=False, timeout=timeout)
+
+        self.worker.one_turn(on_hard_timeout)
+        self.worker.finished(request)

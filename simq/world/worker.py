@@ -110,7 +110,7 @@ class Worker:
         self._held = 0  # ETA-held messages (outside the prefetch window)
         self._live_unacked = 0  # every message delivered here and not yet acked/rejected
         # Acks and rejects asked for by the parent-process callback running now, sent when
-        # it returns (:meth:`deferring_acks`); None when they go out at once.
+        # it returns (:meth:`one_turn`); None when they go out at once.
         self.deferred_acks: list[Callable[[], None]] | None = None
         self.acks_wait_for_turn = sim.broker.polling and not ACKS_AT_ONCE_ON_SYNLOOP
         self._pump_scheduled = False
@@ -552,7 +552,7 @@ class Worker:
         self._send(partial(self._reject_now, delivery, requeue))
 
     def _send(self, op: Callable[[], None]) -> None:
-        """An ack or reject, sent as Celery's consumer sends it (:meth:`deferring_acks`)."""
+        """An ack or reject, sent as Celery's consumer sends it (:meth:`one_turn`)."""
         if self.deferred_acks is not None:
             self.deferred_acks.append(op)
         elif self.acks_wait_for_turn:
@@ -582,8 +582,8 @@ class Worker:
         self.broker.reject(delivery.envelope, requeue)
         self.broker.dispatch(*self.queues)
 
-    def deferring_acks(self) -> bool:
-        """Open a callback's scope in which acks wait until :meth:`send_acks`.
+    def one_turn(self, run: Callable[[], None]) -> None:
+        """Run ``run`` as one turn of this worker's parent process: acks wait until it ends.
 
         Celery's Request acks through ``Consumer.call_soon_ack``: with an event loop
         (amqp, redis, sqs) that is ``hub.call_soon``, so the ack goes out after the pool
@@ -591,13 +591,19 @@ class Worker:
         task *before* it stores FAILURE (a hard time limit, a lost child), so on those
         brokers FAILURE lands first (recorded on Redis: the ack 0.1 s after). Without an
         event loop (kombu's polling transports, Celery 5.7's synloop) the ack is sent at
-        once, before FAILURE. Returns whether this call opened the scope (the outermost
-        callback sends what it deferred).
+        once, before FAILURE. A turn inside a turn joins it: the outermost sends what was deferred, and a
+        signal (Ctrl-C) that ends the run drops it.
         """
         if self.deferred_acks is not None or self.broker.polling:
-            return False
+            run()
+            return
         self.deferred_acks = []
-        return True
+        try:
+            run()
+        except BaseException:
+            self.deferred_acks = None
+            raise
+        self.send_acks(close=True)
 
     def send_acks(self, *, close: bool) -> None:
         """Send the deferred acks now (a process that died sends none: call drop_acks)."""
