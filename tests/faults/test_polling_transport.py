@@ -51,37 +51,28 @@ def deliveries(sim, *task_ids):
     ]
 
 
-def test_an_idle_worker_finds_a_message_at_its_next_poll(simulation):
-    """A message published between polls waits for the worker's next poll: nothing is
-    pushed, and an empty poll waits polling_interval."""
-    app, work, _ = make_app()
+@pytest.mark.parametrize(
+    ("interval", "fetched"),
+    [
+        # Nothing is pushed: published at 0.3 s, between polls, the message waits for
+        # the worker's next poll (an empty poll waits polling_interval).
+        (1.0, 1.0),
+        # polling_interval=0 is kombu's busy loop: the message is taken as it lands.
+        (0, 0.3),
+        # kombu sleeps at most the drain's timeout (synloop's 2 s) between polls.
+        (5, 2.0),
+    ],
+)
+def test_an_idle_worker_finds_a_message_at_its_next_poll(simulation, interval, fetched):
+    """A message published between polls is fetched at the worker's next poll."""
+    app, work, _ = make_app(broker_transport_options={"polling_interval": interval})
     sim = simulation(app, transport="polling")
     sim.advance(0.3)
     r = work.delay(0)
     sim.run()
-    assert deliveries(sim, r.id) == [(1.0, 0, "worker-1", False)]
+    assert deliveries(sim, r.id) == [(fetched, 0, "worker-1", False)]
     assert r.get() == 0
     assert sim.check() == []
-
-
-def test_polling_interval_zero_polls_without_pause(simulation):
-    """polling_interval=0 is kombu's busy loop: the message is taken as it lands."""
-    app, work, _ = make_app(broker_transport_options={"polling_interval": 0})
-    sim = simulation(app, transport="polling")
-    sim.advance(0.3)
-    r = work.delay(0)
-    sim.run()
-    assert deliveries(sim, r.id) == [(0.3, 0, "worker-1", False)]
-
-
-def test_a_long_polling_interval_is_capped_at_the_drain_timeout(simulation):
-    """kombu sleeps at most the drain's timeout (synloop's 2 s) between polls."""
-    app, work, _ = make_app(broker_transport_options={"polling_interval": 5})
-    sim = simulation(app, transport="polling")
-    sim.advance(0.3)
-    r = work.delay(0)
-    sim.run()
-    assert deliveries(sim, r.id) == [(2.0, 0, "worker-1", False)]
 
 
 @pytest.mark.celery_version(min="5.7", why=ACKS_5_5)
